@@ -1,0 +1,1 @@
+//! loopwatch-agent library

@@ -1,0 +1,2 @@
+//! loopwatch-agent
+fn main() {}
