@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs the peers, builds the binaries the end-to-end tests start,
+# then runs every test: the workspace (with and without --cfg tokio_unstable) and the
+# collector/Kubernetes validation suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-peers.sh
+
+echo "== cargo build (binaries used by the end-to-end tests)"
+cargo build --workspace --bins
+
+echo "== cargo test (stable tokio)"
+cargo test --workspace
+
+echo "== cargo test -p loopwatch (--cfg tokio_unstable)"
+RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/unstable cargo test -p loopwatch
+
+if [ -x collector-config/tests/run.sh ]; then
+  echo "== collector-config validation"
+  collector-config/tests/run.sh
+fi
