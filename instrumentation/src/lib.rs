@@ -1,1 +1,297 @@
-//! loopwatch
+//! # loopwatch — event-loop health for tokio services
+//!
+//! loopwatch measures how long ready work waits before the tokio runtime polls it (scheduling
+//! delay, "event-loop lag"), sees a stall *while it is happening*, and exports both with
+//! OpenTelemetry (OTLP) to the `loopwatch-agent` sidecar or any OTLP receiver.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), loopwatch::StartError> {
+//!     let guard = loopwatch::Loopwatch::builder()
+//!         .service_name("example-service")
+//!         .endpoint("http://127.0.0.1:4317")
+//!         .protocol(loopwatch::Protocol::Grpc)
+//!         .export_interval(Duration::from_secs(1))
+//!         .probe_interval(Duration::from_millis(10))
+//!         .stall_threshold(Duration::from_millis(250))
+//!         .runtime_name("main")
+//!         .start()?;
+//!
+//!     // ... serve ...
+//!
+//!     let snap = guard.snapshot();
+//!     println!("p99 delay {:?}, stalls {}", snap.delay_p99, snap.stalls);
+//!     guard.shutdown(); // final flush (bounded), stops loopwatch's threads
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## What it does
+//!
+//! | feature | how |
+//! |---|---|
+//! | scheduling delay | OS thread `loopwatch-probe` spawns one tiny task every `probe_interval` through the runtime `Handle`; delay = first poll − spawn, µs precision, HDR histogram per window |
+//! | coordinated omission | a delay `d` also records `d − i, d − 2i, …` (`i` = probe interval): a 1.5 s block puts ~1.5 s in p99 although only one probe was stuck |
+//! | stall in progress | while a probe is outstanding its age is the current stall; past `stall_threshold` the stall is counted once, a `tracing` warning is logged and an export is forced at once |
+//! | stall end | the window is completed and another export forced, so stall = 0 and the big p99 arrive together |
+//! | runtime metrics | `tokio_metrics::RuntimeMonitor` (stable set), sampled once per window |
+//! | independence | exports run on loopwatch's own `loopwatch-export` runtime and the `loopwatch-flush` thread: nothing on the stall path needs the watched runtime |
+//!
+//! ## Windows and the "never high, never low" rule
+//!
+//! The probe thread completes a window every export interval and at the end of every stall. The
+//! delay gauges report the last completed window. `delay.max`/`min` are the exact measured
+//! extremes (not HDR bucket values) and every percentile and the mean are clamped to them, so
+//! nothing reads higher than a really measured delay. If a window completes while a probe is
+//! still outstanding beyond one probe interval, the window also includes that probe's current
+//! age (with its corrected samples): a lower bound of the real delay, so an ongoing stall never
+//! reads as a small lag either. An empty window (no probe finished, none outstanding) reports 0.
+//! The probe samples: it sees a block only from its next spawn on, so it can read up to one
+//! probe interval low, never high.
+//!
+//! ## Metrics (meter scope `loopwatch`; attribute `tokio.runtime.name` on every point)
+//!
+//! | name | instrument | unit | meaning |
+//! |---|---|---|---|
+//! | `tokio.schedule.duration` | histogram f64 (buckets 0.1 ms … 10 s) | s | probe delays, corrected samples included |
+//! | `tokio.eventloop.delay.{min,max,mean,p50,p90,p99}` | observable gauge f64 | s | last completed window |
+//! | `tokio.eventloop.stall.duration` | observable gauge f64 | s | age of the outstanding probe, 0 when none |
+//! | `tokio.eventloop.stalls` | counter u64 | {stall} | probes that passed `stall_threshold` |
+//! | `tokio.eventloop.utilization` | observable gauge f64 | 1 | busy ratio over the last window, averaged across workers, 0..1 |
+//! | `tokio.runtime.workers` | observable gauge u64 | {thread} | worker threads |
+//! | `tokio.runtime.tasks.alive` | observable gauge u64 | {task} | alive tasks |
+//! | `tokio.runtime.global_queue.depth` | observable gauge u64 | {task} | tasks in the global queue |
+//! | `tokio.worker.park.count` | observable counter u64 | {park} | parks since start, all workers |
+//! | `tokio.worker.busy.duration` | observable counter f64 | s | busy time since start, all workers |
+//!
+//! Counters are cumulative. Tokio accounts a worker's busy time when it parks, so utilization of
+//! a worker stuck in one long poll shows up after that poll returns.
+//!
+//! ## Environment variables (builder value > environment > default)
+//!
+//! | variable | setting |
+//! |---|---|
+//! | `OTEL_SERVICE_NAME` | `service.name` (before `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; default `unknown_service`) |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` (values percent-encoded): extra resource attributes; `service.instance.id` and `k8s.pod.name` taken from here if present |
+//! | `POD_NAME` | `k8s.pod.name`; else `HOSTNAME` when `KUBERNETES_SERVICE_HOST` is set (inside a pod) |
+//! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | endpoint, verbatim |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | endpoint; for HTTP `/v1/metrics` is appended |
+//! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` (default) or `http/protobuf` |
+//! | `OTEL_METRIC_EXPORT_INTERVAL` | export interval = window length, whole milliseconds |
+//!
+//! Unset and empty variables are ignored; a bad value fails [`LoopwatchBuilder::start`] with an
+//! error naming the variable. `service.instance.id`, when not given, is generated once per
+//! start as `<HOSTNAME or /etc/hostname or "host">-<pid>-<start time, ns since epoch, hex>`.
+//!
+//! ## Agent down
+//!
+//! Each export attempt is bounded by [`DEFAULT_EXPORT_TIMEOUT`] and not retried (every export
+//! carries the full cumulative state); the SDK aggregates by series, so nothing buffers without
+//! bound; the probe never waits for an export.
+#![doc(html_no_source)]
+
+mod config;
+mod error;
+mod export;
+mod probe;
+mod runtime;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+
+pub use config::{
+    DEFAULT_EXPORT_INTERVAL, DEFAULT_EXPORT_TIMEOUT, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT,
+    DEFAULT_PROBE_INTERVAL, DEFAULT_RUNTIME_NAME, DEFAULT_SERVICE_NAME, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_STALL_THRESHOLD, Loopwatch, LoopwatchBuilder, Protocol,
+};
+pub use error::StartError;
+pub use probe::ProbeSnapshot;
+pub use runtime::RuntimeSnapshot;
+
+use export::{FlushTarget, FlushTrigger};
+use probe::{ProbeTask, Shared, Window};
+
+impl LoopwatchBuilder {
+    /// Starts watching the runtime this is called from (`Handle::try_current()`).
+    ///
+    /// # Errors
+    /// [`StartError::NoRuntime`] outside a tokio runtime, and see
+    /// [`LoopwatchBuilder::start_with_handle`].
+    pub fn start(self) -> Result<LoopwatchGuard, StartError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        self.start_with_handle(handle)
+    }
+
+    /// Starts watching the runtime behind `handle`: resolves the configuration, builds the
+    /// OTLP pipeline (unless a provider was given) and starts the `loopwatch-probe` and
+    /// `loopwatch-flush` threads. Does not block on the watched runtime.
+    ///
+    /// # Errors
+    /// Invalid builder values or environment variables, an invalid endpoint, an exporter that
+    /// cannot be built, or a thread that cannot be spawned.
+    pub fn start_with_handle(
+        self,
+        handle: tokio::runtime::Handle,
+    ) -> Result<LoopwatchGuard, StartError> {
+        let settings = config::resolve(self, &config::process_env)?;
+        let window = Window::new().map_err(|e| StartError::InvalidConfig {
+            key: "probe_interval",
+            reason: format!("delay histogram: {e}"),
+        })?;
+        let attrs = vec![KeyValue::new(
+            "tokio.runtime.name",
+            settings.runtime_name.clone(),
+        )];
+        let shared = Arc::new(Shared::new());
+
+        // The flush thread is spawned before the pipeline exists, so that no spawn failure can
+        // leave us dropping loopwatch's export runtime here (which panics in async contexts).
+        let (flush, flush_rx) = export::flush_channel();
+        let (target_tx, target_rx) = mpsc::sync_channel::<FlushTarget>(1);
+        let (flush_done_tx, flush_done) = mpsc::channel();
+        let export_timeout = settings.export_timeout;
+        let flush_shared = Arc::clone(&shared);
+        let flush_thread = thread::Builder::new()
+            .name("loopwatch-flush".into())
+            .spawn(move || {
+                if let Ok(target) = target_rx.recv() {
+                    export::run_flush(flush_rx, &flush_shared, target, export_timeout);
+                }
+                let _ = flush_done_tx.send(());
+            })
+            .map_err(|source| StartError::Thread {
+                name: "loopwatch-flush",
+                source,
+            })?;
+
+        let (provider, target) = match settings.meter_provider.clone() {
+            Some(p) => (p.clone(), FlushTarget::Borrowed(p)),
+            None => {
+                let pipeline = export::build_pipeline(&settings)?;
+                (pipeline.provider.clone(), FlushTarget::Owned(pipeline))
+            }
+        };
+        let instruments = export::register(&provider, &shared, &attrs);
+        drop(provider);
+        // Cannot fail: the flush thread waits for exactly this message.
+        let _ = target_tx.send(target);
+
+        let task = ProbeTask {
+            shared: Arc::clone(&shared),
+            handle,
+            probe_interval: settings.probe_interval,
+            stall_threshold: settings.stall_threshold,
+            export_interval: settings.export_interval,
+            runtime_name: settings.runtime_name.clone(),
+            window,
+            flush: flush.clone(),
+            schedule: instruments.schedule,
+            stalls: instruments.stalls,
+            attrs,
+        };
+        let (probe_done_tx, probe_done) = mpsc::channel();
+        let probe_thread =
+            match thread::Builder::new()
+                .name("loopwatch-probe".into())
+                .spawn(move || {
+                    task.run();
+                    let _ = probe_done_tx.send(());
+                }) {
+                Ok(t) => t,
+                Err(source) => {
+                    shared.stop.store(true, Ordering::Release);
+                    flush.request();
+                    drop(flush);
+                    return Err(StartError::Thread {
+                        name: "loopwatch-probe",
+                        source,
+                    });
+                }
+            };
+
+        tracing::debug!(
+            runtime = %settings.runtime_name,
+            endpoint = %settings.endpoint,
+            "loopwatch started"
+        );
+        Ok(LoopwatchGuard {
+            shared,
+            flush: Some(flush),
+            probe: Some((probe_thread, probe_done)),
+            flusher: Some((flush_thread, flush_done)),
+        })
+    }
+}
+
+/// Keeps loopwatch running; [`LoopwatchGuard::shutdown`] or drop stops it with a final flush.
+#[derive(Debug)]
+pub struct LoopwatchGuard {
+    shared: Arc<Shared>,
+    flush: Option<FlushTrigger>,
+    probe: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+    flusher: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+}
+
+impl LoopwatchGuard {
+    /// Current values: ongoing stall, stall count, last window's delay statistics, runtime
+    /// metrics. Cheap (a few atomics and two short std mutex copies); never touches the runtime.
+    pub fn snapshot(&self) -> ProbeSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Requests an immediate export (non-blocking, coalesced with pending requests).
+    pub fn force_flush(&self) {
+        if let Some(f) = &self.flush {
+            f.request();
+        }
+    }
+
+    /// Stops the probe, exports one last time and stops loopwatch's threads. Blocks the calling
+    /// thread for at most about [`DEFAULT_SHUTDOWN_TIMEOUT`] plus one probe-thread wake-up;
+    /// threads that do not finish in time are left to finish on their own.
+    pub fn shutdown(mut self) {
+        self.shutdown_inner();
+    }
+
+    fn shutdown_inner(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some((t, done)) = self.probe.take() {
+            t.thread().unpark();
+            join_bounded(t, &done, DEFAULT_SHUTDOWN_TIMEOUT);
+        }
+        if let Some(f) = self.flush.take() {
+            f.request(); // wakes the flush thread, which sees `stop`
+        }
+        if let Some((t, done)) = self.flusher.take() {
+            join_bounded(t, &done, DEFAULT_SHUTDOWN_TIMEOUT);
+        }
+        self.shared.silence();
+    }
+}
+
+fn join_bounded(t: JoinHandle<()>, done: &mpsc::Receiver<()>, timeout: Duration) {
+    match done.recv_timeout(timeout) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = t.join();
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            tracing::warn!(
+                thread = t.thread().name().unwrap_or("loopwatch"),
+                "loopwatch thread did not stop in time; detaching it"
+            );
+        }
+    }
+}
+
+impl Drop for LoopwatchGuard {
+    fn drop(&mut self) {
+        self.shutdown_inner();
+    }
+}

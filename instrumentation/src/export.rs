@@ -1,0 +1,333 @@
+//! The OTLP pipeline (built on loopwatch's own `loopwatch-export` runtime, never the watched one),
+//! instrument registration, and the `loopwatch-flush` thread that runs force-flushes.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{
+    MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+
+use crate::config::{Protocol, Settings};
+use crate::error::StartError;
+use crate::probe::Shared;
+
+/// Bucket boundaries of `tokio.schedule.duration`, seconds.
+pub(crate) const SCHEDULE_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A provider built by loopwatch together with the runtime that drives its gRPC channel.
+pub(crate) struct OwnedPipeline {
+    pub(crate) provider: SdkMeterProvider,
+    pub(crate) runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Builds the OTLP exporter + periodic reader + provider. For gRPC the tonic channel is created
+/// inside loopwatch's own 1-worker `loopwatch-export` runtime, so exports progress while the
+/// watched runtime is completely blocked.
+pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> {
+    let (exporter, runtime) = match s.protocol {
+        Protocol::Grpc => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("loopwatch-export")
+                .enable_all()
+                .build()
+                .map_err(|e| StartError::Exporter(format!("loopwatch-export runtime: {e}")))?;
+            let built = {
+                let _enter = rt.enter();
+                MetricExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(s.endpoint.clone())
+                    .with_timeout(s.export_timeout)
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build()
+            };
+            match built {
+                Ok(e) => (e, Some(rt)),
+                Err(e) => {
+                    // Never drop a runtime in an async context: it would panic.
+                    rt.shutdown_background();
+                    return Err(StartError::Exporter(e.to_string()));
+                }
+            }
+        }
+        Protocol::HttpProtobuf => {
+            let e = MetricExporter::builder()
+                .with_http()
+                .with_endpoint(s.endpoint.clone())
+                .with_timeout(s.export_timeout)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_retry_policy(RetryPolicy::disabled())
+                .build()
+                .map_err(|e| StartError::Exporter(e.to_string()))?;
+            (e, None)
+        }
+    };
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(s.export_interval)
+        .build();
+    let resource = Resource::builder_empty()
+        .with_attributes(s.resource.iter().cloned())
+        .build();
+    let provider = SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(reader)
+        .build();
+    Ok(OwnedPipeline { provider, runtime })
+}
+
+/// (name, description, reader) of an f64 gauge.
+type F64Gauge = (&'static str, &'static str, fn(&Shared) -> f64);
+/// (name, description, unit, reader) of a u64 gauge.
+type U64Gauge = (&'static str, &'static str, &'static str, fn(&Shared) -> u64);
+
+/// Synchronous instruments recorded by the probe thread.
+pub(crate) struct Instruments {
+    pub(crate) schedule: Histogram<f64>,
+    pub(crate) stalls: Counter<u64>,
+}
+
+fn gauge(
+    meter: &Meter,
+    shared: &Arc<Shared>,
+    attrs: &[KeyValue],
+    name: &'static str,
+    description: &'static str,
+    unit: &'static str,
+    read: fn(&Shared) -> f64,
+) {
+    let shared = Arc::clone(shared);
+    let attrs = attrs.to_vec();
+    let _ = meter
+        .f64_observable_gauge(name)
+        .with_description(description)
+        .with_unit(unit)
+        .with_callback(move |obs| {
+            if shared.live() {
+                obs.observe(read(&shared), &attrs);
+            }
+        })
+        .build();
+}
+
+fn secs_us(v: u64) -> f64 {
+    v as f64 / 1e6
+}
+
+/// Registers every loopwatch instrument on `provider` (meter scope `loopwatch`).
+pub(crate) fn register(
+    provider: &SdkMeterProvider,
+    shared: &Arc<Shared>,
+    attrs: &[KeyValue],
+) -> Instruments {
+    let scope = InstrumentationScope::builder("loopwatch")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let meter = provider.meter_with_scope(scope);
+
+    let schedule = meter
+        .f64_histogram("tokio.schedule.duration")
+        .with_description(
+            "Scheduling delay of probe tasks (spawn to first poll), coordinated-omission corrected",
+        )
+        .with_unit("s")
+        .with_boundaries(SCHEDULE_BUCKETS.to_vec())
+        .build();
+    let stalls = meter
+        .u64_counter("tokio.eventloop.stalls")
+        .with_description("Stalls: probes outstanding longer than the stall threshold")
+        .with_unit("{stall}")
+        .build();
+
+    let delay: [F64Gauge; 6] = [
+        (
+            "tokio.eventloop.delay.min",
+            "Minimum scheduling delay in the last window",
+            |s| secs_us(s.window().min_us),
+        ),
+        (
+            "tokio.eventloop.delay.max",
+            "Maximum scheduling delay in the last window",
+            |s| secs_us(s.window().max_us),
+        ),
+        (
+            "tokio.eventloop.delay.mean",
+            "Mean scheduling delay in the last window",
+            |s| s.window().mean_us / 1e6,
+        ),
+        (
+            "tokio.eventloop.delay.p50",
+            "Median scheduling delay in the last window",
+            |s| secs_us(s.window().p50_us),
+        ),
+        (
+            "tokio.eventloop.delay.p90",
+            "90th percentile scheduling delay in the last window",
+            |s| secs_us(s.window().p90_us),
+        ),
+        (
+            "tokio.eventloop.delay.p99",
+            "99th percentile scheduling delay in the last window",
+            |s| secs_us(s.window().p99_us),
+        ),
+    ];
+    for (name, description, read) in delay {
+        gauge(&meter, shared, attrs, name, description, "s", read);
+    }
+    gauge(
+        &meter,
+        shared,
+        attrs,
+        "tokio.eventloop.stall.duration",
+        "Age of the outstanding probe (stall in progress), 0 when none",
+        "s",
+        |s| s.current_stall().as_secs_f64(),
+    );
+    gauge(
+        &meter,
+        shared,
+        attrs,
+        "tokio.eventloop.utilization",
+        "Busy ratio of the runtime's workers over the last window, averaged across workers",
+        "1",
+        |s| s.runtime().utilization,
+    );
+
+    let u64_gauges: [U64Gauge; 3] = [
+        (
+            "tokio.runtime.workers",
+            "Worker threads of the runtime",
+            "{thread}",
+            |s| s.runtime().workers,
+        ),
+        (
+            "tokio.runtime.tasks.alive",
+            "Tasks alive in the runtime",
+            "{task}",
+            |s| s.runtime().tasks_alive,
+        ),
+        (
+            "tokio.runtime.global_queue.depth",
+            "Tasks waiting in the global queue",
+            "{task}",
+            |s| s.runtime().global_queue_depth,
+        ),
+    ];
+    for (name, description, unit, read) in u64_gauges {
+        let shared = Arc::clone(shared);
+        let attrs = attrs.to_vec();
+        let _ = meter
+            .u64_observable_gauge(name)
+            .with_description(description)
+            .with_unit(unit)
+            .with_callback(move |obs| {
+                if shared.live() {
+                    obs.observe(read(&shared), &attrs);
+                }
+            })
+            .build();
+    }
+    {
+        let shared = Arc::clone(shared);
+        let attrs = attrs.to_vec();
+        let _ = meter
+            .u64_observable_counter("tokio.worker.park.count")
+            .with_description("Worker parks since start, summed over workers")
+            .with_unit("{park}")
+            .with_callback(move |obs| {
+                if shared.live() {
+                    obs.observe(shared.runtime().park_count, &attrs);
+                }
+            })
+            .build();
+    }
+    {
+        let shared = Arc::clone(shared);
+        let attrs = attrs.to_vec();
+        let _ = meter
+            .f64_observable_counter("tokio.worker.busy.duration")
+            .with_description("Busy time since start, summed over workers")
+            .with_unit("s")
+            .with_callback(move |obs| {
+                if shared.live() {
+                    obs.observe(shared.runtime().busy.as_secs_f64(), &attrs);
+                }
+            })
+            .build();
+    }
+    Instruments { schedule, stalls }
+}
+
+/// Asks the `loopwatch-flush` thread for an immediate export; never blocks, coalesces requests
+/// (at most one pending).
+#[derive(Debug, Clone)]
+pub(crate) struct FlushTrigger {
+    tx: SyncSender<()>,
+}
+
+impl FlushTrigger {
+    pub(crate) fn request(&self) {
+        match self.tx.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+}
+
+/// Which provider the flush thread flushes, and whether it owns it.
+pub(crate) enum FlushTarget {
+    Owned(OwnedPipeline),
+    Borrowed(SdkMeterProvider),
+}
+
+pub(crate) fn flush_channel() -> (FlushTrigger, Receiver<()>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    (FlushTrigger { tx }, rx)
+}
+
+/// Body of the `loopwatch-flush` thread. Ends when `shared.stop` is set (after a request wakes
+/// it) or every trigger is dropped; then does the final export and tears the pipeline down.
+pub(crate) fn run_flush(
+    rx: Receiver<()>,
+    shared: &Shared,
+    target: FlushTarget,
+    export_timeout: Duration,
+) {
+    while rx.recv().is_ok() {
+        if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+            break;
+        }
+        let provider = match &target {
+            FlushTarget::Owned(p) => &p.provider,
+            FlushTarget::Borrowed(p) => p,
+        };
+        if let Err(e) = provider.force_flush() {
+            tracing::debug!(error = %e, "loopwatch force_flush failed");
+        }
+    }
+    match target {
+        FlushTarget::Owned(p) => {
+            // Final export: shutdown collects once more with the final values.
+            if let Err(e) = p.provider.shutdown() {
+                tracing::debug!(error = %e, "loopwatch meter provider shutdown failed");
+            }
+            drop(p.provider);
+            if let Some(rt) = p.runtime {
+                rt.shutdown_timeout(export_timeout);
+            }
+        }
+        FlushTarget::Borrowed(p) => {
+            if let Err(e) = p.force_flush() {
+                tracing::debug!(error = %e, "loopwatch final force_flush failed");
+            }
+        }
+    }
+    shared.silence();
+}

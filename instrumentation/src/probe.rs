@@ -1,0 +1,410 @@
+//! The scheduling-delay probe: an OS thread that spawns one tiny task at a time into the watched
+//! runtime and measures spawn → first poll, detects stalls in progress, and rolls delay windows.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram as OtelHistogram};
+
+use crate::export::FlushTrigger;
+use crate::runtime::{RuntimeSampler, RuntimeSnapshot};
+
+/// Highest delay the window histogram tracks exactly: 1 hour in µs. Longer delays are clamped.
+const MAX_TRACKABLE_US: u64 = 3_600_000_000;
+/// Upper bound on coordinated-omission samples added to the OTel histogram per real probe.
+const MAX_CORRECTED_OTEL_SAMPLES: u64 = 100_000;
+/// How often the probe thread re-checks an outstanding probe even without a deadline.
+const MAX_PARK: Duration = Duration::from_millis(50);
+
+/// Values read by [`crate::LoopwatchGuard::snapshot`] and by the observable gauges.
+///
+/// Delay fields describe the last completed window (see the crate docs for how windows work).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ProbeSnapshot {
+    /// Age of the outstanding probe (`now - t0`), zero when no probe is outstanding. While the
+    /// runtime is blocked this grows in real time.
+    pub current_stall: Duration,
+    /// Stalls counted since start (a stall is counted once, when it passes the threshold).
+    pub stalls: u64,
+    /// Smallest delay in the last window.
+    pub delay_min: Duration,
+    /// Largest delay in the last window (never above a really measured delay).
+    pub delay_max: Duration,
+    /// Mean delay of the last window (coordinated-omission corrected).
+    pub delay_mean: Duration,
+    /// Median delay of the last window (corrected).
+    pub delay_p50: Duration,
+    /// 90th percentile delay of the last window (corrected).
+    pub delay_p90: Duration,
+    /// 99th percentile delay of the last window (corrected).
+    pub delay_p99: Duration,
+    /// Samples in the last window, including coordinated-omission corrected samples.
+    pub window_samples: u64,
+    /// Windows completed since start.
+    pub windows: u64,
+    /// Real probes completed since start (not counting corrected samples).
+    pub probes: u64,
+    /// Measured delay of the most recent probe that exceeded the stall threshold (zero if none).
+    pub last_stall: Duration,
+    /// Runtime metrics from the last window.
+    pub runtime: RuntimeSnapshot,
+}
+
+/// Statistics of one window, µs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WindowStats {
+    pub(crate) min_us: u64,
+    pub(crate) max_us: u64,
+    pub(crate) mean_us: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p90_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) samples: u64,
+}
+
+/// State shared between the probe thread, the guard and the metric callbacks. No runtime
+/// primitive is involved: atomics plus std mutexes held only for copies.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    base: Instant,
+    pub(crate) stop: AtomicBool,
+    /// Set after the final flush: observable callbacks stop reporting.
+    silenced: AtomicBool,
+    /// `t0` (µs since `base`) + 1 of the outstanding probe; 0 when none.
+    outstanding: AtomicU64,
+    stalls: AtomicU64,
+    probes: AtomicU64,
+    windows: AtomicU64,
+    last_stall_us: AtomicU64,
+    window: Mutex<WindowStats>,
+    runtime: Mutex<RuntimeSnapshot>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Shared {
+            base: Instant::now(),
+            stop: AtomicBool::new(false),
+            silenced: AtomicBool::new(false),
+            outstanding: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            windows: AtomicU64::new(0),
+            last_stall_us: AtomicU64::new(0),
+            window: Mutex::new(WindowStats::default()),
+            runtime: Mutex::new(RuntimeSnapshot::default()),
+        }
+    }
+
+    /// Whether metric callbacks should still report.
+    pub(crate) fn live(&self) -> bool {
+        !self.silenced.load(Ordering::Acquire)
+    }
+
+    /// Stops metric callbacks from reporting (after the final flush).
+    pub(crate) fn silence(&self) {
+        self.silenced.store(true, Ordering::Release);
+    }
+
+    fn now_us(&self) -> u64 {
+        us(self.base.elapsed())
+    }
+
+    /// Current stall (age of the outstanding probe).
+    pub(crate) fn current_stall(&self) -> Duration {
+        match self.outstanding.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            t0 => Duration::from_micros(self.now_us().saturating_sub(t0 - 1)),
+        }
+    }
+
+    pub(crate) fn window(&self) -> WindowStats {
+        *lock(&self.window)
+    }
+
+    pub(crate) fn runtime(&self) -> RuntimeSnapshot {
+        *lock(&self.runtime)
+    }
+
+    pub(crate) fn snapshot(&self) -> ProbeSnapshot {
+        let w = self.window();
+        let d = Duration::from_micros;
+        ProbeSnapshot {
+            current_stall: self.current_stall(),
+            stalls: self.stalls.load(Ordering::Relaxed),
+            delay_min: d(w.min_us),
+            delay_max: d(w.max_us),
+            delay_mean: Duration::from_secs_f64(w.mean_us.max(0.0) / 1e6),
+            delay_p50: d(w.p50_us),
+            delay_p90: d(w.p90_us),
+            delay_p99: d(w.p99_us),
+            window_samples: w.samples,
+            windows: self.windows.load(Ordering::Relaxed),
+            probes: self.probes.load(Ordering::Relaxed),
+            last_stall: d(self.last_stall_us.load(Ordering::Relaxed)),
+            runtime: self.runtime(),
+        }
+    }
+}
+
+/// The delay samples of the current window: an HDR histogram (µs, 3 significant figures) plus
+/// the exact min/max, so that reported values never exceed a really measured delay.
+pub(crate) struct Window {
+    hist: Histogram<u64>,
+    exact_min: u64,
+    exact_max: u64,
+}
+
+impl Window {
+    pub(crate) fn new() -> Result<Self, hdrhistogram::CreationError> {
+        Ok(Window {
+            hist: Histogram::new_with_bounds(1, MAX_TRACKABLE_US, 3)?,
+            exact_min: u64::MAX,
+            exact_max: 0,
+        })
+    }
+
+    /// Records one real delay with coordinated-omission correction: a delay `d` also adds
+    /// `d - i`, `d - 2i`, ... (down to `i`), the delays that probes due every `i` during the
+    /// block would have seen.
+    fn record(&mut self, delay_us: u64, interval_us: u64) {
+        let v = delay_us.clamp(1, MAX_TRACKABLE_US);
+        // Cannot fail: v is within the histogram's bounds.
+        let _ = self.hist.record_correct(v, interval_us);
+        self.exact_min = self.exact_min.min(delay_us);
+        self.exact_max = self.exact_max.max(delay_us);
+    }
+
+    /// Statistics of this window; percentiles are clamped to the exact max and min.
+    fn stats(&self) -> WindowStats {
+        if self.hist.is_empty() {
+            return WindowStats::default();
+        }
+        let clamp = |v: u64| v.min(self.exact_max).max(self.exact_min);
+        WindowStats {
+            min_us: self.exact_min,
+            max_us: self.exact_max,
+            mean_us: self
+                .hist
+                .mean()
+                .min(self.exact_max as f64)
+                .max(self.exact_min as f64),
+            p50_us: clamp(self.hist.value_at_quantile(0.50)),
+            p90_us: clamp(self.hist.value_at_quantile(0.90)),
+            p99_us: clamp(self.hist.value_at_quantile(0.99)),
+            samples: self.hist.len(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.hist.reset();
+        self.exact_min = u64::MAX;
+        self.exact_max = 0;
+    }
+}
+
+/// Everything the probe thread needs.
+pub(crate) struct ProbeTask {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) probe_interval: Duration,
+    pub(crate) stall_threshold: Duration,
+    pub(crate) export_interval: Duration,
+    pub(crate) runtime_name: String,
+    pub(crate) window: Window,
+    pub(crate) flush: FlushTrigger,
+    pub(crate) schedule: OtelHistogram<f64>,
+    pub(crate) stalls: Counter<u64>,
+    pub(crate) attrs: Vec<KeyValue>,
+}
+
+impl ProbeTask {
+    /// Body of the `loopwatch-probe` thread; returns when `shared.stop` is set or the watched
+    /// runtime has shut down.
+    pub(crate) fn run(mut self) {
+        let interval_us = us(self.probe_interval).max(1);
+        let mut sampler = RuntimeSampler::new(&self.handle);
+        let mut next_roll = Instant::now() + self.export_interval;
+        let me = thread::current();
+
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let slot = Arc::new(AtomicU64::new(0));
+            let task_slot = Arc::clone(&slot);
+            let shared = Arc::clone(&self.shared);
+            let waker = me.clone();
+
+            let t0 = Instant::now();
+            let t0_us = us(t0.saturating_duration_since(self.shared.base));
+            self.shared.outstanding.store(t0_us + 1, Ordering::Release);
+            let join = self.handle.spawn(async move {
+                task_slot.store(shared.now_us() + 1, Ordering::Release);
+                waker.unpark();
+            });
+
+            let mut stalled = false;
+            let t1_us = loop {
+                let v = slot.load(Ordering::Acquire);
+                if v != 0 {
+                    break Some(v - 1);
+                }
+                if self.shared.stop.load(Ordering::Acquire) {
+                    break None;
+                }
+                if join.is_finished() {
+                    // Finished without running: the watched runtime shut down.
+                    let v = slot.load(Ordering::Acquire);
+                    if v != 0 {
+                        break Some(v - 1);
+                    }
+                    self.shared.outstanding.store(0, Ordering::Release);
+                    tracing::debug!(runtime = %self.runtime_name, "watched runtime shut down; loopwatch probe stops");
+                    return;
+                }
+                let now = Instant::now();
+                let age = now.saturating_duration_since(t0);
+                if !stalled && age >= self.stall_threshold {
+                    stalled = true;
+                    self.shared.stalls.fetch_add(1, Ordering::Relaxed);
+                    self.stalls.add(1, &self.attrs);
+                    tracing::warn!(
+                        runtime = %self.runtime_name,
+                        stalled_ms = age.as_millis() as u64,
+                        threshold_ms = self.stall_threshold.as_millis() as u64,
+                        "tokio runtime stalled: a task scheduled {age:?} ago has not been polled yet"
+                    );
+                    self.flush.request();
+                }
+                if now >= next_roll {
+                    self.roll(&mut sampler, Some(age));
+                    next_roll = now + self.export_interval;
+                }
+                let mut wait = MAX_PARK.min(next_roll.saturating_duration_since(now));
+                if !stalled {
+                    wait = wait.min(self.stall_threshold.saturating_sub(age));
+                }
+                thread::park_timeout(wait.max(Duration::from_micros(50)));
+            };
+            self.shared.outstanding.store(0, Ordering::Release);
+            let Some(t1_us) = t1_us else { break };
+
+            let delay_us = t1_us.saturating_sub(t0_us);
+            self.shared.probes.fetch_add(1, Ordering::Relaxed);
+            self.window.record(delay_us, interval_us);
+            self.record_otel(delay_us, interval_us);
+
+            let now = Instant::now();
+            if stalled {
+                self.shared.last_stall_us.store(delay_us, Ordering::Relaxed);
+                tracing::warn!(
+                    runtime = %self.runtime_name,
+                    delay_ms = delay_us / 1000,
+                    "tokio runtime stall ended"
+                );
+                self.roll(&mut sampler, None);
+                next_roll = now + self.export_interval;
+                self.flush.request();
+            } else if now >= next_roll {
+                self.roll(&mut sampler, None);
+                next_roll = now + self.export_interval;
+            }
+
+            // Sleep until the next probe is due (unpark on shutdown wakes us early).
+            let due = t0 + self.probe_interval;
+            loop {
+                if self.shared.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                if now >= next_roll {
+                    self.roll(&mut sampler, None);
+                    next_roll = now + self.export_interval;
+                }
+                thread::park_timeout(due.saturating_duration_since(now));
+            }
+        }
+        self.shared.outstanding.store(0, Ordering::Release);
+    }
+
+    fn record_otel(&self, delay_us: u64, interval_us: u64) {
+        let mut v = delay_us;
+        let mut n = 0;
+        loop {
+            self.schedule.record(v as f64 / 1e6, &self.attrs);
+            n += 1;
+            if v < interval_us.saturating_mul(2) || n >= MAX_CORRECTED_OTEL_SAMPLES {
+                break;
+            }
+            v -= interval_us;
+        }
+    }
+
+    /// Completes the current window. `ongoing` is the age of a probe still outstanding: if it
+    /// exceeds one probe interval, the window also reports it (with its corrected samples) as a
+    /// lower bound, so an ongoing stall never reads lower than the real one.
+    fn roll(&mut self, sampler: &mut RuntimeSampler, ongoing: Option<Duration>) {
+        let stats = match ongoing {
+            Some(age) if age > self.probe_interval => {
+                let mut copy = Window {
+                    hist: self.window.hist.clone(),
+                    exact_min: self.window.exact_min,
+                    exact_max: self.window.exact_max,
+                };
+                copy.record(us(age), us(self.probe_interval).max(1));
+                copy.stats()
+            }
+            _ => self.window.stats(),
+        };
+        self.window.reset();
+        *lock(&self.shared.window) = stats;
+        *lock(&self.shared.runtime) = sampler.sample();
+        self.shared.windows.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrected_window_reads_block_in_p99_and_never_high() {
+        let mut w = Window::new().expect("histogram");
+        for _ in 0..90 {
+            w.record(80, 10_000);
+        }
+        w.record(1_500_000, 10_000);
+        let s = w.stats();
+        assert!(s.p99_us >= 1_400_000, "{s:?}");
+        assert_eq!(s.max_us, 1_500_000);
+        assert!(s.p99_us <= s.max_us);
+        assert_eq!(s.min_us, 80);
+        assert_eq!(s.samples, 90 + 150);
+        w.reset();
+        assert_eq!(w.stats().samples, 0);
+    }
+
+    #[test]
+    fn percentiles_never_exceed_exact_max() {
+        let mut w = Window::new().expect("histogram");
+        w.record(1_234_567, 10_000_000);
+        let s = w.stats();
+        assert_eq!(s.max_us, 1_234_567);
+        assert_eq!(s.p99_us, 1_234_567);
+        assert!(s.mean_us <= 1_234_567.0);
+    }
+}
