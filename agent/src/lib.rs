@@ -1,1 +1,212 @@
-//! loopwatch-agent library
+//! # loopwatch-agent
+//!
+//! The loopwatch sidecar: receives OTLP metrics from a service (any OTel SDK), keeps an
+//! event-loop health model per service instance, and serves Kubernetes probes,
+//! Prometheus metrics and autoscaling pressure.
+//!
+//! ## Guide to the modules
+//!
+//! - [`config`]: configuration keys, defaults, TOML/env/flag loading, duration parsing.
+//!   The key table lives there (and in `agent/CONFIG.md`).
+//! - [`receiver`]: OTLP receivers, [`receiver::grpc`] (tonic, port 4317) and
+//!   [`receiver::http`] (axum, port 4318; protobuf, JSON, gzip, chunked).
+//!   Traces and logs are accepted, counted and dropped (forwarding is a later issue).
+//! - [`store`]: per-service series (latest value; delta sums/histograms accumulate) with caps.
+//! - [`health`]: lag/utilization model across runtimes, hysteresis, staleness, pressure.
+//! - [`state`]: the shared state tying store, health and self-telemetry together.
+//! - [`admin`]: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`.
+//! - [`prometheus`]: the text exposition and OTel -> Prometheus naming.
+//!
+//! ## Embedding (tests do this)
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), loopwatch_agent::StartError> {
+//! use std::net::SocketAddr;
+//! let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+//! let config = loopwatch_agent::config::Config::builder()
+//!     .grpc_listen(any)
+//!     .http_listen(any)
+//!     .admin_listen(any)
+//!     .build()
+//!     .expect("valid config");
+//! let agent = loopwatch_agent::start(config).await?;
+//! println!("{}", agent.listening_line());
+//! agent.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub mod admin;
+pub mod config;
+pub mod health;
+pub mod prometheus;
+pub mod receiver;
+pub mod state;
+pub mod store;
+
+use config::Config;
+use state::AgentState;
+
+/// Failure to start the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot bind {what} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener (`grpc`, `http`, `admin`).
+        what: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A running agent: bound addresses and a handle to stop it.
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// Bound OTLP/gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound OTLP/HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    state: Arc<AgentState>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How long shutdown waits for servers to finish in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl RunningAgent {
+    /// The startup line printed by the binary:
+    /// `loopwatch-agent listening grpc=ADDR http=ADDR admin=ADDR`.
+    pub fn listening_line(&self) -> String {
+        format!(
+            "loopwatch-agent listening grpc={} http={} admin={}",
+            self.grpc_addr, self.http_addr, self.admin_addr
+        )
+    }
+
+    /// The shared state (store, health, telemetry).
+    pub fn state(&self) -> &Arc<AgentState> {
+        &self.state
+    }
+
+    /// Stops all servers gracefully (bounded by [`SHUTDOWN_GRACE`]).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Health timer period: a quarter of the shortest timing setting, within 50 ms..1 s.
+fn tick(config: &Config) -> Duration {
+    (config.health.hold.min(config.health.stale_after) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Binds all listeners (port 0 picks free ports), spawns the servers and the health timer
+/// on the current tokio runtime, and returns once everything is listening.
+pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
+    let grpc = bind("grpc", config.receiver.grpc_listen).await?;
+    let http = bind("http", config.receiver.http_listen).await?;
+    let admin = bind("admin", config.admin.listen).await?;
+    let local = |l: &TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let grpc_addr = local(&grpc, "grpc", config.receiver.grpc_listen)?;
+    let http_addr = local(&http, "http", config.receiver.http_listen)?;
+    let admin_addr = local(&admin, "admin", config.admin.listen)?;
+
+    let period = tick(&config);
+    let state = Arc::new(AgentState::new(config));
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let routes = receiver::grpc::GrpcReceiver::new(state.clone()).router();
+    let grpc_stop = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, grpc_stop)
+            .await
+        {
+            tracing::error!(error = %e, "gRPC receiver failed");
+        }
+    }));
+
+    let http_router = receiver::http::router(state.clone());
+    let http_stop = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, http_router)
+            .with_graceful_shutdown(http_stop)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP receiver failed");
+        }
+    }));
+
+    let admin_router = admin::router(state.clone());
+    let admin_stop = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin, admin_router)
+            .with_graceful_shutdown(admin_stop)
+            .await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    }));
+
+    let timer_state = state.clone();
+    let mut timer_rx = rx;
+    tasks.push(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    timer_state.evaluate(Instant::now());
+                }
+                _ = timer_rx.wait_for(|s| *s) => break,
+            }
+        }
+    }));
+
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "loopwatch-agent started");
+    Ok(RunningAgent {
+        grpc_addr,
+        http_addr,
+        admin_addr,
+        state,
+        stop,
+        tasks,
+    })
+}

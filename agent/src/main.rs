@@ -1,2 +1,141 @@
-//! loopwatch-agent
-fn main() {}
+//! loopwatch-agent: the loopwatch sidecar binary. See the library docs for configuration.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use loopwatch_agent::config::{Config, KEYS};
+
+/// The loopwatch sidecar: OTLP in, event-loop health out.
+#[derive(Debug, Parser)]
+#[command(name = "loopwatch-agent", version, about)]
+struct Args {
+    /// TOML config file (sections [receiver], [admin], [health]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// OTLP/gRPC listen address (receiver.grpc_listen).
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    /// OTLP/HTTP listen address (receiver.http_listen).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Admin HTTP listen address (admin.listen).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Lag that makes a service unhealthy, e.g. 250ms (health.lag_enter).
+    #[arg(long)]
+    lag_enter: Option<String>,
+    /// Lag below which a service may recover, e.g. 100ms (health.lag_leave).
+    #[arg(long)]
+    lag_leave: Option<String>,
+    /// Recovery hold time, e.g. 3s (health.hold).
+    #[arg(long)]
+    hold: Option<String>,
+    /// Staleness timeout, e.g. 5s (health.stale_after).
+    #[arg(long)]
+    stale_after: Option<String>,
+    /// Set any key: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn overrides(args: &Args) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for s in &args.set {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--set {s:?}: expected section.key=value"))?;
+        let k = k.trim();
+        if !KEYS.contains(&k) {
+            return Err(format!("{k}: unknown configuration key (from --set)"));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    let named = [
+        ("receiver.grpc_listen", &args.grpc_listen),
+        ("receiver.http_listen", &args.http_listen),
+        ("admin.listen", &args.admin_listen),
+        ("health.lag_enter", &args.lag_enter),
+        ("health.lag_leave", &args.lag_leave),
+        ("health.hold", &args.hold),
+        ("health.stale_after", &args.stale_after),
+    ];
+    for (k, v) in named {
+        if let Some(v) = v {
+            out.push((k.to_string(), v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match overrides(&args)
+        .and_then(|o| Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &o).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loopwatch-agent: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loopwatch-agent: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let agent = match loopwatch_agent::start(config).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("loopwatch-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", agent.listening_line());
+        let _ = out.flush();
+    }
+    if let Err(e) = wait_for_signal().await {
+        tracing::error!(error = %e, "cannot wait for signals");
+    }
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! Agent configuration: embedded defaults, an optional TOML file, `LOOPWATCH_*` environment
+//! variables and command-line flags.
+//!
+//! Precedence is flag > environment > file > default. Every key is addressed as
+//! `section.key` (e.g. `health.lag_enter`); the environment variable for a key is
+//! `LOOPWATCH_<SECTION>_<KEY>` in upper case (e.g. `LOOPWATCH_HEALTH_LAG_ENTER`).
+//! Unknown file keys and invalid values are errors that name the key.
+//!
+//! | key | env | default | meaning |
+//! |---|---|---|---|
+//! | `receiver.grpc_listen` | `LOOPWATCH_RECEIVER_GRPC_LISTEN` | `127.0.0.1:4317` | OTLP/gRPC listen address |
+//! | `receiver.http_listen` | `LOOPWATCH_RECEIVER_HTTP_LISTEN` | `127.0.0.1:4318` | OTLP/HTTP listen address |
+//! | `receiver.max_body_bytes` | `LOOPWATCH_RECEIVER_MAX_BODY_BYTES` | `8388608` (8 MiB) | cap on a request body, applied after decompression (bytes) |
+//! | `receiver.max_services` | `LOOPWATCH_RECEIVER_MAX_SERVICES` | `1000` | max tracked service instances; new ones beyond are refused (429) |
+//! | `receiver.max_series_per_service` | `LOOPWATCH_RECEIVER_MAX_SERIES_PER_SERVICE` | `10000` | max series per service instance; new ones beyond are refused (429) |
+//! | `admin.listen` | `LOOPWATCH_ADMIN_LISTEN` | `0.0.0.0:9464` | admin HTTP listen address (`/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`) |
+//! | `health.lag_enter` | `LOOPWATCH_HEALTH_LAG_ENTER` | `250ms` | lag at or above which a service becomes unhealthy |
+//! | `health.lag_leave` | `LOOPWATCH_HEALTH_LAG_LEAVE` | `100ms` | lag below which an unhealthy service may recover |
+//! | `health.hold` | `LOOPWATCH_HEALTH_HOLD` | `3s` | lag must stay below `lag_leave` this long before recovery |
+//! | `health.stale_after` | `LOOPWATCH_HEALTH_STALE_AFTER` | `5s` | no data for this long marks a service stale |
+//! | `health.target_lag` | `LOOPWATCH_HEALTH_TARGET_LAG` | `100ms` | lag at which pressure is 1.0 |
+//! | `health.target_utilization` | `LOOPWATCH_HEALTH_TARGET_UTILIZATION` | `0.8` | utilization (0..1) at which pressure is 1.0 |
+//!
+//! Durations are strings with a unit: `ns`, `us`, `ms`, `s`, `m`, `h`, e.g. `"250ms"`,
+//! `"1.5s"`, `"2m"`. Flags: `--grpc-listen`, `--http-listen`, `--admin-listen`, and
+//! `--set section.key=value` for any key.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default OTLP/gRPC listen address.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:4317";
+/// Default OTLP/HTTP listen address.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:4318";
+/// Default admin HTTP listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9464";
+/// Default cap on a (decompressed) request body, in bytes (8 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Default cap on tracked service instances.
+pub const DEFAULT_MAX_SERVICES: usize = 1000;
+/// Default cap on series per service instance.
+pub const DEFAULT_MAX_SERIES_PER_SERVICE: usize = 10_000;
+/// Default lag at or above which a service enters the unhealthy state (250 ms).
+pub const DEFAULT_LAG_ENTER: Duration = Duration::from_millis(250);
+/// Default lag below which an unhealthy service may leave the unhealthy state (100 ms).
+pub const DEFAULT_LAG_LEAVE: Duration = Duration::from_millis(100);
+/// Default minimum time lag must stay below `lag_leave` before recovery (3 s).
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(3);
+/// Default time without data after which a service is stale (5 s).
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(5);
+/// Default lag at which pressure is 1.0 (100 ms).
+pub const DEFAULT_TARGET_LAG: Duration = Duration::from_millis(100);
+/// Default utilization at which pressure is 1.0.
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.8;
+
+/// Every configuration key, as `section.key`.
+pub const KEYS: &[&str] = &[
+    "receiver.grpc_listen",
+    "receiver.http_listen",
+    "receiver.max_body_bytes",
+    "receiver.max_services",
+    "receiver.max_series_per_service",
+    "admin.listen",
+    "health.lag_enter",
+    "health.lag_leave",
+    "health.hold",
+    "health.stale_after",
+    "health.target_lag",
+    "health.target_utilization",
+];
+
+/// A configuration error. Every variant names the offending key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        /// The file path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("{path}: invalid TOML: {message}")]
+    Toml {
+        /// The file path.
+        path: PathBuf,
+        /// The parser message.
+        message: String,
+    },
+    /// A key that the agent does not know.
+    #[error("{key}: unknown configuration key (from {origin})")]
+    UnknownKey {
+        /// The key as written.
+        key: String,
+        /// Where it came from (file path, flag).
+        origin: String,
+    },
+    /// A value that could not be parsed or is out of range.
+    #[error("{key}: {message}")]
+    InvalidValue {
+        /// The key (`section.key`, plus the env var or flag when it came from one).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// OTLP receiver settings (`[receiver]`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReceiverConfig {
+    /// OTLP/gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// OTLP/HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Cap on a request body after decompression, in bytes.
+    pub max_body_bytes: usize,
+    /// Cap on tracked service instances.
+    pub max_services: usize,
+    /// Cap on series per service instance.
+    pub max_series_per_service: usize,
+}
+
+/// Admin HTTP settings (`[admin]`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// Admin HTTP listen address.
+    pub listen: SocketAddr,
+}
+
+/// Health engine settings (`[health]`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// Lag at or above which a service becomes unhealthy.
+    pub lag_enter: Duration,
+    /// Lag below which an unhealthy service may recover.
+    pub lag_leave: Duration,
+    /// Lag must stay below `lag_leave` for this long before recovery.
+    pub hold: Duration,
+    /// No data for this long marks a service stale.
+    pub stale_after: Duration,
+    /// Lag at which pressure is 1.0.
+    pub target_lag: Duration,
+    /// Utilization (0..1) at which pressure is 1.0.
+    pub target_utilization: f64,
+}
+
+/// The full agent configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[receiver]` section.
+    pub receiver: ReceiverConfig,
+    /// `[admin]` section.
+    pub admin: AdminConfig,
+    /// `[health]` section.
+    pub health: HealthConfig,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    // Only used for the compile-time constant defaults above, which are valid.
+    s.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            receiver: ReceiverConfig {
+                grpc_listen: addr(DEFAULT_GRPC_LISTEN),
+                http_listen: addr(DEFAULT_HTTP_LISTEN),
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_services: DEFAULT_MAX_SERVICES,
+                max_series_per_service: DEFAULT_MAX_SERIES_PER_SERVICE,
+            },
+            admin: AdminConfig {
+                listen: addr(DEFAULT_ADMIN_LISTEN),
+            },
+            health: HealthConfig {
+                lag_enter: DEFAULT_LAG_ENTER,
+                lag_leave: DEFAULT_LAG_LEAVE,
+                hold: DEFAULT_HOLD,
+                stale_after: DEFAULT_STALE_AFTER,
+                target_lag: DEFAULT_TARGET_LAG,
+                target_utilization: DEFAULT_TARGET_UTILIZATION,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Starts a builder from the embedded defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::default(),
+        }
+    }
+
+    /// Sets one key (`section.key`) from its string form, as a file, env var or flag would.
+    /// `origin` only decorates error messages (e.g. `"LOOPWATCH_HEALTH_HOLD"`).
+    pub fn set(&mut self, key: &str, value: &str, origin: Option<&str>) -> Result<(), ConfigError> {
+        let named = || match origin {
+            Some(o) => format!("{key} ({o})"),
+            None => key.to_string(),
+        };
+        let invalid = |message: String| ConfigError::InvalidValue {
+            key: named(),
+            message,
+        };
+        let sock = |v: &str| {
+            v.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(format!(
+                    "invalid socket address {v:?} (expected e.g. \"127.0.0.1:4317\")"
+                ))
+            })
+        };
+        let count = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid(format!("invalid count {v:?} (expected a positive integer)")))
+        };
+        let dur = |v: &str| parse_duration(v).map_err(|e| invalid(e.to_string()));
+        let r = &mut self.receiver;
+        let h = &mut self.health;
+        match key {
+            "receiver.grpc_listen" => r.grpc_listen = sock(value)?,
+            "receiver.http_listen" => r.http_listen = sock(value)?,
+            "receiver.max_body_bytes" => r.max_body_bytes = count(value)?,
+            "receiver.max_services" => r.max_services = count(value)?,
+            "receiver.max_series_per_service" => r.max_series_per_service = count(value)?,
+            "admin.listen" => self.admin.listen = sock(value)?,
+            "health.lag_enter" => h.lag_enter = dur(value)?,
+            "health.lag_leave" => h.lag_leave = dur(value)?,
+            "health.hold" => h.hold = dur(value)?,
+            "health.stale_after" => h.stale_after = dur(value)?,
+            "health.target_lag" => h.target_lag = dur(value)?,
+            "health.target_utilization" => {
+                h.target_utilization = value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "invalid ratio {value:?} (expected a number > 0, e.g. 0.8)"
+                        ))
+                    })?
+            }
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_string(),
+                    origin: origin.unwrap_or("code").to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks cross-key constraints (e.g. `lag_leave <= lag_enter`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.health;
+        if h.lag_leave > h.lag_enter {
+            return Err(ConfigError::InvalidValue {
+                key: "health.lag_leave".into(),
+                message: format!(
+                    "{} must not exceed health.lag_enter ({})",
+                    format_duration(h.lag_leave),
+                    format_duration(h.lag_enter)
+                ),
+            });
+        }
+        for (key, d) in [
+            ("health.target_lag", h.target_lag),
+            ("health.stale_after", h.stale_after),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::InvalidValue {
+                    key: key.into(),
+                    message: "must be greater than 0".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a TOML document. Unknown sections/keys and bad values are errors naming the key.
+    pub fn apply_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Toml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let origin = path.display().to_string();
+        for (section, body) in &table {
+            let Some(body) = body.as_table() else {
+                return Err(ConfigError::UnknownKey {
+                    key: section.clone(),
+                    origin,
+                });
+            };
+            for (k, v) in body {
+                let key = format!("{section}.{k}");
+                if !KEYS.contains(&key.as_str()) {
+                    return Err(ConfigError::UnknownKey { key, origin });
+                }
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => {
+                        return Err(ConfigError::InvalidValue {
+                            key,
+                            message: format!(
+                                "expected a string or number, got {}",
+                                other.type_str()
+                            ),
+                        });
+                    }
+                };
+                self.set(&key, &s, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `LOOPWATCH_<SECTION>_<KEY>` variables from `lookup` (pass `std::env::var`).
+    /// Unrelated `LOOPWATCH_*` variables are ignored (the instrumentation crate may use them).
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for key in KEYS {
+            let var = env_var_name(key);
+            if let Some(v) = lookup(&var) {
+                self.set(key, &v, Some(&var))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders the configuration as TOML (what `--print-config` prints).
+    pub fn to_toml(&self) -> String {
+        let r = &self.receiver;
+        let h = &self.health;
+        let mut out = String::new();
+        let _ = writeln!(out, "[receiver]");
+        let _ = writeln!(out, "grpc_listen = \"{}\"", r.grpc_listen);
+        let _ = writeln!(out, "http_listen = \"{}\"", r.http_listen);
+        let _ = writeln!(out, "max_body_bytes = {}", r.max_body_bytes);
+        let _ = writeln!(out, "max_services = {}", r.max_services);
+        let _ = writeln!(out, "max_series_per_service = {}", r.max_series_per_service);
+        let _ = writeln!(out, "\n[admin]");
+        let _ = writeln!(out, "listen = \"{}\"", self.admin.listen);
+        let _ = writeln!(out, "\n[health]");
+        let _ = writeln!(out, "lag_enter = \"{}\"", format_duration(h.lag_enter));
+        let _ = writeln!(out, "lag_leave = \"{}\"", format_duration(h.lag_leave));
+        let _ = writeln!(out, "hold = \"{}\"", format_duration(h.hold));
+        let _ = writeln!(out, "stale_after = \"{}\"", format_duration(h.stale_after));
+        let _ = writeln!(out, "target_lag = \"{}\"", format_duration(h.target_lag));
+        let _ = writeln!(out, "target_utilization = {}", h.target_utilization);
+        out
+    }
+
+    /// Loads the effective configuration: defaults, then `file`, then env (`lookup`), then
+    /// `overrides` (flags, as `(key, value)` pairs), then validation.
+    pub fn load(
+        file: Option<&Path>,
+        lookup: impl Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            config.apply_toml(&text, path)?;
+        }
+        config.apply_env(lookup)?;
+        for (k, v) in overrides {
+            config.set(k, v, Some("flag"))?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The environment variable for a `section.key`, e.g. `LOOPWATCH_HEALTH_LAG_ENTER`.
+pub fn env_var_name(key: &str) -> String {
+    format!("LOOPWATCH_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Builder for [`Config`], starting from the embedded defaults.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+impl ConfigBuilder {
+    /// Sets the OTLP/gRPC listen address (port 0 picks a free port).
+    pub fn grpc_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.receiver.grpc_listen = addr;
+        self
+    }
+    /// Sets the OTLP/HTTP listen address (port 0 picks a free port).
+    pub fn http_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.receiver.http_listen = addr;
+        self
+    }
+    /// Sets the admin HTTP listen address (port 0 picks a free port).
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.admin.listen = addr;
+        self
+    }
+    /// Sets the decompressed body cap in bytes.
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.config.receiver.max_body_bytes = n;
+        self
+    }
+    /// Sets the service-instance cap.
+    pub fn max_services(mut self, n: usize) -> Self {
+        self.config.receiver.max_services = n;
+        self
+    }
+    /// Sets the per-service series cap.
+    pub fn max_series_per_service(mut self, n: usize) -> Self {
+        self.config.receiver.max_series_per_service = n;
+        self
+    }
+    /// Sets the lag that enters the unhealthy state.
+    pub fn lag_enter(mut self, d: Duration) -> Self {
+        self.config.health.lag_enter = d;
+        self
+    }
+    /// Sets the lag below which recovery is possible.
+    pub fn lag_leave(mut self, d: Duration) -> Self {
+        self.config.health.lag_leave = d;
+        self
+    }
+    /// Sets the recovery hold time.
+    pub fn hold(mut self, d: Duration) -> Self {
+        self.config.health.hold = d;
+        self
+    }
+    /// Sets the staleness timeout.
+    pub fn stale_after(mut self, d: Duration) -> Self {
+        self.config.health.stale_after = d;
+        self
+    }
+    /// Sets the lag at which pressure is 1.0.
+    pub fn target_lag(mut self, d: Duration) -> Self {
+        self.config.health.target_lag = d;
+        self
+    }
+    /// Sets the utilization at which pressure is 1.0.
+    pub fn target_utilization(mut self, u: f64) -> Self {
+        self.config.health.target_utilization = u;
+        self
+    }
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+/// A duration string that could not be parsed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid duration {0:?} (expected e.g. \"250ms\", \"1.5s\")")]
+pub struct DurationError(pub String);
+
+/// Parses `"250ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"10us"`, `"5ns"` into a [`Duration`].
+pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
+    let err = || DurationError(input.to_string());
+    let s = input.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(err)?;
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() || num.starts_with('.') && num.len() == 1 {
+        return Err(err());
+    }
+    let value: f64 = num.parse().map_err(|_| err())?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(err()),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+        return Err(err());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Formats a duration in the shortest unit that is exact-ish (`"250ms"`, `"3s"`, `"1.5s"`).
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        "0s".into()
+    } else if nanos % 1_000_000_000 == 0 {
+        format!("{}s", nanos / 1_000_000_000)
+    } else if nanos % 1_000_000 == 0 && nanos < 1_000_000_000 {
+        format!("{}ms", nanos / 1_000_000)
+    } else if nanos % 1_000_000 == 0 {
+        format!("{}s", d.as_secs_f64())
+    } else if nanos % 1_000 == 0 {
+        format!("{}us", nanos / 1_000)
+    } else {
+        format!("{nanos}ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 10us "), Ok(Duration::from_micros(10)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["abc", "", "10", "ms", "1.2.3s", "-1s", "5 parsecs", "."] {
+            assert!(parse_duration(bad).is_err(), "{bad} should fail");
+        }
+        let e = parse_duration("abc").unwrap_err().to_string();
+        assert_eq!(e, r#"invalid duration "abc" (expected e.g. "250ms", "1.5s")"#);
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for d in ["250ms", "3s", "1.5s", "10us", "7ns", "2m"] {
+            let parsed = parse_duration(d).unwrap();
+            assert_eq!(parse_duration(&format_duration(parsed)).unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn toml_errors_name_key() {
+        let mut c = Config::default();
+        let e = c
+            .apply_toml("[health]\nlag_enter = \"abc\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            r#"health.lag_enter: invalid duration "abc" (expected e.g. "250ms", "1.5s")"#
+        );
+        let e = c
+            .apply_toml("[health]\nlag_entr = \"1s\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("health.lag_entr: unknown"), "{e}");
+    }
+
+    #[test]
+    fn precedence_flag_env_file_default() {
+        let dir = std::env::temp_dir().join(format!("lw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[health]\nhold = \"1s\"\nstale_after = \"9s\"\n").unwrap();
+        let env = |k: &str| (k == "LOOPWATCH_HEALTH_HOLD").then(|| "2s".to_string());
+        let c = Config::load(Some(&path), env, &[]).unwrap();
+        assert_eq!(c.health.hold, Duration::from_secs(2));
+        assert_eq!(c.health.stale_after, Duration::from_secs(9));
+        assert_eq!(c.health.lag_enter, DEFAULT_LAG_ENTER);
+        let c = Config::load(Some(&path), env, &[("health.hold".into(), "4s".into())]).unwrap();
+        assert_eq!(c.health.hold, Duration::from_secs(4));
+        let printed = c.to_toml();
+        let mut again = Config::default();
+        again.apply_toml(&printed, Path::new("p.toml")).unwrap();
+        assert_eq!(again, c);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

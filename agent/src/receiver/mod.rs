@@ -1,0 +1,15 @@
+//! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]).
+//!
+//! Metrics are decoded and stored. Traces and logs are accepted, counted
+//! (`loopwatch_agent_spans_received_total`, `loopwatch_agent_log_records_received_total`)
+//! and dropped: forwarding them upstream is not implemented yet.
+//!
+//! Status mapping (OTLP spec): success -> 200 / OK with an empty export response;
+//! undecodable body -> 400 / INVALID_ARGUMENT; body over `receiver.max_body_bytes` after
+//! decompression -> 413 (gRPC: OUT_OF_RANGE / RESOURCE_EXHAUSTED from tonic's message
+//! limit); unsupported content type or encoding -> 415; over a service/series/memory cap ->
+//! 429 / RESOURCE_EXHAUSTED. Refusals are counted in
+//! `loopwatch_agent_requests_refused_total{reason}`.
+
+pub mod grpc;
+pub mod http;

@@ -1,0 +1,227 @@
+//! Shared agent state: the series store, health evaluation and self-telemetry counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+
+use crate::config::Config;
+use crate::health::{self, HealthState, Runtime};
+use crate::store::{CapError, DropReason, Limits, MAX_TOTAL_BYTES, ServiceKey, Store, prepare};
+
+/// Why a request was refused (label `reason` of `loopwatch_agent_requests_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// Body could not be decoded (400 / INVALID_ARGUMENT).
+    Malformed,
+    /// Body over `receiver.max_body_bytes` after decompression (413).
+    TooLarge,
+    /// Content type or encoding not supported (415).
+    UnsupportedMediaType,
+    /// `receiver.max_services` reached (429 / RESOURCE_EXHAUSTED).
+    TooManyServices,
+    /// `receiver.max_series_per_service` reached (429 / RESOURCE_EXHAUSTED).
+    TooManySeries,
+    /// Fixed series memory budget reached (429 / RESOURCE_EXHAUSTED).
+    Memory,
+}
+
+impl RefuseReason {
+    /// All reasons, for exposition.
+    pub const ALL: [RefuseReason; 6] = [
+        RefuseReason::Malformed,
+        RefuseReason::TooLarge,
+        RefuseReason::UnsupportedMediaType,
+        RefuseReason::TooManyServices,
+        RefuseReason::TooManySeries,
+        RefuseReason::Memory,
+    ];
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::Malformed => "malformed",
+            RefuseReason::TooLarge => "too_large",
+            RefuseReason::UnsupportedMediaType => "unsupported_media_type",
+            RefuseReason::TooManyServices => "too_many_services",
+            RefuseReason::TooManySeries => "too_many_series",
+            RefuseReason::Memory => "memory",
+        }
+    }
+}
+
+impl From<CapError> for RefuseReason {
+    fn from(e: CapError) -> Self {
+        match e {
+            CapError::TooManyServices(_) => RefuseReason::TooManyServices,
+            CapError::TooManySeries(_) => RefuseReason::TooManySeries,
+            CapError::Memory(_) => RefuseReason::Memory,
+        }
+    }
+}
+
+/// Self-telemetry counters (monotonic since start).
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    /// Metric datapoints accepted.
+    pub datapoints_received: AtomicU64,
+    /// Spans received over OTLP (accepted and dropped: forwarding is not implemented yet).
+    pub spans_received: AtomicU64,
+    /// Log records received over OTLP (accepted and dropped: forwarding is not implemented yet).
+    pub log_records_received: AtomicU64,
+    refused: [AtomicU64; 6],
+    dropped: [AtomicU64; 4],
+}
+
+impl Telemetry {
+    /// Counts one refused request.
+    pub fn refuse(&self, reason: RefuseReason) {
+        let i = RefuseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
+    /// Refused requests so far for `reason`.
+    pub fn refused(&self, reason: RefuseReason) -> u64 {
+        let i = RefuseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.refused[i].load(Ordering::Relaxed)
+    }
+    /// Counts dropped datapoints.
+    pub fn drop_points(&self, reason: DropReason, n: u64) {
+        let i = DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.dropped[i].fetch_add(n, Ordering::Relaxed);
+    }
+    /// Dropped datapoints so far for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.dropped[i].load(Ordering::Relaxed)
+    }
+}
+
+/// A read-only view of one service instance at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceView {
+    /// Identity.
+    pub key: ServiceKey,
+    /// Health state.
+    pub state: HealthState,
+    /// Reasons for the state (empty when Ok).
+    pub reasons: Vec<String>,
+    /// Detected runtime.
+    pub runtime: Runtime,
+    /// lag = max(delay p99, stall), seconds.
+    pub lag_seconds: Option<f64>,
+    /// Current stall, seconds.
+    pub stall_seconds: Option<f64>,
+    /// Delay p99, seconds.
+    pub delay_p99_seconds: Option<f64>,
+    /// Utilization ratio.
+    pub utilization: Option<f64>,
+    /// Pressure (1.0 = at target).
+    pub pressure: f64,
+    /// Seconds since the last export.
+    pub last_seen_age_seconds: f64,
+}
+
+/// State shared by the receivers, the admin server and the health timer.
+#[derive(Debug)]
+pub struct AgentState {
+    config: Config,
+    store: Mutex<Store>,
+    /// Self-telemetry counters.
+    pub telemetry: Telemetry,
+}
+
+impl AgentState {
+    /// Fresh state for `config`.
+    pub fn new(config: Config) -> Self {
+        let limits = Limits {
+            max_services: config.receiver.max_services,
+            max_series_per_service: config.receiver.max_series_per_service,
+            max_total_bytes: MAX_TOTAL_BYTES,
+        };
+        AgentState {
+            config,
+            store: Mutex::new(Store::new(limits)),
+            telemetry: Telemetry::default(),
+        }
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Locks the store (a poisoned lock is recovered: the store stays consistent per update).
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ingests an OTLP metrics request: decode, check caps, apply, evaluate health of the
+    /// touched services. Returns the number of accepted datapoints.
+    pub fn ingest_metrics(&self, req: &ExportMetricsServiceRequest) -> Result<u64, CapError> {
+        let prepared = prepare(req);
+        for (reason, n) in &prepared.dropped {
+            self.telemetry.drop_points(*reason, *n);
+        }
+        let accepted = prepared.datapoints();
+        let now = Instant::now();
+        let mut store = self.store();
+        match store.apply(prepared, now) {
+            Ok(touched) => {
+                self.telemetry
+                    .datapoints_received
+                    .fetch_add(accepted, Ordering::Relaxed);
+                let cfg = &self.config.health;
+                for key in &touched {
+                    if let Some(s) = store.service_mut(key) {
+                        let lag = health::signals(&s.series).lag();
+                        let before = s.health.is_unhealthy();
+                        let e = s.health.evaluate(cfg, now, lag, s.last_seen);
+                        log_transition(key, before, s.health.is_unhealthy(), &e.reasons);
+                    }
+                }
+                Ok(accepted)
+            }
+            Err(e) => {
+                drop(store);
+                self.telemetry.refuse(e.into());
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-evaluates every service at `now` (staleness, hold expiry) and returns views.
+    pub fn evaluate(&self, now: Instant) -> Vec<ServiceView> {
+        let cfg = &self.config.health;
+        let mut store = self.store();
+        let mut out = Vec::with_capacity(store.len());
+        for (key, s) in store.services_mut() {
+            let sig = health::signals(&s.series);
+            let before = s.health.is_unhealthy();
+            let e = s.health.evaluate(cfg, now, sig.lag(), s.last_seen);
+            log_transition(key, before, s.health.is_unhealthy(), &e.reasons);
+            out.push(ServiceView {
+                key: key.clone(),
+                state: e.state,
+                reasons: e.reasons,
+                runtime: sig.runtime,
+                lag_seconds: sig.lag(),
+                stall_seconds: sig.stall,
+                delay_p99_seconds: sig.delay_p99,
+                utilization: sig.utilization,
+                pressure: sig.pressure(cfg),
+                last_seen_age_seconds: now.saturating_duration_since(s.last_seen).as_secs_f64(),
+            });
+        }
+        out
+    }
+}
+
+fn log_transition(key: &ServiceKey, before: bool, after: bool, reasons: &[String]) {
+    if before != after {
+        if after {
+            tracing::warn!(service = %key.service, instance = %key.instance, reasons = ?reasons, "service unhealthy");
+        } else {
+            tracing::info!(service = %key.service, instance = %key.instance, "service recovered");
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! Series storage: the latest value of every datapoint received, per service instance.
+//!
+//! A service instance is keyed by the resource attributes `service.name` and
+//! `service.instance.id` (missing instance id -> `""`, missing name -> `"unknown_service"`).
+//! A series is keyed by metric name + datapoint attributes. Gauges replace; sums and
+//! histograms replace when cumulative and accumulate when delta.
+//!
+//! Memory is bounded by caps: services, series per service, a fixed budget on the
+//! approximate bytes held ([`MAX_TOTAL_BYTES`]) and fixed limits on the size of one series
+//! identity ([`MAX_ATTRIBUTES`], [`MAX_NAME_BYTES`], [`MAX_VALUE_BYTES`],
+//! [`MAX_HISTOGRAM_BUCKETS`]). A request that would exceed a cap is refused as a whole
+//! (nothing of it is applied), so a client's retry does not double-count deltas.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+
+use crate::health::Tracker;
+
+/// Max attributes on one datapoint; datapoints with more are dropped (reason `oversize`).
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Max bytes of a metric name or attribute key.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Max bytes of an attribute value (after rendering to a string).
+pub const MAX_VALUE_BYTES: usize = 1024;
+/// Max explicit histogram buckets on one datapoint.
+pub const MAX_HISTOGRAM_BUCKETS: usize = 512;
+/// Budget for the approximate bytes held by all series (256 MiB); beyond it requests that
+/// would add series are refused (reason `memory`).
+pub const MAX_TOTAL_BYTES: usize = 256 * 1024 * 1024;
+
+/// OTLP `AGGREGATION_TEMPORALITY_DELTA`.
+const TEMPORALITY_DELTA: i32 = 1;
+
+/// Identity of a service instance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// Resource `service.name`.
+    pub service: String,
+    /// Resource `service.instance.id`, `""` when absent.
+    pub instance: String,
+}
+
+/// Identity of a series within a service: metric name + sorted datapoint attributes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    /// OTel metric name, e.g. `tokio.eventloop.delay.p99`.
+    pub name: String,
+    /// Datapoint attributes, sorted by key, values rendered as strings.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// The OTel instrument kind of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesKind {
+    /// Gauge (last value).
+    Gauge,
+    /// Monotonic sum (a counter).
+    Counter,
+    /// Non-monotonic sum (an up-down counter).
+    UpDownCounter,
+    /// Explicit-bucket histogram.
+    Histogram,
+}
+
+/// The value of a series.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeriesValue {
+    /// A number (gauge or sum).
+    Number(f64),
+    /// An explicit-bucket histogram.
+    Histogram {
+        /// Upper bounds of the buckets (exclusive of the implicit `+Inf`).
+        bounds: Vec<f64>,
+        /// Per-bucket (non-cumulative) counts, `bounds.len() + 1` entries.
+        counts: Vec<u64>,
+        /// Sum of observations (0 when the sender omitted it).
+        sum: f64,
+        /// Number of observations.
+        count: u64,
+    },
+}
+
+/// One stored series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Instrument kind.
+    pub kind: SeriesKind,
+    /// OTel unit string (`s`, `By`, `1`, `{stall}`, ...).
+    pub unit: String,
+    /// Metric description (first one seen).
+    pub description: String,
+    /// Latest (or accumulated, for deltas) value.
+    pub value: SeriesValue,
+}
+
+/// Everything known about one service instance.
+#[derive(Debug)]
+pub struct ServiceState {
+    /// Series by identity.
+    pub series: BTreeMap<SeriesKey, Series>,
+    /// When the last export for this instance arrived.
+    pub last_seen: Instant,
+    /// Health hysteresis state.
+    pub health: Tracker,
+}
+
+/// Why datapoints were dropped while decoding an otherwise accepted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropReason {
+    /// NaN or infinite value.
+    NonFinite,
+    /// Exponential histogram, summary or a point without a value.
+    Unsupported,
+    /// Series identity or bucket list over the fixed size limits.
+    Oversize,
+    /// Inconsistent histogram (bucket count != bounds + 1).
+    Invalid,
+}
+
+impl DropReason {
+    /// All reasons, for exposition.
+    pub const ALL: [DropReason; 4] = [
+        DropReason::NonFinite,
+        DropReason::Unsupported,
+        DropReason::Oversize,
+        DropReason::Invalid,
+    ];
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NonFinite => "non_finite",
+            DropReason::Unsupported => "unsupported",
+            DropReason::Oversize => "oversize",
+            DropReason::Invalid => "invalid",
+        }
+    }
+}
+
+/// Why a whole request was refused by a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CapError {
+    /// The request would add a service instance beyond `receiver.max_services`.
+    #[error("too many services (max_services = {0})")]
+    TooManyServices(usize),
+    /// The request would add series beyond `receiver.max_series_per_service`.
+    #[error("too many series for one service (max_series_per_service = {0})")]
+    TooManySeries(usize),
+    /// The request would exceed the fixed memory budget.
+    #[error("series memory budget exhausted ({0} bytes)")]
+    Memory(usize),
+}
+
+/// One decoded update to a series.
+#[derive(Debug, Clone)]
+pub struct Update {
+    key: SeriesKey,
+    kind: SeriesKind,
+    unit: String,
+    description: String,
+    delta: bool,
+    value: SeriesValue,
+}
+
+/// A request decoded into per-service updates, with dropped datapoints counted.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    batches: Vec<(ServiceKey, Vec<Update>)>,
+    /// Datapoints dropped during decoding, by reason.
+    pub dropped: Vec<(DropReason, u64)>,
+}
+
+impl Prepared {
+    /// Number of datapoints that will be applied.
+    pub fn datapoints(&self) -> u64 {
+        self.batches.iter().map(|(_, u)| u.len() as u64).sum()
+    }
+
+    fn drop(&mut self, reason: DropReason) {
+        match self.dropped.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.dropped.push((reason, 1)),
+        }
+    }
+}
+
+/// Renders an OTLP attribute value as a label string.
+fn render_value(v: Option<&AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        None => String::new(),
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BytesValue(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        Some(any_value::Value::ArrayValue(a)) => {
+            let parts: Vec<String> = a.values.iter().map(|v| render_value(Some(v))).collect();
+            format!("[{}]", parts.join(","))
+        }
+        Some(any_value::Value::KvlistValue(kv)) => {
+            let parts: Vec<String> = kv
+                .values
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, render_value(kv.value.as_ref())))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        // Dictionary references (profiles only) have no meaning without the dictionary.
+        Some(_) => String::new(),
+    }
+}
+
+fn attributes(kvs: &[KeyValue]) -> Option<Vec<(String, String)>> {
+    if kvs.len() > MAX_ATTRIBUTES {
+        return None;
+    }
+    let mut out = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        if kv.key.len() > MAX_NAME_BYTES {
+            return None;
+        }
+        let v = render_value(kv.value.as_ref());
+        if v.len() > MAX_VALUE_BYTES {
+            return None;
+        }
+        out.push((kv.key.clone(), v));
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    Some(out)
+}
+
+fn service_key(resource_attrs: &[KeyValue]) -> ServiceKey {
+    let find = |k: &str| {
+        resource_attrs
+            .iter()
+            .find(|kv| kv.key == k)
+            .map(|kv| render_value(kv.value.as_ref()))
+    };
+    let mut service = find("service.name").unwrap_or_default();
+    if service.is_empty() {
+        service = "unknown_service".into();
+    }
+    let mut instance = find("service.instance.id").unwrap_or_default();
+    service.truncate(MAX_VALUE_BYTES.min(service.len()));
+    instance.truncate(MAX_VALUE_BYTES.min(instance.len()));
+    ServiceKey { service, instance }
+}
+
+/// Decodes a request into updates. Never fails: bad datapoints are dropped and counted.
+pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared {
+    let mut prepared = Prepared::default();
+    for rm in &req.resource_metrics {
+        let key = service_key(
+            rm.resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or(&[]),
+        );
+        let mut updates = Vec::new();
+        for sm in &rm.scope_metrics {
+            for m in &sm.metrics {
+                prepare_metric(m, &mut updates, &mut prepared);
+            }
+        }
+        prepared.batches.push((key, updates));
+    }
+    prepared
+}
+
+fn prepare_metric(
+    m: &opentelemetry_proto::tonic::metrics::v1::Metric,
+    updates: &mut Vec<Update>,
+    prepared: &mut Prepared,
+) {
+    let oversize_name = m.name.len() > MAX_NAME_BYTES || m.unit.len() > MAX_NAME_BYTES;
+    let description: String = m.description.chars().take(512).collect();
+    let mut push = |prepared: &mut Prepared,
+                    attrs: &[KeyValue],
+                    kind: SeriesKind,
+                    delta: bool,
+                    value: SeriesValue| {
+        let Some(attributes) = attributes(attrs).filter(|_| !oversize_name) else {
+            prepared.drop(DropReason::Oversize);
+            return;
+        };
+        updates.push(Update {
+            key: SeriesKey {
+                name: m.name.clone(),
+                attributes,
+            },
+            kind,
+            unit: m.unit.clone(),
+            description: description.clone(),
+            delta,
+            value,
+        });
+    };
+    let number = |v: Option<&number_data_point::Value>| match v {
+        Some(number_data_point::Value::AsDouble(d)) => Some(*d),
+        Some(number_data_point::Value::AsInt(i)) => Some(*i as f64),
+        None => None,
+    };
+    match &m.data {
+        Some(metric::Data::Gauge(g)) => {
+            for dp in &g.data_points {
+                match number(dp.value.as_ref()) {
+                    None => prepared.drop(DropReason::Unsupported),
+                    Some(v) if !v.is_finite() => prepared.drop(DropReason::NonFinite),
+                    Some(v) => push(
+                        prepared,
+                        &dp.attributes,
+                        SeriesKind::Gauge,
+                        false,
+                        SeriesValue::Number(v),
+                    ),
+                }
+            }
+        }
+        Some(metric::Data::Sum(s)) => {
+            let kind = if s.is_monotonic {
+                SeriesKind::Counter
+            } else {
+                SeriesKind::UpDownCounter
+            };
+            let delta = s.aggregation_temporality == TEMPORALITY_DELTA;
+            for dp in &s.data_points {
+                match number(dp.value.as_ref()) {
+                    None => prepared.drop(DropReason::Unsupported),
+                    Some(v) if !v.is_finite() => prepared.drop(DropReason::NonFinite),
+                    Some(v) => push(prepared, &dp.attributes, kind, delta, SeriesValue::Number(v)),
+                }
+            }
+        }
+        Some(metric::Data::Histogram(h)) => {
+            let delta = h.aggregation_temporality == TEMPORALITY_DELTA;
+            for dp in &h.data_points {
+                let sum = dp.sum.unwrap_or(0.0);
+                if dp.explicit_bounds.len() > MAX_HISTOGRAM_BUCKETS {
+                    prepared.drop(DropReason::Oversize);
+                } else if !sum.is_finite() || dp.explicit_bounds.iter().any(|b| !b.is_finite()) {
+                    prepared.drop(DropReason::NonFinite);
+                } else if !(dp.bucket_counts.is_empty()
+                    || dp.bucket_counts.len() == dp.explicit_bounds.len() + 1)
+                    || dp.explicit_bounds.windows(2).any(|w| w[0] >= w[1])
+                {
+                    prepared.drop(DropReason::Invalid);
+                } else {
+                    let counts = if dp.bucket_counts.is_empty() {
+                        // No buckets: everything in the +Inf bucket.
+                        let mut c = vec![0; dp.explicit_bounds.len()];
+                        c.push(dp.count);
+                        c
+                    } else {
+                        dp.bucket_counts.clone()
+                    };
+                    push(
+                        prepared,
+                        &dp.attributes,
+                        SeriesKind::Histogram,
+                        delta,
+                        SeriesValue::Histogram {
+                            bounds: dp.explicit_bounds.clone(),
+                            counts,
+                            sum,
+                            count: dp.count,
+                        },
+                    );
+                }
+            }
+        }
+        Some(metric::Data::ExponentialHistogram(h)) => {
+            for _ in &h.data_points {
+                prepared.drop(DropReason::Unsupported);
+            }
+        }
+        Some(metric::Data::Summary(s)) => {
+            for _ in &s.data_points {
+                prepared.drop(DropReason::Unsupported);
+            }
+        }
+        None => {}
+    }
+}
+
+fn approx_bytes(key: &SeriesKey, series: &Series) -> usize {
+    let attrs: usize = key
+        .attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 48)
+        .sum();
+    let value = match &series.value {
+        SeriesValue::Number(_) => 0,
+        SeriesValue::Histogram { bounds, counts, .. } => bounds.len() * 8 + counts.len() * 8,
+    };
+    128 + key.name.len() + attrs + series.unit.len() + series.description.len() + value
+}
+
+/// Caps applied by the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Max service instances.
+    pub max_services: usize,
+    /// Max series per service instance.
+    pub max_series_per_service: usize,
+    /// Budget for approximate bytes held.
+    pub max_total_bytes: usize,
+}
+
+/// All service instances and their series.
+#[derive(Debug)]
+pub struct Store {
+    services: BTreeMap<ServiceKey, ServiceState>,
+    limits: Limits,
+    bytes: usize,
+}
+
+impl Store {
+    /// An empty store with these caps.
+    pub fn new(limits: Limits) -> Self {
+        Store {
+            services: BTreeMap::new(),
+            limits,
+            bytes: 0,
+        }
+    }
+
+    /// Service instances, ordered by key.
+    pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &ServiceState)> {
+        self.services.iter()
+    }
+
+    /// Mutable access to service instances (for health evaluation).
+    pub fn services_mut(&mut self) -> impl Iterator<Item = (&ServiceKey, &mut ServiceState)> {
+        self.services.iter_mut()
+    }
+
+    /// One service instance, mutably.
+    pub fn service_mut(&mut self, key: &ServiceKey) -> Option<&mut ServiceState> {
+        self.services.get_mut(key)
+    }
+
+    /// Number of service instances.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// True when no service has reported.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Approximate bytes held by series.
+    pub fn approx_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Checks caps for the whole request, then applies it. On error nothing is applied.
+    /// Returns the keys of the service instances touched.
+    pub fn apply(&mut self, prepared: Prepared, now: Instant) -> Result<Vec<ServiceKey>, CapError> {
+        // Pass 1: caps.
+        let mut new_services: HashSet<&ServiceKey> = HashSet::new();
+        let mut new_bytes = 0usize;
+        for (skey, updates) in &prepared.batches {
+            let existing = self.services.get(skey);
+            if existing.is_none() && new_services.insert(skey) {
+                if self.services.len() + new_services.len() > self.limits.max_services {
+                    return Err(CapError::TooManyServices(self.limits.max_services));
+                }
+            }
+            let current = existing.map_or(0, |s| s.series.len());
+            let mut new_series: HashSet<&SeriesKey> = HashSet::new();
+            for u in updates {
+                let exists = existing.is_some_and(|s| s.series.contains_key(&u.key));
+                if !exists && new_series.insert(&u.key) {
+                    if current + new_series.len() > self.limits.max_series_per_service {
+                        return Err(CapError::TooManySeries(self.limits.max_series_per_service));
+                    }
+                    new_bytes += 128
+                        + u.key.name.len()
+                        + u.key.attributes.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+                        + match &u.value {
+                            SeriesValue::Number(_) => 0,
+                            SeriesValue::Histogram { bounds, counts, .. } => {
+                                (bounds.len() + counts.len()) * 8
+                            }
+                        };
+                }
+            }
+        }
+        if new_bytes > 0 && self.bytes + new_bytes > self.limits.max_total_bytes {
+            return Err(CapError::Memory(self.limits.max_total_bytes));
+        }
+        // Pass 2: apply.
+        let mut touched = Vec::with_capacity(prepared.batches.len());
+        for (skey, updates) in prepared.batches {
+            let state = self
+                .services
+                .entry(skey.clone())
+                .or_insert_with(|| ServiceState {
+                    series: BTreeMap::new(),
+                    last_seen: now,
+                    health: Tracker::default(),
+                });
+            state.last_seen = now;
+            for u in updates {
+                let Update {
+                    key,
+                    kind,
+                    unit,
+                    description,
+                    delta,
+                    value,
+                } = u;
+                match state.series.get_mut(&key) {
+                    Some(existing) => {
+                        let before = approx_bytes(&key, existing);
+                        if existing.kind != kind {
+                            existing.kind = kind;
+                            existing.value = value;
+                        } else if delta {
+                            accumulate(&mut existing.value, value);
+                        } else {
+                            existing.value = value;
+                        }
+                        existing.unit = unit;
+                        let after = approx_bytes(&key, existing);
+                        self.bytes = (self.bytes + after).saturating_sub(before);
+                    }
+                    None => {
+                        let series = Series {
+                            kind,
+                            unit,
+                            description,
+                            value,
+                        };
+                        self.bytes += approx_bytes(&key, &series);
+                        state.series.insert(key, series);
+                    }
+                }
+            }
+            touched.push(skey);
+        }
+        Ok(touched)
+    }
+}
+
+/// Adds a delta onto the stored value. Histograms with different bounds are replaced.
+fn accumulate(stored: &mut SeriesValue, delta: SeriesValue) {
+    match (stored, delta) {
+        (SeriesValue::Number(a), SeriesValue::Number(b)) => {
+            let s = *a + b;
+            *a = if s.is_finite() { s } else { b };
+        }
+        (
+            SeriesValue::Histogram {
+                bounds,
+                counts,
+                sum,
+                count,
+            },
+            SeriesValue::Histogram {
+                bounds: b2,
+                counts: c2,
+                sum: s2,
+                count: n2,
+            },
+        ) if *bounds == b2 && counts.len() == c2.len() => {
+            for (c, d) in counts.iter_mut().zip(c2) {
+                *c = c.saturating_add(d);
+            }
+            let s = *sum + s2;
+            *sum = if s.is_finite() { s } else { s2 };
+            *count = count.saturating_add(n2);
+        }
+        (stored, delta) => *stored = delta,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+        }
+    }
+
+    fn request(service: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", service)],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn point(v: f64, attr: &str) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: vec![kv("a", attr)],
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        }
+    }
+
+    fn sum(name: &str, temporality: i32, points: Vec<NumberDataPoint>) -> Metric {
+        Metric {
+            name: name.into(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: temporality,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_services: 2,
+            max_series_per_service: 3,
+            max_total_bytes: MAX_TOTAL_BYTES,
+        }
+    }
+
+    fn value(store: &Store, name: &str) -> f64 {
+        let (_, s) = store.services().next().unwrap();
+        match s.series.iter().find(|(k, _)| k.name == name).unwrap().1.value {
+            SeriesValue::Number(v) => v,
+            _ => panic!("not a number"),
+        }
+    }
+
+    #[test]
+    fn delta_accumulates_cumulative_replaces() {
+        let mut store = Store::new(limits());
+        let now = Instant::now();
+        for _ in 0..3 {
+            let req = request(
+                "s",
+                vec![
+                    sum("d", 1, vec![point(2.0, "x")]),
+                    sum("c", 2, vec![point(5.0, "x")]),
+                ],
+            );
+            store.apply(prepare(&req), now).unwrap();
+        }
+        assert_eq!(value(&store, "d"), 6.0);
+        assert_eq!(value(&store, "c"), 5.0);
+    }
+
+    #[test]
+    fn non_finite_skipped_and_counted() {
+        let req = request(
+            "s",
+            vec![Metric {
+                name: "g".into(),
+                data: Some(metric::Data::Gauge(Gauge {
+                    data_points: vec![point(f64::NAN, "1"), point(f64::INFINITY, "2"), point(1.0, "3")],
+                })),
+                ..Default::default()
+            }],
+        );
+        let p = prepare(&req);
+        assert_eq!(p.dropped, vec![(DropReason::NonFinite, 2)]);
+        assert_eq!(p.datapoints(), 1);
+    }
+
+    #[test]
+    fn caps_refuse_whole_request() {
+        let mut store = Store::new(limits());
+        let now = Instant::now();
+        let four: Vec<_> = (0..4).map(|i| point(1.0, &i.to_string())).collect();
+        let err = store.apply(prepare(&request("s", vec![sum("d", 1, four)])), now);
+        assert_eq!(err, Err(CapError::TooManySeries(3)));
+        assert!(store.is_empty(), "nothing applied on refusal");
+        for s in ["a", "b"] {
+            store
+                .apply(prepare(&request(s, vec![sum("d", 1, vec![point(1.0, "x")])])), now)
+                .unwrap();
+        }
+        let err = store.apply(prepare(&request("c", vec![])), now);
+        assert_eq!(err, Err(CapError::TooManyServices(2)));
+        assert_eq!(store.len(), 2);
+    }
+}
