@@ -1,0 +1,96 @@
+"""Every PromQL in the dashboard, the prometheus-adapter rules and the KEDA prometheus trigger is
+evaluated on a real Prometheus scraping real agents fed by real example services, and must return
+data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CC, K8S, find_doc, load_docs
+from lwquery import dashboard_targets, metric_names, render_adapter_query, substitute
+from lwstack import PromQLError, http, wait_until
+
+import yaml
+
+DASHBOARD = json.loads((CC / "grafana" / "loopwatch-dashboard.json").read_text())
+
+# Metrics that panels already show but that the agent does not export yet (they come with later
+# issues). A query may return no data ONLY while every metric it is missing is in this list and
+# absent from Prometheus altogether; once the agent exports a metric, its panels must return data.
+NOT_YET_EXPORTED = {
+    "http_server_request_duration_seconds_count": "per-route HTTP metrics (route layer, later issue)",
+    "http_server_request_duration_seconds_bucket": "per-route HTTP metrics (route layer, later issue)",
+    "loopwatch_heap_growth_rate_bytes_per_second": "heap tracker (later issue)",
+    "loopwatch_heap_allocated_bytes": "heap tracker (later issue)",
+}
+
+
+def metric_exists(stack, name: str) -> bool:
+    return bool(stack.prometheus.query(f'count({{__name__="{name}"}})'))
+
+
+def assert_returns_data(stack, expr: str, what: str, timeout: float = 20):
+    try:
+        return wait_until(lambda: stack.prometheus.query(expr), timeout=timeout, interval=1, what=what)
+    except AssertionError:
+        stack.prometheus.query(expr)  # surfaces a PromQL syntax/type error as such
+        absent = {m for m in metric_names(expr) if not metric_exists(stack, m)}
+        if absent and absent <= set(NOT_YET_EXPORTED):
+            return None  # allowed: see NOT_YET_EXPORTED
+        raise AssertionError(f"{what}: no data for {expr!r} (metrics absent from Prometheus: {sorted(absent)}) "
+                             f"{stack.logs_hint()}")
+
+
+@pytest.mark.parametrize(
+    "title,ref,expr", dashboard_targets(DASHBOARD), ids=[f"{t}/{r}" for t, r, _ in dashboard_targets(DASHBOARD)]
+)
+def test_dashboard_query_returns_data(stack, title, ref, expr):
+    q = substitute(expr, DASHBOARD)
+    assert_returns_data(stack, q, f"panel {title!r} {ref}")
+
+
+def test_dashboard_variables_resolve(stack):
+    for var in DASHBOARD["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        definition = var["query"]["query"]
+        inner = definition[len("label_values("):-1]
+        selector, label = (x.strip() for x in inner.rsplit(",", 1))
+        selector = substitute(selector, DASHBOARD)
+        values = stack.prometheus.label_values(label, selector)
+        assert values, f"variable {var['name']}: {definition} -> no values"
+    assert stack.namespace in stack.prometheus.label_values("namespace", "loopwatch_pressure")
+
+
+def test_adapter_rules_discover_and_return_data_for_every_pod(stack, adapter_rules):
+    pods = [r.pod for r in stack.replicas]
+    for rule in adapter_rules:
+        series = {s["__name__"] for s in stack.prometheus.series(rule["seriesQuery"])}
+        assert series, f"seriesQuery {rule['seriesQuery']!r} found nothing"
+        for name in series:
+            q = render_adapter_query(rule, name, stack.namespace, pods)
+            res = assert_returns_data(stack, q, f"adapter rule for {name}")
+            assert {x["metric"]["pod"] for x in res} == set(pods), (q, res)
+
+
+def test_keda_prometheus_query_returns_one_value(stack):
+    so = find_doc(K8S / "overlays" / "keda-prometheus" / "scaledobject.yaml", "ScaledObject")
+    (t,) = so["spec"]["triggers"]
+    res = assert_returns_data(stack, t["metadata"]["query"], "KEDA prometheus trigger")
+    assert len(res) == 1, "KEDA needs a single sample"
+
+
+def test_keda_metrics_api_value_location_reads_a_number(stack):
+    so = find_doc(K8S / "overlays" / "keda-metrics-api" / "scaledobject.yaml", "ScaledObject")
+    (t,) = so["spec"]["triggers"]
+    path = t["metadata"]["url"].split(":9464", 1)[1]
+    for r in stack.replicas:
+        status, body = http("GET", f"http://{r.agent_admin}{path}", timeout=5)
+        assert status == 200, body
+        doc = json.loads(body)
+        value = doc
+        for part in t["metadata"]["valueLocation"].split("."):
+            value = value[part]
+        assert isinstance(value, (int, float)) and value >= 0, doc
