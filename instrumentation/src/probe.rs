@@ -140,6 +140,8 @@ impl Shared {
     }
 
     pub(crate) fn snapshot(&self) -> ProbeSnapshot {
+        // last_stall first: it is published after its window (Release/Acquire).
+        let last_stall_us = self.last_stall_us.load(Ordering::Acquire);
         let w = self.window();
         let d = Duration::from_micros;
         ProbeSnapshot {
@@ -154,7 +156,7 @@ impl Shared {
             window_samples: w.samples,
             windows: self.windows.load(Ordering::Relaxed),
             probes: self.probes.load(Ordering::Relaxed),
-            last_stall: d(self.last_stall_us.load(Ordering::Relaxed)),
+            last_stall: d(last_stall_us),
             runtime: self.runtime(),
         }
     }
@@ -307,13 +309,14 @@ impl ProbeTask {
 
             let now = Instant::now();
             if stalled {
-                self.shared.last_stall_us.store(delay_us, Ordering::Relaxed);
                 tracing::warn!(
                     runtime = %self.runtime_name,
                     delay_ms = delay_us / 1000,
                     "tokio runtime stall ended"
                 );
                 self.roll(&mut sampler, None);
+                // Published after the window, so readers seeing it also see the stall's window.
+                self.shared.last_stall_us.store(delay_us, Ordering::Release);
                 next_roll = now + self.export_interval;
                 self.flush.request();
             } else if now >= next_roll {

@@ -1,0 +1,130 @@
+//! Helpers shared by the integration tests: inject a real block into a runtime and watch the
+//! guard's snapshot while it lasts.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use loopwatch::{LoopwatchGuard, ProbeSnapshot};
+
+/// Probe interval used by the tests.
+pub const PROBE: Duration = Duration::from_millis(10);
+/// Stall threshold used by the tests.
+pub const THRESHOLD: Duration = Duration::from_millis(150);
+
+/// Records the real extent of an injected block: from the moment the first worker is taken
+/// until the last one is released.
+#[derive(Default)]
+pub struct BlockState {
+    pub blocking: AtomicBool,
+    pub finish: AtomicBool,
+    arrived: AtomicUsize,
+    start: Mutex<Option<Instant>>,
+    end: Mutex<Option<Instant>>,
+}
+
+impl BlockState {
+    /// Blocks the calling worker thread. With `workers > 1`, first waits (bounded) until
+    /// `workers` tasks are all inside, so every worker is blocked at once, then sleeps `d`.
+    pub fn block(&self, workers: usize, d: Duration) {
+        {
+            let mut s = self.start.lock().expect("start lock");
+            if s.is_none() {
+                *s = Some(Instant::now());
+            }
+        }
+        self.blocking.store(true, Ordering::SeqCst);
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.arrived.load(Ordering::SeqCst) < workers && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(
+            self.arrived.load(Ordering::SeqCst) >= workers,
+            "not every worker picked up a blocking task"
+        );
+        std::thread::sleep(d);
+        let done = self.arrived.fetch_sub(1, Ordering::SeqCst) == 1;
+        if done {
+            *self.end.lock().expect("end lock") = Some(Instant::now());
+            self.blocking.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Real length of the block, once it ended.
+    pub fn injected(&self) -> Option<Duration> {
+        let s = (*self.start.lock().expect("start lock"))?;
+        let e = (*self.end.lock().expect("end lock"))?;
+        Some(e - s)
+    }
+
+    pub fn ended(&self) -> bool {
+        self.end.lock().expect("end lock").is_some()
+    }
+}
+
+/// What the guard reported while the block was in progress.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub max_stall_during: Duration,
+    pub max_stalls_during: u64,
+    pub snapshots_during: u32,
+}
+
+/// Polls the snapshot every 2 ms until the block ended (bounded by 20 s).
+pub fn observe_block(guard: &LoopwatchGuard, state: &BlockState) -> Observed {
+    let mut o = Observed::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state.ended() && Instant::now() < deadline {
+        let s = guard.snapshot();
+        // Only count snapshots taken while the block is certainly in progress.
+        if state.blocking.load(Ordering::SeqCst) && !state.ended() {
+            o.snapshots_during += 1;
+            o.max_stall_during = o.max_stall_during.max(s.current_stall);
+            o.max_stalls_during = o.max_stalls_during.max(s.stalls);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    o
+}
+
+/// Waits (bounded by 10 s) until the probe has seen the stall end.
+pub fn wait_stall_end(guard: &LoopwatchGuard) -> ProbeSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = guard.snapshot();
+        if s.last_stall > Duration::ZERO && s.current_stall < THRESHOLD {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "stall end never seen: {s:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The checks every block test makes.
+pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, injected: Duration) {
+    eprintln!("injected {injected:?}; during {o:?}; after {after:?}");
+    assert!(o.snapshots_during > 0, "no snapshot taken during the block");
+    assert!(
+        o.max_stall_during >= THRESHOLD,
+        "current stall never passed the threshold during the block: {o:?}"
+    );
+    assert_eq!(o.max_stalls_during, 1, "stall not counted once during the block: {o:?}");
+    assert_eq!(after.stalls, 1, "{after:?}");
+    assert_eq!(after.current_stall.max(THRESHOLD), THRESHOLD, "{after:?}");
+    // Coordinated-omission correction puts the block into the tail...
+    assert!(
+        after.delay_p99 + PROBE >= injected,
+        "p99 {:?} < injected {injected:?} - probe interval; {after:?}",
+        after.delay_p99
+    );
+    // ... and nothing ever reads higher than the real block.
+    assert!(
+        after.delay_max <= injected + Duration::from_millis(5),
+        "max {:?} > injected {injected:?} + 5 ms; {after:?}",
+        after.delay_max
+    );
+    assert!(after.delay_p99 <= after.delay_max, "{after:?}");
+    assert!(after.last_stall <= injected + Duration::from_millis(5), "{after:?}");
+}

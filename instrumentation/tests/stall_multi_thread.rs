@@ -1,0 +1,51 @@
+//! A multi_thread runtime with every worker blocked at once: same guarantees as current_thread.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{BlockState, PROBE, THRESHOLD};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+#[test]
+fn multi_thread_all_workers_blocked_is_reported_during_and_after() {
+    const WORKERS: usize = 3;
+    let block = Duration::from_millis(500);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(SdkMeterProvider::builder().build())
+        .probe_interval(PROBE)
+        .stall_threshold(THRESHOLD)
+        .export_interval(Duration::from_secs(60))
+        .runtime_name("mt")
+        .start_with_handle(rt.handle().clone())
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(guard.snapshot().stalls, 0);
+
+    let state = Arc::new(BlockState::default());
+    let tasks: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let s = Arc::clone(&state);
+            rt.spawn(async move { s.block(WORKERS, block) })
+        })
+        .collect();
+    let observed = common::observe_block(&guard, &state);
+    let after = common::wait_stall_end(&guard);
+    let injected = state.injected().expect("block ended");
+    assert!(injected >= block);
+    common::assert_block_reported(&observed, &after, injected);
+    assert_eq!(after.runtime.workers, WORKERS as u64, "{after:?}");
+
+    guard.shutdown();
+    rt.block_on(async {
+        for t in tasks {
+            t.await.expect("block task");
+        }
+    });
+}
