@@ -123,13 +123,13 @@ pub fn metric_name(name: &str, unit: &str, kind: SeriesKind) -> String {
 }
 
 fn label_name(key: &str) -> String {
-    let mut s = sanitize(key, false);
-    if s.starts_with("__") {
-        s.insert_str(0, "key");
-    } else if s.starts_with('_') && key.starts_with(|c: char| c.is_ascii_digit()) {
-        s = format!("key{s}");
+    // `sanitize` collapses repeated `_`, so the reserved `__` prefix cannot occur.
+    let s = sanitize(key, false);
+    if key.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("key{s}")
+    } else {
+        s
     }
-    s
 }
 
 fn escape_label_value(v: &str, out: &mut String) {
@@ -422,7 +422,7 @@ mod tests {
         ]);
         assert_eq!(l, r#"{a="x\"y\\z\nw",b=""}"#);
         assert_eq!(label_name("tokio.runtime.name"), "tokio_runtime_name");
-        assert_eq!(label_name("__x"), "key__x");
+        assert_eq!(label_name("__x"), "_x");
         assert_eq!(label_name("1a"), "key_1a");
     }
 }
