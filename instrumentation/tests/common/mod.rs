@@ -10,6 +10,11 @@ use loopwatch::{LoopwatchGuard, ProbeSnapshot};
 
 /// Probe interval used by the tests.
 pub const PROBE: Duration = Duration::from_millis(10);
+/// The probe samples: a block that starts right after a probe finished is seen from the next
+/// spawn on, `PROBE` later plus however late the OS wakes the probe thread (sub-ms when idle,
+/// a few ms on a loaded 2-core machine). So the corrected p99 can read this much below the
+/// injected block: a sampling bound, not a speed threshold. It never reads above it.
+pub const SAMPLING_SLACK: Duration = Duration::from_millis(PROBE.as_millis() as u64 + 5);
 /// Stall threshold used by the tests.
 pub const THRESHOLD: Duration = Duration::from_millis(150);
 
@@ -110,13 +115,16 @@ pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, injected: Dura
         o.max_stall_during >= THRESHOLD,
         "current stall never passed the threshold during the block: {o:?}"
     );
-    assert_eq!(o.max_stalls_during, 1, "stall not counted once during the block: {o:?}");
+    assert_eq!(
+        o.max_stalls_during, 1,
+        "stall not counted once during the block: {o:?}"
+    );
     assert_eq!(after.stalls, 1, "{after:?}");
     assert_eq!(after.current_stall.max(THRESHOLD), THRESHOLD, "{after:?}");
     // Coordinated-omission correction puts the block into the tail...
     assert!(
-        after.delay_p99 + PROBE >= injected,
-        "p99 {:?} < injected {injected:?} - probe interval; {after:?}",
+        after.delay_p99 + SAMPLING_SLACK >= injected,
+        "p99 {:?} < injected {injected:?} - sampling slack; {after:?}",
         after.delay_p99
     );
     // ... and nothing ever reads higher than the real block.
@@ -126,5 +134,8 @@ pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, injected: Dura
         after.delay_max
     );
     assert!(after.delay_p99 <= after.delay_max, "{after:?}");
-    assert!(after.last_stall <= injected + Duration::from_millis(5), "{after:?}");
+    assert!(
+        after.last_stall <= injected + Duration::from_millis(5),
+        "{after:?}"
+    );
 }

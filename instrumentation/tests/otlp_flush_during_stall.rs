@@ -1,0 +1,219 @@
+//! A stall is exported to a real OTLP/gRPC receiver WHILE the watched runtime is completely
+//! blocked, and the export right after the stall carries stall = 0 together with the big p99.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{BlockState, PROBE, SAMPLING_SLACK, THRESHOLD};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+
+/// One received export: when, and the gauge values by metric name.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    gauges: Vec<(String, f64)>,
+    service_name: Option<String>,
+    runtime_names: Vec<String>,
+}
+
+impl Received {
+    fn gauge(&self, name: &str) -> Option<f64> {
+        self.gauges.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+/// The string value of `kv` if its key is `key`.
+fn string_attr(kv: &KeyValue, key: &str) -> Option<String> {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) if kv.key == key => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[derive(Default, Clone)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let at = Instant::now();
+        let mut r = Received {
+            at,
+            gauges: Vec::new(),
+            service_name: None,
+            runtime_names: Vec::new(),
+        };
+        for rm in request.into_inner().resource_metrics {
+            for kv in rm.resource.iter().flat_map(|res| res.attributes.iter()) {
+                if let Some(s) = string_attr(kv, "service.name") {
+                    r.service_name = Some(s);
+                }
+            }
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    if let Some(metric::Data::Gauge(g)) = m.data {
+                        for p in g.data_points {
+                            for kv in &p.attributes {
+                                if let Some(s) = string_attr(kv, "tokio.runtime.name") {
+                                    r.runtime_names.push(s);
+                                }
+                            }
+                            if let Some(number_data_point::Value::AsDouble(v)) = p.value {
+                                r.gauges.push((m.name.clone(), v));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.got.lock().expect("lock").push(r);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[test]
+fn stall_reaches_receiver_while_runtime_is_blocked() {
+    // The receiver lives on its own runtime, never the watched one.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let receiver = Receiver::default();
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let svc = MetricsServiceServer::new(receiver.clone());
+    server_rt.spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+
+    // The watched runtime: current_thread, about to be blocked completely for ~1 s.
+    let block = Duration::from_millis(1000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = rt.block_on(async {
+        loopwatch::Loopwatch::builder()
+            .service_name("otlp-test")
+            .endpoint(format!("http://{addr}"))
+            .protocol(loopwatch::Protocol::Grpc)
+            // Long interval: every export seen during the test is a stall-triggered flush.
+            .export_interval(Duration::from_secs(60))
+            .probe_interval(PROBE)
+            .stall_threshold(THRESHOLD)
+            .runtime_name("watched")
+            .start()
+            .expect("start")
+    });
+
+    let state = Arc::new(BlockState::default());
+    let s = Arc::clone(&state);
+    // Let ordinary probes run, then block the only thread of the runtime.
+    rt.block_on(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.block(1, block);
+        // Drive the runtime a little longer so the probe sees the stall end.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    let block_end = Instant::now() - Duration::from_millis(200);
+    let injected = state.injected().expect("block ended");
+
+    // Wait (bounded) for the post-stall export.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = receiver.got.lock().expect("lock").clone();
+        let after = got.iter().any(|r| {
+            r.gauge("tokio.eventloop.stall.duration") == Some(0.0)
+                && r.gauge("tokio.eventloop.delay.p99").unwrap_or(0.0) > THRESHOLD.as_secs_f64()
+        });
+        if after || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("injected {injected:?}; received {} exports", got.len());
+    for r in &got {
+        eprintln!(
+            "  +{:?} stall={:?} p99={:?}",
+            r.at.saturating_duration_since(block_end - injected),
+            r.gauge("tokio.eventloop.stall.duration"),
+            r.gauge("tokio.eventloop.delay.p99")
+        );
+    }
+
+    let during: Vec<_> = got
+        .iter()
+        .filter(|r| r.at < block_end)
+        .filter(|r| {
+            r.gauge("tokio.eventloop.stall.duration").unwrap_or(0.0) >= THRESHOLD.as_secs_f64()
+        })
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "no export with stall.duration >= threshold arrived during the block: {got:?}"
+    );
+    let first = during[0];
+    assert_eq!(first.service_name.as_deref(), Some("otlp-test"));
+    assert!(first.runtime_names.iter().all(|n| n == "watched"));
+    assert!(!first.runtime_names.is_empty());
+
+    let after = got
+        .iter()
+        .find(|r| r.at >= block_end && r.gauge("tokio.eventloop.stall.duration") == Some(0.0))
+        .expect("an export after the stall with stall.duration = 0");
+    let p99 = after
+        .gauge("tokio.eventloop.delay.p99")
+        .expect("p99 exported");
+    let max = after
+        .gauge("tokio.eventloop.delay.max")
+        .expect("max exported");
+    assert!(
+        p99 + SAMPLING_SLACK.as_secs_f64() >= injected.as_secs_f64(),
+        "post-stall export p99 {p99} too low for block {injected:?}"
+    );
+    assert!(
+        max <= (injected + Duration::from_millis(5)).as_secs_f64(),
+        "max {max}"
+    );
+
+    let before_shutdown = receiver.got.lock().expect("lock").len();
+    let t = Instant::now();
+    guard.shutdown();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "shutdown not bounded"
+    );
+    // shutdown() made the final export before returning.
+    assert!(
+        receiver.got.lock().expect("lock").len() > before_shutdown,
+        "no final export on shutdown"
+    );
+    state.finish.store(true, Ordering::SeqCst);
+    drop(rt);
+    server_rt.shutdown_timeout(Duration::from_secs(1));
+}
