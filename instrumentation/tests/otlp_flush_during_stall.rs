@@ -33,6 +33,13 @@ impl Received {
     }
 }
 
+/// stall.duration of this export is at most an ordinary in-flight probe (the next probe may
+/// be outstanding for some µs when the export collects).
+fn stall_over(r: &Received) -> bool {
+    r.gauge("tokio.eventloop.stall.duration")
+        .is_some_and(|s| s < PROBE.as_secs_f64())
+}
+
 /// The string value of `kv` if its key is `key`.
 fn string_attr(kv: &KeyValue, key: &str) -> Option<String> {
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
@@ -90,7 +97,17 @@ impl MetricsService for Receiver {
 }
 
 #[test]
-fn stall_reaches_receiver_while_runtime_is_blocked() {
+fn stall_reaches_receiver_while_current_thread_runtime_is_blocked() {
+    run(1, false);
+}
+
+#[test]
+fn stall_reaches_receiver_while_every_multi_thread_worker_is_blocked() {
+    run(2, true);
+}
+
+/// Blocks every worker of the watched runtime (`workers` threads) for ~1 s.
+fn run(workers: usize, multi_thread: bool) {
     // The receiver lives on its own runtime, never the watched one.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -111,36 +128,48 @@ fn stall_reaches_receiver_while_runtime_is_blocked() {
             .await;
     });
 
-    // The watched runtime: current_thread, about to be blocked completely for ~1 s.
+    // The watched runtime, about to be blocked completely for ~1 s.
     let block = Duration::from_millis(1000);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let guard = rt.block_on(async {
-        loopwatch::Loopwatch::builder()
-            .service_name("otlp-test")
-            .endpoint(format!("http://{addr}"))
-            .protocol(loopwatch::Protocol::Grpc)
-            // Long interval: every export seen during the test is a stall-triggered flush.
-            .export_interval(Duration::from_secs(60))
-            .probe_interval(PROBE)
-            .stall_threshold(THRESHOLD)
-            .runtime_name("watched")
-            .start()
-            .expect("start")
-    });
+    let rt = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
+    let guard = loopwatch::Loopwatch::builder()
+        .service_name("otlp-test")
+        .endpoint(format!("http://{addr}"))
+        .protocol(loopwatch::Protocol::Grpc)
+        // Long interval: every export seen during the test is a stall-triggered flush.
+        .export_interval(Duration::from_secs(60))
+        .probe_interval(PROBE)
+        .stall_threshold(THRESHOLD)
+        .runtime_name("watched")
+        .start_with_handle(rt.handle().clone())
+        .expect("start");
 
     let state = Arc::new(BlockState::default());
-    let s = Arc::clone(&state);
-    // Let ordinary probes run, then block the only thread of the runtime.
-    rt.block_on(async move {
+    // Let ordinary probes run, then block every thread of the runtime.
+    rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        s.block(1, block);
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let s = Arc::clone(&state);
+                tokio::spawn(async move { s.block(workers, block) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("block task");
+        }
         // Drive the runtime a little longer so the probe sees the stall end.
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
-    let block_end = Instant::now() - Duration::from_millis(200);
+    let block_end = state.end().expect("block ended");
     let injected = state.injected().expect("block ended");
 
     // Wait (bounded) for the post-stall export.
@@ -148,7 +177,7 @@ fn stall_reaches_receiver_while_runtime_is_blocked() {
     let got = loop {
         let got = receiver.got.lock().expect("lock").clone();
         let after = got.iter().any(|r| {
-            r.gauge("tokio.eventloop.stall.duration") == Some(0.0)
+            stall_over(r)
                 && r.gauge("tokio.eventloop.delay.p99").unwrap_or(0.0) > THRESHOLD.as_secs_f64()
         });
         if after || Instant::now() > deadline {
@@ -184,8 +213,8 @@ fn stall_reaches_receiver_while_runtime_is_blocked() {
 
     let after = got
         .iter()
-        .find(|r| r.at >= block_end && r.gauge("tokio.eventloop.stall.duration") == Some(0.0))
-        .expect("an export after the stall with stall.duration = 0");
+        .find(|r| r.at >= block_end && stall_over(r))
+        .expect("an export after the stall with stall.duration ~ 0");
     let p99 = after
         .gauge("tokio.eventloop.delay.p99")
         .expect("p99 exported");

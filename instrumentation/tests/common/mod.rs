@@ -64,6 +64,11 @@ impl BlockState {
         Some(e - s)
     }
 
+    /// When the block ended.
+    pub fn end(&self) -> Option<Instant> {
+        *self.end.lock().expect("end lock")
+    }
+
     pub fn ended(&self) -> bool {
         self.end.lock().expect("end lock").is_some()
     }
