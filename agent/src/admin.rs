@@ -107,7 +107,8 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> Response {
 }
 
 fn finite(v: Option<f64>) -> Value {
-    v.filter(|x| x.is_finite()).map_or(Value::Null, |x| json!(x))
+    v.filter(|x| x.is_finite())
+        .map_or(Value::Null, |x| json!(x))
 }
 
 async fn status(State(state): State<Arc<AgentState>>) -> Json<Value> {

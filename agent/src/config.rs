@@ -164,8 +164,7 @@ pub struct Config {
 
 fn addr(s: &str) -> SocketAddr {
     // Only used for the compile-time constant defaults above, which are valid.
-    s.parse()
-        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 impl Default for Config {
@@ -224,7 +223,9 @@ impl Config {
                 .parse::<usize>()
                 .ok()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| invalid(format!("invalid count {v:?} (expected a positive integer)")))
+                .ok_or_else(|| {
+                    invalid(format!("invalid count {v:?} (expected a positive integer)"))
+                })
         };
         let dur = |v: &str| parse_duration(v).map_err(|e| invalid(e.to_string()));
         let r = &mut self.receiver;
@@ -292,10 +293,12 @@ impl Config {
 
     /// Applies a TOML document. Unknown sections/keys and bad values are errors naming the key.
     pub fn apply_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Toml {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Toml {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let origin = path.display().to_string();
         for (section, body) in &table {
             let Some(body) = body.as_table() else {
@@ -497,7 +500,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         _ => return Err(err()),
     };
     let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(err());
     }
     Ok(Duration::from_secs_f64(secs))
@@ -508,13 +511,13 @@ pub fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         "0s".into()
-    } else if nanos % 1_000_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000_000) {
         format!("{}s", nanos / 1_000_000_000)
-    } else if nanos % 1_000_000 == 0 && nanos < 1_000_000_000 {
+    } else if nanos.is_multiple_of(1_000_000) && nanos < 1_000_000_000 {
         format!("{}ms", nanos / 1_000_000)
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}s", d.as_secs_f64())
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!("{}us", nanos / 1_000)
     } else {
         format!("{nanos}ns")
@@ -536,7 +539,10 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} should fail");
         }
         let e = parse_duration("abc").unwrap_err().to_string();
-        assert_eq!(e, r#"invalid duration "abc" (expected e.g. "250ms", "1.5s")"#);
+        assert_eq!(
+            e,
+            r#"invalid duration "abc" (expected e.g. "250ms", "1.5s")"#
+        );
     }
 
     #[test]

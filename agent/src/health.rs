@@ -300,9 +300,15 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut t = Tracker::default();
-        assert_eq!(t.evaluate(&c, at(0), Some(0.05), at(0)).state, HealthState::Ok);
+        assert_eq!(
+            t.evaluate(&c, at(0), Some(0.05), at(0)).state,
+            HealthState::Ok
+        );
         // 0.2 s is above leave but below enter: stays Ok.
-        assert_eq!(t.evaluate(&c, at(100), Some(0.2), at(100)).state, HealthState::Ok);
+        assert_eq!(
+            t.evaluate(&c, at(100), Some(0.2), at(100)).state,
+            HealthState::Ok
+        );
         let e = t.evaluate(&c, at(200), Some(1.204), at(200));
         assert_eq!(e.state, HealthState::Unhealthy);
         assert_eq!(e.reasons, vec!["lag 1.204 s >= 0.250 s".to_string()]);
@@ -333,8 +339,16 @@ mod tests {
         let mut t = Tracker::default();
         let e = t.evaluate(&c, t0 + Duration::from_secs(5), Some(0.0), t0);
         assert_eq!(e.state, HealthState::Stale);
-        assert_eq!(e.reasons, vec!["no data for 5.000 s >= 5.000 s".to_string()]);
-        let e = t.evaluate(&c, t0 + Duration::from_secs(6), Some(0.0), t0 + Duration::from_secs(6));
+        assert_eq!(
+            e.reasons,
+            vec!["no data for 5.000 s >= 5.000 s".to_string()]
+        );
+        let e = t.evaluate(
+            &c,
+            t0 + Duration::from_secs(6),
+            Some(0.0),
+            t0 + Duration::from_secs(6),
+        );
         assert_eq!(e.state, HealthState::Ok);
     }
 
@@ -349,10 +363,7 @@ mod tests {
         };
         assert_eq!(s.lag(), Some(0.2));
         assert!((s.pressure(&c) - 2.0).abs() < 1e-9);
-        let s = Signals {
-            stall: None,
-            ..s
-        };
+        let s = Signals { stall: None, ..s };
         assert!((s.pressure(&c) - 0.5).abs() < 1e-9);
     }
 }

@@ -74,9 +74,10 @@ fn overrides(args: &Args) -> Result<Vec<(String, String)>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match overrides(&args)
-        .and_then(|o| Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &o).map_err(|e| e.to_string()))
-    {
+    let config = match overrides(&args).and_then(|o| {
+        Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &o)
+            .map_err(|e| e.to_string())
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("loopwatch-agent: config error: {e}");

@@ -271,7 +271,11 @@ pub fn render(state: &AgentState, views: &[ServiceView]) -> String {
                             p.push(("le".into(), le));
                             let _ = writeln!(buf, "{name}_bucket{} {cumulative}", labels(&p));
                         }
-                        let total = if counts.is_empty() { *count } else { cumulative };
+                        let total = if counts.is_empty() {
+                            *count
+                        } else {
+                            cumulative
+                        };
                         if counts.is_empty() {
                             let mut p = pairs.clone();
                             p.push(("le".into(), "+Inf".into()));
@@ -291,7 +295,8 @@ pub fn render(state: &AgentState, views: &[ServiceView]) -> String {
 }
 
 fn derived(fams: &mut Families, views: &[ServiceView]) {
-    let gauges: [(&str, &str, fn(&ServiceView) -> Option<f64>); 6] = [
+    type Getter = fn(&ServiceView) -> Option<f64>;
+    let gauges: [(&str, &str, Getter); 6] = [
         (
             "loopwatch_service_lag_seconds",
             "Event-loop lag of the service: max(delay p99, current stall), in seconds.",
@@ -305,7 +310,13 @@ fn derived(fams: &mut Families, views: &[ServiceView]) {
         (
             "loopwatch_service_stale",
             "1 when no data arrived from the service for health.stale_after, else 0.",
-            |v| Some(if v.state == HealthState::Stale { 1.0 } else { 0.0 }),
+            |v| {
+                Some(if v.state == HealthState::Stale {
+                    1.0
+                } else {
+                    0.0
+                })
+            },
         ),
         (
             "loopwatch_service_utilization_ratio",
@@ -327,7 +338,12 @@ fn derived(fams: &mut Families, views: &[ServiceView]) {
         if let Some(buf) = fams.family(name, "gauge", help) {
             for v in views {
                 if let Some(x) = get(v).filter(|x| x.is_finite()) {
-                    let _ = writeln!(buf, "{name}{} {}", labels(&service_labels(&v.key)), format_value(x));
+                    let _ = writeln!(
+                        buf,
+                        "{name}{} {}",
+                        labels(&service_labels(&v.key)),
+                        format_value(x)
+                    );
                 }
             }
         }
@@ -396,14 +412,54 @@ mod tests {
     fn otel_names_map_to_prometheus() {
         use SeriesKind::*;
         let cases = [
-            ("tokio.eventloop.delay.p99", "s", Gauge, "tokio_eventloop_delay_p99_seconds"),
-            ("tokio.eventloop.stall.duration", "s", Gauge, "tokio_eventloop_stall_duration_seconds"),
-            ("tokio.eventloop.stalls", "{stall}", Counter, "tokio_eventloop_stalls_total"),
-            ("tokio.eventloop.utilization", "1", Gauge, "tokio_eventloop_utilization_ratio"),
-            ("tokio.schedule.duration", "s", Histogram, "tokio_schedule_duration_seconds"),
-            ("process.memory.usage", "By", UpDownCounter, "process_memory_usage_bytes"),
-            ("loopwatch.heap.growth_rate", "By/s", Gauge, "loopwatch_heap_growth_rate_bytes_per_second"),
-            ("http.server.active_requests", "{request}", UpDownCounter, "http_server_active_requests"),
+            (
+                "tokio.eventloop.delay.p99",
+                "s",
+                Gauge,
+                "tokio_eventloop_delay_p99_seconds",
+            ),
+            (
+                "tokio.eventloop.stall.duration",
+                "s",
+                Gauge,
+                "tokio_eventloop_stall_duration_seconds",
+            ),
+            (
+                "tokio.eventloop.stalls",
+                "{stall}",
+                Counter,
+                "tokio_eventloop_stalls_total",
+            ),
+            (
+                "tokio.eventloop.utilization",
+                "1",
+                Gauge,
+                "tokio_eventloop_utilization_ratio",
+            ),
+            (
+                "tokio.schedule.duration",
+                "s",
+                Histogram,
+                "tokio_schedule_duration_seconds",
+            ),
+            (
+                "process.memory.usage",
+                "By",
+                UpDownCounter,
+                "process_memory_usage_bytes",
+            ),
+            (
+                "loopwatch.heap.growth_rate",
+                "By/s",
+                Gauge,
+                "loopwatch_heap_growth_rate_bytes_per_second",
+            ),
+            (
+                "http.server.active_requests",
+                "{request}",
+                UpDownCounter,
+                "http_server_active_requests",
+            ),
             ("requests_total", "", Counter, "requests_total"),
             ("x.seconds", "s", Gauge, "x_seconds"),
             ("9lives", "m/s", Gauge, "_9lives_m_per_s"),

@@ -76,22 +76,34 @@ pub struct Telemetry {
 impl Telemetry {
     /// Counts one refused request.
     pub fn refuse(&self, reason: RefuseReason) {
-        let i = RefuseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = RefuseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.refused[i].fetch_add(1, Ordering::Relaxed);
     }
     /// Refused requests so far for `reason`.
     pub fn refused(&self, reason: RefuseReason) -> u64 {
-        let i = RefuseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = RefuseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.refused[i].load(Ordering::Relaxed)
     }
     /// Counts dropped datapoints.
     pub fn drop_points(&self, reason: DropReason, n: u64) {
-        let i = DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.dropped[i].fetch_add(n, Ordering::Relaxed);
     }
     /// Dropped datapoints so far for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        let i = DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.dropped[i].load(Ordering::Relaxed)
     }
 }

@@ -331,7 +331,13 @@ fn prepare_metric(
                 match number(dp.value.as_ref()) {
                     None => prepared.drop(DropReason::Unsupported),
                     Some(v) if !v.is_finite() => prepared.drop(DropReason::NonFinite),
-                    Some(v) => push(prepared, &dp.attributes, kind, delta, SeriesValue::Number(v)),
+                    Some(v) => push(
+                        prepared,
+                        &dp.attributes,
+                        kind,
+                        delta,
+                        SeriesValue::Number(v),
+                    ),
                 }
             }
         }
@@ -466,10 +472,11 @@ impl Store {
         let mut new_bytes = 0usize;
         for (skey, updates) in &prepared.batches {
             let existing = self.services.get(skey);
-            if existing.is_none() && new_services.insert(skey) {
-                if self.services.len() + new_services.len() > self.limits.max_services {
-                    return Err(CapError::TooManyServices(self.limits.max_services));
-                }
+            if existing.is_none()
+                && new_services.insert(skey)
+                && self.services.len() + new_services.len() > self.limits.max_services
+            {
+                return Err(CapError::TooManyServices(self.limits.max_services));
             }
             let current = existing.map_or(0, |s| s.series.len());
             let mut new_series: HashSet<&SeriesKey> = HashSet::new();
@@ -481,7 +488,11 @@ impl Store {
                     }
                     new_bytes += 128
                         + u.key.name.len()
-                        + u.key.attributes.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+                        + u.key
+                            .attributes
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len() + 48)
+                            .sum::<usize>()
                         + match &u.value {
                             SeriesValue::Number(_) => 0,
                             SeriesValue::Histogram { bounds, counts, .. } => {
@@ -644,7 +655,14 @@ mod tests {
 
     fn value(store: &Store, name: &str) -> f64 {
         let (_, s) = store.services().next().unwrap();
-        match s.series.iter().find(|(k, _)| k.name == name).unwrap().1.value {
+        match s
+            .series
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .unwrap()
+            .1
+            .value
+        {
             SeriesValue::Number(v) => v,
             _ => panic!("not a number"),
         }
@@ -675,7 +693,11 @@ mod tests {
             vec![Metric {
                 name: "g".into(),
                 data: Some(metric::Data::Gauge(Gauge {
-                    data_points: vec![point(f64::NAN, "1"), point(f64::INFINITY, "2"), point(1.0, "3")],
+                    data_points: vec![
+                        point(f64::NAN, "1"),
+                        point(f64::INFINITY, "2"),
+                        point(1.0, "3"),
+                    ],
                 })),
                 ..Default::default()
             }],
@@ -695,7 +717,10 @@ mod tests {
         assert!(store.is_empty(), "nothing applied on refusal");
         for s in ["a", "b"] {
             store
-                .apply(prepare(&request(s, vec![sum("d", 1, vec![point(1.0, "x")])])), now)
+                .apply(
+                    prepare(&request(s, vec![sum("d", 1, vec![point(1.0, "x")])])),
+                    now,
+                )
                 .unwrap();
         }
         let err = store.apply(prepare(&request("c", vec![])), now);

@@ -40,7 +40,10 @@ fn unknown_keys_exit_2_naming_the_key() {
     let path = temp_file("unknown.toml", "[health]\nlag_entr = \"1s\"\n");
     let (code, _, err) = run(agent_cmd().arg("--config").arg(&path));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("health.lag_entr: unknown configuration key"), "{err}");
+    assert!(
+        err.contains("health.lag_entr: unknown configuration key"),
+        "{err}"
+    );
 
     let path = temp_file("section.toml", "[bogus]\nx = 1\n");
     let (code, _, err) = run(agent_cmd().arg("--config").arg(&path));
@@ -63,7 +66,10 @@ fn bad_values_exit_2_naming_the_key() {
     );
     let (code, _, err) = run(agent_cmd().env("LOOPWATCH_HEALTH_HOLD", "soon"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("health.hold (LOOPWATCH_HEALTH_HOLD): invalid duration"), "{err}");
+    assert!(
+        err.contains("health.hold (LOOPWATCH_HEALTH_HOLD): invalid duration"),
+        "{err}"
+    );
     let (code, _, err) = run(agent_cmd().args(["--admin-listen", "not-an-address"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("admin.listen"), "{err}");
@@ -94,8 +100,14 @@ fn precedence_flag_over_env_over_file_over_default() {
     let file_only = print(None, None);
     assert!(file_only.contains("hold = \"1s\""), "{file_only}");
     assert!(file_only.contains("stale_after = \"9s\""), "{file_only}");
-    assert!(file_only.contains("listen = \"127.0.0.1:9999\""), "{file_only}");
-    assert!(file_only.contains("lag_enter = \"250ms\""), "default kept: {file_only}");
+    assert!(
+        file_only.contains("listen = \"127.0.0.1:9999\""),
+        "{file_only}"
+    );
+    assert!(
+        file_only.contains("lag_enter = \"250ms\""),
+        "default kept: {file_only}"
+    );
     let env = print(Some("2s"), None);
     assert!(env.contains("hold = \"2s\""), "env beats file: {env}");
     let flag = print(Some("2s"), Some("4s"));

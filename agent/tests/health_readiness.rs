@@ -23,7 +23,10 @@ fn lag_enters_holds_then_leaves() {
         agent.get_json("/readyz"),
         (200, json!({"status": "ready", "services": 0}))
     );
-    assert_eq!(agent.post_metrics(&tokio_export("svc", "i-1", 1.204, 0.0, 0.5)), 200);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("svc", "i-1", 1.204, 0.0, 0.5)),
+        200
+    );
     let (code, body) = agent.get_json("/readyz");
     assert_eq!(code, 503);
     assert_eq!(
@@ -40,7 +43,10 @@ fn lag_enters_holds_then_leaves() {
     );
 
     // Lag drops below lag_leave: still unhealthy while the 5 s hold runs.
-    assert_eq!(agent.post_metrics(&tokio_export("svc", "i-1", 0.01, 0.0, 0.5)), 200);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("svc", "i-1", 0.01, 0.0, 0.5)),
+        200
+    );
     let (code, body) = agent.get_json("/readyz?service=svc");
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["reasons"][0]["state"], "unhealthy");
@@ -57,21 +63,30 @@ fn lag_enters_holds_then_leaves() {
         agent.get_json("/readyz"),
         (200, json!({"status": "ready", "services": 1}))
     );
-    assert_eq!(status_of(&agent, "svc", "i-1").expect("tracked")["state"], "ok");
+    assert_eq!(
+        status_of(&agent, "svc", "i-1").expect("tracked")["state"],
+        "ok"
+    );
 }
 
 #[test]
 fn between_thresholds_does_not_enter() {
     let agent = TestAgent::start(Config::builder().stale_after(Duration::from_secs(600)));
     // 0.2 s: above lag_leave (0.1) but below lag_enter (0.25): stays ready.
-    assert_eq!(agent.post_metrics(&tokio_export("mid", "", 0.2, 0.0, 0.1)), 200);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("mid", "", 0.2, 0.0, 0.1)),
+        200
+    );
     assert_eq!(agent.get("/readyz").0, 200);
 }
 
 #[test]
 fn current_stall_counts_as_lag() {
     let agent = TestAgent::start(Config::builder().stale_after(Duration::from_secs(600)));
-    assert_eq!(agent.post_metrics(&tokio_export("stuck", "s-1", 0.001, 0.6, 1.0)), 200);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("stuck", "s-1", 0.001, 0.6, 1.0)),
+        200
+    );
     let (code, body) = agent.get_json("/readyz");
     assert_eq!(code, 503);
     assert_eq!(body["reasons"][0]["reason"], "lag 0.600 s >= 0.250 s");
@@ -84,7 +99,10 @@ fn current_stall_counts_as_lag() {
 #[test]
 fn no_data_becomes_stale_and_recovers_on_data() {
     let agent = TestAgent::start(Config::builder().stale_after(Duration::from_secs(1)));
-    assert_eq!(agent.post_metrics(&tokio_export("quiet", "q-1", 0.001, 0.0, 0.1)), 200);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("quiet", "q-1", 0.001, 0.0, 0.1)),
+        200
+    );
     assert!(
         eventually(BOUND, || agent.get("/readyz").0 == 503),
         "must go stale without data"
@@ -93,16 +111,22 @@ fn no_data_becomes_stale_and_recovers_on_data() {
     let reason = &body["reasons"][0];
     assert_eq!(reason["state"], "stale");
     assert!(
-        reason["reason"].as_str().is_some_and(|r| r.starts_with("no data for ")),
+        reason["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no data for ")),
         "{body}"
     );
     let text = agent.get("/metrics").1;
     assert!(
-        text.lines().any(|l| l
-            == r#"loopwatch_service_stale{service_name="quiet",service_instance_id="q-1"} 1"#),
+        text.lines()
+            .any(|l| l
+                == r#"loopwatch_service_stale{service_name="quiet",service_instance_id="q-1"} 1"#),
         "{text}"
     );
-    assert_eq!(agent.post_metrics(&tokio_export("quiet", "q-1", 0.001, 0.0, 0.1)), 200);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("quiet", "q-1", 0.001, 0.0, 0.1)),
+        200
+    );
     assert!(eventually(BOUND, || agent.get("/readyz").0 == 200));
 }
 
@@ -110,11 +134,18 @@ fn no_data_becomes_stale_and_recovers_on_data() {
 fn pressure_endpoint_reports_each_service_and_max() {
     let agent = TestAgent::start(Config::builder().stale_after(Duration::from_secs(600)));
     // pressure = max(lag / 0.1, utilization / 0.8)
-    assert_eq!(agent.post_metrics(&tokio_export("p", "a", 0.05, 0.0, 0.2)), 200); // 0.5
-    assert_eq!(agent.post_metrics(&tokio_export("p", "b", 0.01, 0.0, 0.6)), 200); // 0.75
+    assert_eq!(
+        agent.post_metrics(&tokio_export("p", "a", 0.05, 0.0, 0.2)),
+        200
+    ); // 0.5
+    assert_eq!(
+        agent.post_metrics(&tokio_export("p", "b", 0.01, 0.0, 0.6)),
+        200
+    ); // 0.75
     let (code, body) = agent.get_json("/v1/pressure");
     assert_eq!(code, 200);
-    let close = |v: &serde_json::Value, want: f64| v.as_f64().is_some_and(|x| (x - want).abs() < 1e-9);
+    let close =
+        |v: &serde_json::Value, want: f64| v.as_f64().is_some_and(|x| (x - want).abs() < 1e-9);
     let services = body["services"].as_array().expect("services");
     assert_eq!(services.len(), 2, "{body}");
     assert_eq!(services[0]["instance"], "a");

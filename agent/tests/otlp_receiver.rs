@@ -94,9 +94,18 @@ fn http_protobuf_gzip_and_delta_counters() {
     let text = metrics_text(&agent);
     let labels = r#"{service_name="http-svc",service_instance_id=""}"#;
     // Delta accumulates over 4 exports, cumulative is replaced.
-    assert!(has_line(&text, &format!("tokio_eventloop_stalls_total{labels} 8")), "{text}");
-    assert!(has_line(&text, &format!("app_requests_total{labels} 40")), "{text}");
-    assert!(has_line(&text, "loopwatch_agent_datapoints_received_total 8"), "{text}");
+    assert!(
+        has_line(&text, &format!("tokio_eventloop_stalls_total{labels} 8")),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &format!("app_requests_total{labels} 40")),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, "loopwatch_agent_datapoints_received_total 8"),
+        "{text}"
+    );
     let st = status_of(&agent, "http-svc", "").expect("tracked with empty instance");
     assert_eq!(st["runtime"], "unknown");
 }
@@ -147,7 +156,10 @@ fn http_json_real_sample_and_json_response() {
         .send()
         .expect("send");
     let status = resp.status().as_u16();
-    let ct = resp.headers()["content-type"].to_str().expect("ct").to_string();
+    let ct = resp.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .to_string();
     let body = resp.text().expect("body");
     assert_eq!(status, 200, "{body}");
     assert_eq!(ct, "application/json");
@@ -161,10 +173,36 @@ fn http_json_real_sample_and_json_response() {
 
     let text = metrics_text(&agent);
     let l = r#"service_name="node-app",service_instance_id="pod-1""#;
-    assert!(has_line(&text, &format!(r#"app_jobs_total{{{l},job_kind="a\"b"}} 9007199254740992"#)), "{text}");
-    assert!(has_line(&text, &format!(r#"http_server_request_duration_seconds_bucket{{{l},http_route="/x",le="0.5"}} 2"#)), "{text}");
-    assert!(has_line(&text, &format!(r#"http_server_request_duration_seconds_count{{{l},http_route="/x"}} 3"#)), "{text}");
-    assert!(has_line(&text, &format!("nodejs_eventloop_utilization_ratio{{{l}}} 0.5")), "{text}");
+    assert!(
+        has_line(
+            &text,
+            &format!(r#"app_jobs_total{{{l},job_kind="a\"b"}} 9007199254740992"#)
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            &format!(
+                r#"http_server_request_duration_seconds_bucket{{{l},http_route="/x",le="0.5"}} 2"#
+            )
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            &format!(r#"http_server_request_duration_seconds_count{{{l},http_route="/x"}} 3"#)
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            &format!("nodejs_eventloop_utilization_ratio{{{l}}} 0.5")
+        ),
+        "{text}"
+    );
 
     // gzip JSON works too.
     let resp = client()
@@ -179,9 +217,15 @@ fn http_json_real_sample_and_json_response() {
 
 /// Sends a raw HTTP/1.1 request with a chunked body (no Content-Length) and returns the
 /// status line.
-fn raw_chunked_post(addr: std::net::SocketAddr, path: &str, content_type: &str, chunks: &[&[u8]]) -> String {
+fn raw_chunked_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    chunks: &[&[u8]],
+) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     let mut out = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
@@ -195,7 +239,11 @@ fn raw_chunked_post(addr: std::net::SocketAddr, path: &str, content_type: &str, 
     s.write_all(&out).expect("write");
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
-    String::from_utf8_lossy(&resp).lines().next().unwrap_or("").to_string()
+    String::from_utf8_lossy(&resp)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
@@ -203,14 +251,24 @@ fn chunked_bodies_without_content_length() {
     let agent = TestAgent::start(Config::builder().max_body_bytes(64 * 1024));
     let body = tokio_export("chunky", "c-1", 0.001, 0.0, 0.1).encode_to_vec();
     let (a, b) = body.split_at(body.len() / 2);
-    let line = raw_chunked_post(agent.agent().http_addr, "/v1/metrics", "application/x-protobuf", &[a, b]);
+    let line = raw_chunked_post(
+        agent.agent().http_addr,
+        "/v1/metrics",
+        "application/x-protobuf",
+        &[a, b],
+    );
     assert!(line.starts_with("HTTP/1.1 200"), "{line}");
     assert!(status_of(&agent, "chunky", "c-1").is_some());
 
     // A chunked body over the cap is refused with 413 even without Content-Length.
     let big = vec![b'x'; 16 * 1024];
     let chunks: Vec<&[u8]> = (0..8).map(|_| &big[..]).collect();
-    let line = raw_chunked_post(agent.agent().http_addr, "/v1/metrics", "application/x-protobuf", &chunks);
+    let line = raw_chunked_post(
+        agent.agent().http_addr,
+        "/v1/metrics",
+        "application/x-protobuf",
+        &chunks,
+    );
     assert!(line.starts_with("HTTP/1.1 413"), "{line}");
 }
 
@@ -236,7 +294,10 @@ fn traces_and_logs_are_accepted_and_counted() {
         .expect("send");
     assert_eq!(resp.status().as_u16(), 200);
     let text = metrics_text(&agent);
-    assert!(has_line(&text, "loopwatch_agent_spans_received_total 1"), "{text}");
+    assert!(
+        has_line(&text, "loopwatch_agent_spans_received_total 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -254,7 +315,10 @@ fn bad_input_is_refused_and_agent_stays_up() {
     };
     let pb = "application/x-protobuf";
     // Garbage protobuf: field 1, length-delimited, absurd length.
-    assert_eq!(post(pb, None, vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2]), 400);
+    assert_eq!(
+        post(pb, None, vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2]),
+        400
+    );
     assert_eq!(post("application/json", None, b"{not json".to_vec()), 400);
     assert_eq!(post(pb, Some("gzip"), b"not gzip at all".to_vec()), 400);
     assert_eq!(post("text/plain", None, b"hello".to_vec()), 415);
@@ -299,33 +363,66 @@ fn caps_refuse_with_429_and_resource_exhausted() {
             .max_series_per_service(3)
             .max_body_bytes(64 * 1024),
     );
-    assert_eq!(agent.post_metrics(&tokio_export("a", "", 0.0, 0.0, 0.0)), 200);
-    assert_eq!(agent.post_metrics(&tokio_export("b", "", 0.0, 0.0, 0.0)), 200);
-    assert_eq!(agent.post_metrics(&tokio_export("c", "", 0.0, 0.0, 0.0)), 429);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("a", "", 0.0, 0.0, 0.0)),
+        200
+    );
+    assert_eq!(
+        agent.post_metrics(&tokio_export("b", "", 0.0, 0.0, 0.0)),
+        200
+    );
+    assert_eq!(
+        agent.post_metrics(&tokio_export("c", "", 0.0, 0.0, 0.0)),
+        429
+    );
     // A 4th series for "a" is over max_series_per_service = 3.
     let more = request("a", "", vec![gauge("x.extra", "1", 1.0, &[])]);
     assert_eq!(agent.post_metrics(&more), 429);
     // Existing series keep updating.
-    assert_eq!(agent.post_metrics(&tokio_export("a", "", 0.01, 0.0, 0.0)), 200);
+    assert_eq!(
+        agent.post_metrics(&tokio_export("a", "", 0.01, 0.0, 0.0)),
+        200
+    );
 
     let endpoint = agent.grpc_endpoint();
     let (cap_code, size_code) = agent.rt.block_on(async {
-        let mut c = MetricsServiceClient::connect(endpoint).await.expect("connect");
+        let mut c = MetricsServiceClient::connect(endpoint)
+            .await
+            .expect("connect");
         let cap = c
             .export(tokio_export("d", "", 0.0, 0.0, 0.0))
             .await
             .expect_err("over max_services");
-        let big = request("a", "", vec![gauge("x", "1", 1.0, &[("blob", &"z".repeat(1000))]); 100]);
+        let big = request(
+            "a",
+            "",
+            vec![gauge("x", "1", 1.0, &[("blob", &"z".repeat(1000))]); 100],
+        );
         let size = c.export(big).await.expect_err("over max_body_bytes");
         (cap.code(), size.code())
     });
     assert_eq!(cap_code, tonic::Code::ResourceExhausted);
     assert!(
-        matches!(size_code, tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        matches!(
+            size_code,
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
         "{size_code:?}"
     );
     let text = metrics_text(&agent);
-    assert!(has_line(&text, r#"loopwatch_agent_requests_refused_total{reason="too_many_services"} 2"#), "{text}");
-    assert!(has_line(&text, r#"loopwatch_agent_requests_refused_total{reason="too_many_series"} 1"#), "{text}");
+    assert!(
+        has_line(
+            &text,
+            r#"loopwatch_agent_requests_refused_total{reason="too_many_services"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            r#"loopwatch_agent_requests_refused_total{reason="too_many_series"} 1"#
+        ),
+        "{text}"
+    );
     assert!(has_line(&text, "loopwatch_agent_services 2"), "{text}");
 }

@@ -94,7 +94,12 @@ fn metrics_pass_promtool_and_use_prometheus_names() {
                 gauge("tokio.eventloop.stall.duration", "s", 0.0, &rt),
                 gauge("tokio.eventloop.utilization", "1", 0.5, &rt),
                 counter("tokio.eventloop.stalls", "{stall}", 3, false),
-                histogram("tokio.schedule.duration", &[0.0001, 0.001, 0.01], &[5, 10, 2, 1], 0.02),
+                histogram(
+                    "tokio.schedule.duration",
+                    &[0.0001, 0.001, 0.01],
+                    &[5, 10, 2, 1],
+                    0.02,
+                ),
                 up_down("process.memory.usage", "By", 123_456),
                 up_down("http.server.active_requests", "{request}", 2),
                 int_attr_gauge(),
@@ -102,7 +107,10 @@ fn metrics_pass_promtool_and_use_prometheus_names() {
                     "weird-name.with/chars",
                     "",
                     7.0,
-                    &[("quote\"key", "va\"l\\ue\nline"), ("service.name", "shadow")],
+                    &[
+                        ("quote\"key", "va\"l\\ue\nline"),
+                        ("service.name", "shadow"),
+                    ],
                 ),
                 // Collides with an agent-derived family: left out.
                 gauge("loopwatch.pressure", "", 99.0, &[]),
@@ -119,7 +127,10 @@ fn metrics_pass_promtool_and_use_prometheus_names() {
     let (status, text) = agent.get("/metrics");
     assert_eq!(status, 200);
     let (ok, msg) = promtool_check(&text);
-    assert!(ok, "promtool check metrics failed:\n{msg}\n--- exposition ---\n{text}");
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{msg}\n--- exposition ---\n{text}"
+    );
 
     let l = r#"service_name="x",service_instance_id="y""#;
     for line in [
@@ -127,9 +138,15 @@ fn metrics_pass_promtool_and_use_prometheus_names() {
         format!(r#"tokio_eventloop_stall_duration_seconds{{{l},tokio_runtime_name="main"}} 0"#),
         format!(r#"tokio_eventloop_utilization_ratio{{{l},tokio_runtime_name="main"}} 0.5"#),
         format!("tokio_eventloop_stalls_total{{{l}}} 3"),
-        format!(r#"tokio_schedule_duration_seconds_bucket{{{l},tokio_runtime_name="main",le="0.0001"}} 5"#),
-        format!(r#"tokio_schedule_duration_seconds_bucket{{{l},tokio_runtime_name="main",le="0.001"}} 15"#),
-        format!(r#"tokio_schedule_duration_seconds_bucket{{{l},tokio_runtime_name="main",le="+Inf"}} 18"#),
+        format!(
+            r#"tokio_schedule_duration_seconds_bucket{{{l},tokio_runtime_name="main",le="0.0001"}} 5"#
+        ),
+        format!(
+            r#"tokio_schedule_duration_seconds_bucket{{{l},tokio_runtime_name="main",le="0.001"}} 15"#
+        ),
+        format!(
+            r#"tokio_schedule_duration_seconds_bucket{{{l},tokio_runtime_name="main",le="+Inf"}} 18"#
+        ),
         format!(r#"tokio_schedule_duration_seconds_sum{{{l},tokio_runtime_name="main"}} 0.02"#),
         format!(r#"tokio_schedule_duration_seconds_count{{{l},tokio_runtime_name="main"}} 18"#),
         format!("process_memory_usage_bytes{{{l}}} 123456"),
@@ -152,11 +169,26 @@ fn metrics_pass_promtool_and_use_prometheus_names() {
         .find_map(|x| x.strip_prefix(&format!("loopwatch_pressure{{{l}}} ")))
         .and_then(|v| v.parse::<f64>().ok())
         .expect("pressure sample for x/y");
-    assert!((pressure - 14.8).abs() < 1e-9, "1.48 s / 0.1 s target: {pressure}");
-    assert!(!text.contains(r#"weird_name_with_chars_bucket{service_name="z""#), "{text}");
-    assert!(text.contains("loopwatch_service_last_seen_age_seconds{"), "{text}");
-    assert!(text.contains("loopwatch_agent_datapoints_received_total "), "{text}");
-    assert!(!text.contains(" 99\n"), "reserved name must not be overwritten:\n{text}");
+    assert!(
+        (pressure - 14.8).abs() < 1e-9,
+        "1.48 s / 0.1 s target: {pressure}"
+    );
+    assert!(
+        !text.contains(r#"weird_name_with_chars_bucket{service_name="z""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("loopwatch_service_last_seen_age_seconds{"),
+        "{text}"
+    );
+    assert!(
+        text.contains("loopwatch_agent_datapoints_received_total "),
+        "{text}"
+    );
+    assert!(
+        !text.contains(" 99\n"),
+        "reserved name must not be overwritten:\n{text}"
+    );
     // One HELP/TYPE per family, and each family's samples contiguous.
     let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
     let mut names: Vec<&str> = types.iter().filter_map(|l| l.split(' ').nth(2)).collect();

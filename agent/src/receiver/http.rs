@@ -75,7 +75,12 @@ fn error(status: StatusCode, encoding: Option<Encoding>, code: i32, message: Str
         ),
         None => ("text/plain; charset=utf-8", message.into_bytes()),
     };
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(ct))], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ct))],
+        body,
+    )
+        .into_response()
 }
 
 fn success<T: Message + serde::Serialize>(encoding: Encoding, resp: &T) -> Response {
@@ -138,7 +143,12 @@ async fn read_request(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let encoding = match media.as_str() {
         "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
         "application/json" => Encoding::Json,
@@ -226,19 +236,19 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     state: &AgentState,
     encoding: Encoding,
     bytes: &[u8],
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     let result = match encoding {
         Encoding::Protobuf => T::decode(bytes).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice::<T>(bytes).map_err(|e| e.to_string()),
     };
     result.map_err(|msg| {
         state.telemetry.refuse(RefuseReason::Malformed);
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             Some(encoding),
             CODE_INVALID_ARGUMENT,
             format!("malformed OTLP request: {msg}"),
-        )
+        ))
     })
 }
 
@@ -249,7 +259,7 @@ async fn metrics(State(state): State<Arc<AgentState>>, headers: HeaderMap, body:
     };
     let req: ExportMetricsServiceRequest = match decode(&state, encoding, &bytes) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match state.ingest_metrics(&req) {
         Ok(_) => success(encoding, &ExportMetricsServiceResponse::default()),
@@ -275,7 +285,7 @@ async fn traces(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: 
                 .fetch_add(count_spans(&req), Ordering::Relaxed);
             success(encoding, &ExportTraceServiceResponse::default())
         }
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 
@@ -292,6 +302,6 @@ async fn logs(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Bo
                 .fetch_add(count_log_records(&req), Ordering::Relaxed);
             success(encoding, &ExportLogsServiceResponse::default())
         }
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }

@@ -201,7 +201,13 @@ pub fn request(service: &str, instance: &str, metrics: Vec<Metric>) -> ExportMet
 }
 
 /// A tokio-style export: delay p99 and stall (seconds), utilization.
-pub fn tokio_export(service: &str, instance: &str, p99: f64, stall: f64, util: f64) -> ExportMetricsServiceRequest {
+pub fn tokio_export(
+    service: &str,
+    instance: &str,
+    p99: f64,
+    stall: f64,
+    util: f64,
+) -> ExportMetricsServiceRequest {
     let rt = [("tokio.runtime.name", "main")];
     request(
         service,
