@@ -49,6 +49,8 @@ pub struct ProbeSnapshot {
     pub windows: u64,
     /// Real probes completed since start (not counting corrected samples).
     pub probes: u64,
+    /// Probe ticks skipped because every worker was parked (idle runtime: no delay possible).
+    pub idle_skips: u64,
     /// Measured delay of the most recent probe that exceeded the stall threshold (zero if none).
     pub last_stall: Duration,
     /// Runtime metrics from the last window.
@@ -79,6 +81,7 @@ pub(crate) struct Shared {
     outstanding: AtomicU64,
     stalls: AtomicU64,
     probes: AtomicU64,
+    idle_skips: AtomicU64,
     windows: AtomicU64,
     last_stall_us: AtomicU64,
     window: Mutex<WindowStats>,
@@ -102,6 +105,7 @@ impl Shared {
             outstanding: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             probes: AtomicU64::new(0),
+            idle_skips: AtomicU64::new(0),
             windows: AtomicU64::new(0),
             last_stall_us: AtomicU64::new(0),
             window: Mutex::new(WindowStats::default()),
@@ -156,6 +160,7 @@ impl Shared {
             window_samples: w.samples,
             windows: self.windows.load(Ordering::Relaxed),
             probes: self.probes.load(Ordering::Relaxed),
+            idle_skips: self.idle_skips.load(Ordering::Relaxed),
             last_stall: d(last_stall_us),
             runtime: self.runtime(),
         }
@@ -241,91 +246,103 @@ impl ProbeTask {
         let mut sampler = RuntimeSampler::new(&self.handle);
         let mut next_roll = Instant::now() + self.export_interval;
         let me = thread::current();
+        let mut last_probe: Option<Instant> = None;
 
         while !self.shared.stop.load(Ordering::Acquire) {
-            let slot = Arc::new(AtomicU64::new(0));
-            let task_slot = Arc::clone(&slot);
-            let shared = Arc::clone(&self.shared);
-            let waker = me.clone();
+            let tick = Instant::now();
+            // A fully parked runtime has no scheduling delay: skip the spawn (and the wake-up
+            // it would cost), but still probe once per window. A stall needs a busy worker,
+            // which the next tick sees, so detection latency stays one probe interval.
+            let idle_probe_due = last_probe
+                .is_none_or(|t| tick.saturating_duration_since(t) >= self.export_interval);
+            if !idle_probe_due && self.all_workers_parked() {
+                self.shared.idle_skips.fetch_add(1, Ordering::Relaxed);
+            } else {
+                last_probe = Some(tick);
+                let slot = Arc::new(AtomicU64::new(0));
+                let task_slot = Arc::clone(&slot);
+                let shared = Arc::clone(&self.shared);
+                let waker = me.clone();
 
-            let t0 = Instant::now();
-            let t0_us = us(t0.saturating_duration_since(self.shared.base));
-            self.shared.outstanding.store(t0_us + 1, Ordering::Release);
-            let join = self.handle.spawn(async move {
-                task_slot.store(shared.now_us() + 1, Ordering::Release);
-                waker.unpark();
-            });
+                let t0 = Instant::now();
+                let t0_us = us(t0.saturating_duration_since(self.shared.base));
+                self.shared.outstanding.store(t0_us + 1, Ordering::Release);
+                let join = self.handle.spawn(async move {
+                    task_slot.store(shared.now_us() + 1, Ordering::Release);
+                    waker.unpark();
+                });
 
-            let mut stalled = false;
-            let t1_us = loop {
-                let v = slot.load(Ordering::Acquire);
-                if v != 0 {
-                    break Some(v - 1);
-                }
-                if self.shared.stop.load(Ordering::Acquire) {
-                    break None;
-                }
-                if join.is_finished() {
-                    // Finished without running: the watched runtime shut down.
+                let mut stalled = false;
+                let t1_us = loop {
                     let v = slot.load(Ordering::Acquire);
                     if v != 0 {
                         break Some(v - 1);
                     }
-                    self.shared.outstanding.store(0, Ordering::Release);
-                    tracing::debug!(runtime = %self.runtime_name, "watched runtime shut down; loopwatch probe stops");
-                    return;
-                }
+                    if self.shared.stop.load(Ordering::Acquire) {
+                        break None;
+                    }
+                    if join.is_finished() {
+                        // Finished without running: the watched runtime shut down.
+                        let v = slot.load(Ordering::Acquire);
+                        if v != 0 {
+                            break Some(v - 1);
+                        }
+                        self.shared.outstanding.store(0, Ordering::Release);
+                        tracing::debug!(runtime = %self.runtime_name, "watched runtime shut down; loopwatch probe stops");
+                        return;
+                    }
+                    let now = Instant::now();
+                    let age = now.saturating_duration_since(t0);
+                    if !stalled && age >= self.stall_threshold {
+                        stalled = true;
+                        self.shared.stalls.fetch_add(1, Ordering::Relaxed);
+                        self.stalls.add(1, &self.attrs);
+                        tracing::warn!(
+                            runtime = %self.runtime_name,
+                            stalled_ms = age.as_millis() as u64,
+                            threshold_ms = self.stall_threshold.as_millis() as u64,
+                            "tokio runtime stalled: a task scheduled {age:?} ago has not been polled yet"
+                        );
+                        self.flush.request();
+                    }
+                    if now >= next_roll {
+                        self.roll(&mut sampler, Some(age));
+                        next_roll = now + self.export_interval;
+                    }
+                    let mut wait = MAX_PARK.min(next_roll.saturating_duration_since(now));
+                    if !stalled {
+                        wait = wait.min(self.stall_threshold.saturating_sub(age));
+                    }
+                    thread::park_timeout(wait.max(Duration::from_micros(50)));
+                };
+                self.shared.outstanding.store(0, Ordering::Release);
+                let Some(t1_us) = t1_us else { break };
+
+                let delay_us = t1_us.saturating_sub(t0_us);
+                self.shared.probes.fetch_add(1, Ordering::Relaxed);
+                self.window.record(delay_us, interval_us);
+                self.record_otel(delay_us, interval_us);
+
                 let now = Instant::now();
-                let age = now.saturating_duration_since(t0);
-                if !stalled && age >= self.stall_threshold {
-                    stalled = true;
-                    self.shared.stalls.fetch_add(1, Ordering::Relaxed);
-                    self.stalls.add(1, &self.attrs);
+                if stalled {
                     tracing::warn!(
                         runtime = %self.runtime_name,
-                        stalled_ms = age.as_millis() as u64,
-                        threshold_ms = self.stall_threshold.as_millis() as u64,
-                        "tokio runtime stalled: a task scheduled {age:?} ago has not been polled yet"
+                        delay_ms = delay_us / 1000,
+                        "tokio runtime stall ended"
                     );
+                    self.roll(&mut sampler, None);
+                    // Published after the window, so readers seeing it also see the stall's window.
+                    self.shared.last_stall_us.store(delay_us, Ordering::Release);
+                    next_roll = now + self.export_interval;
                     self.flush.request();
-                }
-                if now >= next_roll {
-                    self.roll(&mut sampler, Some(age));
+                } else if now >= next_roll {
+                    self.roll(&mut sampler, None);
                     next_roll = now + self.export_interval;
                 }
-                let mut wait = MAX_PARK.min(next_roll.saturating_duration_since(now));
-                if !stalled {
-                    wait = wait.min(self.stall_threshold.saturating_sub(age));
-                }
-                thread::park_timeout(wait.max(Duration::from_micros(50)));
-            };
-            self.shared.outstanding.store(0, Ordering::Release);
-            let Some(t1_us) = t1_us else { break };
-
-            let delay_us = t1_us.saturating_sub(t0_us);
-            self.shared.probes.fetch_add(1, Ordering::Relaxed);
-            self.window.record(delay_us, interval_us);
-            self.record_otel(delay_us, interval_us);
-
-            let now = Instant::now();
-            if stalled {
-                tracing::warn!(
-                    runtime = %self.runtime_name,
-                    delay_ms = delay_us / 1000,
-                    "tokio runtime stall ended"
-                );
-                self.roll(&mut sampler, None);
-                // Published after the window, so readers seeing it also see the stall's window.
-                self.shared.last_stall_us.store(delay_us, Ordering::Release);
-                next_roll = now + self.export_interval;
-                self.flush.request();
-            } else if now >= next_roll {
-                self.roll(&mut sampler, None);
-                next_roll = now + self.export_interval;
             }
 
             // Sleep until the next probe is due (unpark on shutdown wakes us early).
-            let due = t0 + self.probe_interval;
+            let due = tick + self.probe_interval;
             loop {
                 if self.shared.stop.load(Ordering::Acquire) {
                     break;
@@ -342,6 +359,14 @@ impl ProbeTask {
             }
         }
         self.shared.outstanding.store(0, Ordering::Release);
+    }
+
+    /// Whether every worker of the watched runtime is parked right now
+    /// (`worker_park_unpark_count` is odd while a worker is parked).
+    fn all_workers_parked(&self) -> bool {
+        let m = self.handle.metrics();
+        let n = m.num_workers();
+        n > 0 && (0..n).all(|w| m.worker_park_unpark_count(w) % 2 == 1)
     }
 
     fn record_otel(&self, delay_us: u64, interval_us: u64) {

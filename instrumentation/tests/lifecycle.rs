@@ -76,7 +76,7 @@ fn periodic_windows_roll_and_carry_runtime_metrics() {
     }
     let s = guard.snapshot();
     assert!(s.windows >= 3, "{s:?}");
-    assert!(s.window_samples > 0, "{s:?}");
+    assert!(s.probes > 0, "{s:?}");
     assert!(
         s.delay_min <= s.delay_p50 && s.delay_p50 <= s.delay_p99,
         "{s:?}"
@@ -84,5 +84,46 @@ fn periodic_windows_roll_and_carry_runtime_metrics() {
     assert!(s.delay_p99 <= s.delay_max, "{s:?}");
     assert_eq!(s.runtime.workers, 2, "{s:?}");
     assert!((0.0..=1.0).contains(&s.runtime.utilization), "{s:?}");
+    guard.shutdown();
+}
+
+#[test]
+fn idle_runtime_skips_probes_busy_runtime_is_probed() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(SdkMeterProvider::builder().build())
+        .probe_interval(PROBE)
+        .export_interval(Duration::from_secs(60))
+        .start_with_handle(rt.handle().clone())
+        .expect("start");
+    // Idle: nothing runs, every worker parks; ticks are skipped (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while guard.snapshot().idle_skips < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let idle = guard.snapshot();
+    assert!(idle.idle_skips >= 10, "{idle:?}");
+    // Busy: a task keeps one worker awake; probes run again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = std::sync::Arc::clone(&stop);
+    let busy = rt.spawn(async move {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::task::yield_now().await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while guard.snapshot().probes < idle.probes + 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let busy_snap = guard.snapshot();
+    assert!(busy_snap.probes >= idle.probes + 10, "{busy_snap:?}");
+    rt.block_on(busy).expect("busy task");
     guard.shutdown();
 }

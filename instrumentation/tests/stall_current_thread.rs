@@ -62,8 +62,10 @@ fn current_thread_block_is_reported_during_and_after() {
     let injected = state.injected().expect("block ended");
     assert!(injected >= block);
     common::assert_block_reported(&observed, &after, injected);
-    assert!(after.probes > 5, "ordinary probes ran too: {after:?}");
-    assert!(after.window_samples > after.probes.min(30), "{after:?}");
+    assert!(
+        after.probes + after.idle_skips > 5,
+        "ticks before the block: {after:?}"
+    );
 
     guard.shutdown();
     state.finish.store(true, Ordering::SeqCst);
