@@ -86,7 +86,14 @@ fn error(status: StatusCode, encoding: Option<Encoding>, code: i32, message: Str
 fn success<T: Message + serde::Serialize>(encoding: Encoding, resp: &T) -> Response {
     let body = match encoding {
         Encoding::Protobuf => resp.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(resp).unwrap_or_else(|_| b"{}".to_vec()),
+        // OTLP/JSON omits unset fields: drop the `null`s serde would emit.
+        Encoding::Json => match serde_json::to_value(resp) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                map.retain(|_, v| !v.is_null());
+                serde_json::Value::Object(map).to_string().into_bytes()
+            }
+            _ => b"{}".to_vec(),
+        },
     };
     (
         StatusCode::OK,
