@@ -36,6 +36,7 @@
 //! | coordinated omission | a delay `d` also records `d − i, d − 2i, …` (`i` = probe interval): a 1.5 s block puts ~1.5 s in p99 although only one probe was stuck |
 //! | stall in progress | while a probe is outstanding its age is the current stall; past `stall_threshold` the stall is counted once, a `tracing` warning is logged and an export is forced at once |
 //! | stall end | the window is completed and another export forced, so stall = 0 and the big p99 arrive together |
+//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs. Delay statistics therefore describe ticks when the runtime was awake; a stall needs an awake worker, so detection is unaffected |
 //! | runtime metrics | `tokio_metrics::RuntimeMonitor` (stable set), sampled once per window |
 //! | independence | exports run on loopwatch's own `loopwatch-export` runtime and the `loopwatch-flush` thread: nothing on the stall path needs the watched runtime |
 //!
