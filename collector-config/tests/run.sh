@@ -69,7 +69,7 @@ export LOOPWATCH_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
 
 # --- binaries (built by the workspace, not by this script) ---
 for b in loopwatch-agent example-service; do
-  [ -x "$LOOPWATCH_BIN_DIR/$b" ] || die "$LOOPWATCH_BIN_DIR/$b not found: build the workspace first (cargo build -p loopwatch-agent -p examples) or set LOOPWATCH_BIN_DIR"
+  [ -x "$LOOPWATCH_BIN_DIR/$b" ] || die "$LOOPWATCH_BIN_DIR/$b not found: build the workspace first (cargo build -p loopwatch-agent -p loopwatch-examples) or set LOOPWATCH_BIN_DIR"
 done
 
 cd "$HERE"
