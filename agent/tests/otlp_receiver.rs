@@ -163,7 +163,10 @@ fn http_json_real_sample_and_json_response() {
     let body = resp.text().expect("body");
     assert_eq!(status, 200, "{body}");
     assert_eq!(ct, "application/json");
-    assert_eq!(body, "{}", "empty ExportMetricsServiceResponse, nulls omitted");
+    assert_eq!(
+        body, "{}",
+        "empty ExportMetricsServiceResponse, nulls omitted"
+    );
 
     let st = status_of(&agent, "node-app", "pod-1").expect("node-app tracked");
     assert_eq!(st["runtime"], "nodejs");
