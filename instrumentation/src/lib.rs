@@ -43,9 +43,10 @@
 //! ## Windows and the "never high, never low" rule
 //!
 //! The probe thread completes a window every export interval and at the end of every stall. The
-//! delay gauges report the last completed window. `delay.max`/`min` are the exact measured
-//! extremes (not HDR bucket values) and every percentile and the mean are clamped to them, so
-//! nothing reads higher than a really measured delay. If a window completes while a probe is
+//! delay gauges report the last completed window. `delay.max` is the exact largest measured
+//! delay (not an HDR bucket value) and every percentile and the mean are clamped to it, so
+//! nothing reads higher than a really measured delay; `delay.min` is the exact smallest
+//! sample, corrected samples included. If a window completes while a probe is
 //! still outstanding beyond one probe interval, the window also includes that probe's current
 //! age (with its corrected samples): a lower bound of the real delay, so an ongoing stall never
 //! reads as a small lag either. An empty window (no probe finished, none outstanding) reports 0.

@@ -31,7 +31,7 @@ pub struct ProbeSnapshot {
     pub current_stall: Duration,
     /// Stalls counted since start (a stall is counted once, when it passes the threshold).
     pub stalls: u64,
-    /// Smallest delay in the last window.
+    /// Smallest delay in the last window (corrected samples included).
     pub delay_min: Duration,
     /// Largest delay in the last window (never above a really measured delay).
     pub delay_max: Duration,
@@ -191,11 +191,18 @@ impl Window {
         let v = delay_us.clamp(1, MAX_TRACKABLE_US);
         // Cannot fail: v is within the histogram's bounds.
         let _ = self.hist.record_correct(v, interval_us);
-        self.exact_min = self.exact_min.min(delay_us);
+        // Smallest corrected sample: v - k*i for the largest k that keeps it >= i.
+        let lowest = if interval_us > 0 && v >= 2 * interval_us {
+            interval_us + (v - interval_us) % interval_us
+        } else {
+            v
+        };
+        self.exact_min = self.exact_min.min(lowest.min(delay_us.max(1)));
         self.exact_max = self.exact_max.max(delay_us);
     }
 
-    /// Statistics of this window; percentiles are clamped to the exact max and min.
+    /// Statistics of this window; percentiles are clamped to the exact max (never high) and
+    /// the exact lowest sample (real or corrected).
     fn stats(&self) -> WindowStats {
         if self.hist.is_empty() {
             return WindowStats::default();
@@ -424,6 +431,19 @@ mod tests {
         assert_eq!(s.samples, 90 + 150);
         w.reset();
         assert_eq!(w.stats().samples, 0);
+    }
+
+    #[test]
+    fn lone_block_window_p99_holds_the_block() {
+        // Only the stuck probe (idle runtime otherwise): 1.5 s -> p99 >= 1.4 s, max exact.
+        let mut w = Window::new().expect("histogram");
+        w.record(1_500_000, 10_000);
+        let s = w.stats();
+        assert!(s.p99_us >= 1_400_000, "{s:?}");
+        assert!(s.p99_us <= 1_500_000 && s.max_us == 1_500_000, "{s:?}");
+        // The smallest corrected sample; the median is mid-ramp, not clamped up to the block.
+        assert_eq!(s.min_us, 10_000);
+        assert!((700_000..=800_000).contains(&s.p50_us), "{s:?}");
     }
 
     #[test]
