@@ -34,7 +34,10 @@ fn readyz_turns_503_during_a_stall_and_recovers() {
     }
     let detected = saw_503_at.expect("agent /readyz turned 503 while the block was still going on");
     eprintln!("block start -> /readyz 503: {detected:?}; reason: {body_503}");
-    assert!(body_503.contains(&service.name), "503 body names the service: {body_503}");
+    assert!(
+        body_503.contains(&service.name),
+        "503 body names the service: {body_503}"
+    );
     let stall_during: f64 = agent
         .metric_values("tokio_eventloop_stall_duration_seconds", &label)
         .into_iter()
@@ -62,7 +65,10 @@ fn readyz_turns_503_during_a_stall_and_recovers() {
         },
     );
     let injected = BLOCK_MS as f64 / 1000.0;
-    assert!(p99 <= injected + 0.05, "p99 {p99} never reads above the injected {injected} s");
+    assert!(
+        p99 <= injected + 0.05,
+        "p99 {p99} never reads above the injected {injected} s"
+    );
     let stalls = agent
         .metric_values("tokio_eventloop_stalls_total", &label)
         .into_iter()
@@ -77,7 +83,9 @@ fn readyz_turns_503_during_a_stall_and_recovers() {
         || (agent.get("/readyz").0 == 200).then(|| started.elapsed()),
     );
     eprintln!("block start -> /readyz 200 again: {recovered:?}");
-    let status = agent.service_status(&service.name).expect("service tracked");
+    let status = agent
+        .service_status(&service.name)
+        .expect("service tracked");
     assert_eq!(status["state"], "ok", "{status}");
 }
 
@@ -100,7 +108,10 @@ fn killed_service_is_reported_stale() {
     assert_eq!(code, 503, "a stale service is not ready: {body}");
     assert!(body.contains("stale"), "{body}");
     assert_eq!(
-        agent.metric_values("loopwatch_service_stale", &format!("service_name=\"{}\"", service.name)),
+        agent.metric_values(
+            "loopwatch_service_stale",
+            &format!("service_name=\"{}\"", service.name)
+        ),
         vec![1.0],
         "{status}"
     );
@@ -117,7 +128,12 @@ fn prometheus_reads_the_stall_back() {
         "prometheus to scrape the service's metrics",
         Duration::from_secs(60),
         Duration::from_millis(250),
-        || (!prom.query(&format!("tokio_eventloop_delay_p99_seconds{sel}")).is_empty()).then_some(()),
+        || {
+            (!prom
+                .query(&format!("tokio_eventloop_delay_p99_seconds{sel}"))
+                .is_empty())
+            .then_some(())
+        },
     );
 
     let block = service.block_in_background(BLOCK_MS);
@@ -138,7 +154,9 @@ fn prometheus_reads_the_stall_back() {
         Duration::from_secs(30),
         Duration::from_millis(250),
         || {
-            let v = prom.query(&format!("max(max_over_time(tokio_eventloop_stall_duration_seconds{sel}[5m]))"));
+            let v = prom.query(&format!(
+                "max(max_over_time(tokio_eventloop_stall_duration_seconds{sel}[5m]))"
+            ));
             v.first().copied().filter(|v| *v >= 0.25)
         },
     );
@@ -147,10 +165,15 @@ fn prometheus_reads_the_stall_back() {
         Duration::from_secs(30),
         Duration::from_millis(250),
         || {
-            let v = prom.query(&format!("max(max_over_time(loopwatch_service_lag_seconds{sel}[5m]))"));
+            let v = prom.query(&format!(
+                "max(max_over_time(loopwatch_service_lag_seconds{sel}[5m]))"
+            ));
             v.first().copied().filter(|v| *v >= 1.0)
         },
     );
     eprintln!("prometheus: stalls={stalls} stall_max={stall_max} lag_max={lag_max}");
-    assert!(lag_max <= BLOCK_MS as f64 / 1000.0 + 0.05, "lag never reads above the block: {lag_max}");
+    assert!(
+        lag_max <= BLOCK_MS as f64 / 1000.0 + 0.05,
+        "lag never reads above the block: {lag_max}"
+    );
 }

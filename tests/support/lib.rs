@@ -67,13 +67,21 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `f` every `every` until it returns `Some`, or panics after `limit` with `what`.
-pub fn wait_for<T>(what: &str, limit: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(every);
     }
 }
@@ -98,9 +106,7 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         let prefix = ready_prefix.to_string();
@@ -147,7 +153,11 @@ impl Proc {
     }
 
     /// Sends a signal (e.g. "TERM") with the `kill` command and waits (bounded) for exit.
-    pub fn signal_and_wait(&mut self, signal: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
@@ -166,7 +176,12 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
         }
         self.kill();
     }
@@ -381,7 +396,10 @@ impl Prometheus {
         let url = format!("http://127.0.0.1:{port}");
         let mut cmd = Command::new(exe);
         cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"));
         // Prometheus logs to stderr and prints nothing on stdout: readiness is polled instead.
         let proc = Proc::spawn_unready("prometheus", cmd);
@@ -401,10 +419,16 @@ impl Prometheus {
     /// Instant query: the values of the resulting vector (empty when no data).
     pub fn query(&self, promql: &str) -> Vec<f64> {
         let resp = client()
-            .get(format!("{}/api/v1/query?query={}", self.url, urlencode(promql)))
+            .get(format!(
+                "{}/api/v1/query?query={}",
+                self.url,
+                urlencode(promql)
+            ))
             .send();
         let Ok(resp) = resp else { return Vec::new() };
-        let Ok(text) = resp.text() else { return Vec::new() };
+        let Ok(text) = resp.text() else {
+            return Vec::new();
+        };
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         assert_ne!(v["status"], "error", "PromQL `{promql}` failed: {text}");
         v["data"]["result"]
@@ -428,9 +452,7 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         Proc {
             name: name.to_string(),
             child,
