@@ -39,6 +39,9 @@ struct Args {
     /// Worker threads: 0 runs a `current_thread` runtime, N ≥ 1 a `multi_thread` one.
     #[arg(long, env = "EXAMPLE_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// Run without loopwatch (the uninstrumented baseline of the overhead benchmarks).
+    #[arg(long, env = "EXAMPLE_NO_LOOPWATCH")]
+    no_loopwatch: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,16 +139,22 @@ fn main() -> ExitCode {
         builder = builder.service_name("example-service");
     }
     // Started from outside the runtime: loopwatch watches it through its handle, from its own threads.
-    let guard = match builder.start_with_handle(runtime.handle().clone()) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("example-service: loopwatch: {e}");
-            return ExitCode::FAILURE;
+    let guard = if args.no_loopwatch {
+        None
+    } else {
+        match builder.start_with_handle(runtime.handle().clone()) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("example-service: loopwatch: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     let result = runtime.block_on(serve(&args));
     // Final export, outside the watched runtime.
-    guard.shutdown();
+    if let Some(guard) = guard {
+        guard.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,270 @@
+//! Probe accuracy (issue 6, item 3): injects blocks of known length into a `current_thread` and a
+//! `multi_thread` runtime (every worker blocked) and records, for each block, what loopwatch
+//! reads (max scheduling delay of the windows around the block, peak of the in-progress stall
+//! gauge, `last_stall`), what the `tokio::time::sleep`-overshoot method reads, and what a
+//! `tokio-metrics` `TaskMonitor` wrapped around the blocking task (the timing loopwatch's task
+//! families and route layer use) reads for the blocking poll.
+//!
+//! Usage: `probe_accuracy [--repeats N] [--blocks 1,5,20,100,500,2000] [--workers W]
+//! [--flavors current_thread,multi_thread]`. Prints one JSON line per injected block on stdout.
+//! loopwatch runs with default probe interval and stall threshold, on a meter provider without
+//! a reader (no export), so its readings come from `LoopwatchGuard::snapshot`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use tokio_metrics::TaskMonitor;
+
+/// Period of the sleep-overshoot reference probe (Node's default resolution).
+const SLEEP_PERIOD: Duration = Duration::from_millis(10);
+/// How long the harness idles before each injected block.
+const SETTLE: Duration = Duration::from_millis(300);
+/// Longest time tasks spin waiting for each other before blocking anyway.
+const RENDEZVOUS: Duration = Duration::from_millis(200);
+/// Bound on waiting for the windows after a block to complete.
+const WINDOW_WAIT: Duration = Duration::from_secs(5);
+
+struct Opts {
+    repeats: usize,
+    blocks: Vec<u64>,
+    workers: usize,
+    flavors: Vec<String>,
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        repeats: 3,
+        blocks: vec![1, 5, 20, 100, 500, 2000],
+        workers: 2,
+        flavors: vec!["current_thread".into(), "multi_thread".into()],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().ok_or_else(|| format!("{a}: missing value"))?;
+        match a.as_str() {
+            "--repeats" => o.repeats = v.parse().map_err(|e| format!("--repeats: {e}"))?,
+            "--workers" => o.workers = v.parse().map_err(|e| format!("--workers: {e}"))?,
+            "--blocks" => {
+                o.blocks = v
+                    .split(',')
+                    .map(|s| s.trim().parse::<u64>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("--blocks: {e}"))?
+            }
+            "--flavors" => o.flavors = v.split(',').map(str::to_owned).collect(),
+            _ => return Err(format!("unknown flag {a}")),
+        }
+    }
+    Ok(o)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Max of a `Duration` stored as µs.
+fn fetch_max(a: &AtomicU64, d: Duration) {
+    a.fetch_max(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+fn load_ms(a: &AtomicU64) -> f64 {
+    a.load(Ordering::Relaxed) as f64 / 1e3
+}
+
+/// One block task's own view: when it started blocking, when it stopped, and how long its poll took.
+#[derive(Clone, Copy)]
+struct TaskTimes {
+    block_start: Instant,
+    block_end: Instant,
+    poll: Duration,
+    monitored_poll: Duration,
+}
+
+fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
+    let multi = flavor == "multi_thread";
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(o.workers)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| format!("runtime: {e}"))?;
+    let handle = rt.handle().clone();
+    let n_block = if multi { o.workers } else { 1 };
+
+    // Drive the runtime (current_thread needs a block_on) until told to stop.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop2 = Arc::clone(&stop);
+    let driver = thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
+
+    let guard = loopwatch::Loopwatch::builder()
+        .service_name("probe-accuracy")
+        .runtime_name(flavor)
+        .meter_provider(SdkMeterProvider::builder().build())
+        .start_with_handle(handle.clone())
+        .map_err(|e| format!("loopwatch: {e}"))?;
+    let guard = Arc::new(guard);
+
+    // sleep-overshoot reference: max overshoot of a 10 ms sleep, reset per block.
+    let sleep_max = Arc::new(AtomicU64::new(0));
+    let sleep_stop = Arc::new(AtomicBool::new(false));
+    {
+        let sleep_max = Arc::clone(&sleep_max);
+        let sleep_stop = Arc::clone(&sleep_stop);
+        handle.spawn(async move {
+            while !sleep_stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                tokio::time::sleep(SLEEP_PERIOD).await;
+                fetch_max(&sleep_max, t.elapsed().saturating_sub(SLEEP_PERIOD));
+            }
+        });
+    }
+
+    // Snapshot watcher: peak current stall, peak delay.max and last_stall seen, every 1 ms.
+    let peak_stall = Arc::new(AtomicU64::new(0));
+    let peak_delay_max = Arc::new(AtomicU64::new(0));
+    let peak_last_stall = Arc::new(AtomicU64::new(0));
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (g, ps, pd, pl, ws) = (
+            Arc::clone(&guard),
+            Arc::clone(&peak_stall),
+            Arc::clone(&peak_delay_max),
+            Arc::clone(&peak_last_stall),
+            Arc::clone(&watch_stop),
+        );
+        thread::spawn(move || {
+            let mut last_stall_seen = g.snapshot().last_stall;
+            while !ws.load(Ordering::Relaxed) {
+                let s = g.snapshot();
+                fetch_max(&ps, s.current_stall);
+                fetch_max(&pd, s.delay_max);
+                if s.last_stall != last_stall_seen {
+                    fetch_max(&pl, s.last_stall);
+                    last_stall_seen = s.last_stall;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+
+    thread::sleep(Duration::from_millis(1500));
+    for &b in &o.blocks {
+        for rep in 0..o.repeats {
+            thread::sleep(SETTLE);
+            for a in [&sleep_max, &peak_stall, &peak_delay_max, &peak_last_stall] {
+                a.store(0, Ordering::Relaxed);
+            }
+            let before = guard.snapshot();
+            let arrived = Arc::new(AtomicUsize::new(0));
+            let (tx, rx) = std::sync::mpsc::channel::<TaskTimes>();
+            for _ in 0..n_block {
+                let arrived = Arc::clone(&arrived);
+                let tx = tx.clone();
+                let monitor = TaskMonitor::new();
+                let m2 = monitor.clone();
+                let fut = monitor.instrument(async move {
+                    let poll_start = Instant::now();
+                    arrived.fetch_add(1, Ordering::AcqRel);
+                    while arrived.load(Ordering::Acquire) < n_block
+                        && poll_start.elapsed() < RENDEZVOUS
+                    {
+                        std::hint::spin_loop();
+                    }
+                    let block_start = Instant::now();
+                    thread::sleep(Duration::from_millis(b));
+                    let block_end = Instant::now();
+                    (poll_start, block_start, block_end)
+                });
+                handle.spawn(async move {
+                    let (poll_start, block_start, block_end) = fut.await;
+                    let poll = block_end.saturating_duration_since(poll_start);
+                    let _ = tx.send(TaskTimes {
+                        block_start,
+                        block_end,
+                        poll,
+                        monitored_poll: m2.cumulative().total_poll_duration,
+                    });
+                });
+            }
+            drop(tx);
+            let times: Vec<TaskTimes> = rx.iter().collect();
+            if times.len() != n_block {
+                return Err(format!("{flavor}: {} of {n_block} block tasks ran", times.len()));
+            }
+            // The runtime is fully blocked from the last block start to the first block end.
+            let all_start = times.iter().map(|t| t.block_start).max();
+            let all_end = times.iter().map(|t| t.block_end).min();
+            let injected = match (all_start, all_end) {
+                (Some(s), Some(e)) => e.saturating_duration_since(s),
+                _ => Duration::ZERO,
+            };
+            // Wait for two more windows to complete, so the block's window is published.
+            let w0 = guard.snapshot().windows;
+            let deadline = Instant::now() + WINDOW_WAIT;
+            while guard.snapshot().windows < w0 + 2 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            thread::sleep(Duration::from_millis(5));
+            let after = guard.snapshot();
+            let poll_err_ms = times
+                .iter()
+                .map(|t| (ms(t.monitored_poll) - ms(t.poll)).abs())
+                .fold(0.0, f64::max);
+            let monitored_poll_ms = times.iter().map(|t| ms(t.monitored_poll)).fold(0.0, f64::max);
+            let line = serde_json::json!({
+                "bench": "probe_accuracy",
+                "flavor": flavor,
+                "workers": n_block,
+                "requested_ms": b,
+                "repeat": rep,
+                "injected_ms": ms(injected),
+                "lw_delay_max_ms": load_ms(&peak_delay_max),
+                "lw_stall_peak_ms": load_ms(&peak_stall),
+                "lw_last_stall_ms": load_ms(&peak_last_stall),
+                "lw_stalls_counted": after.stalls - before.stalls,
+                "sleep_overshoot_ms": load_ms(&sleep_max),
+                "task_monitor_poll_ms": monitored_poll_ms,
+                "task_monitor_poll_abs_err_ms": poll_err_ms,
+                "idle_skips": after.idle_skips - before.idle_skips,
+                "probes": after.probes - before.probes,
+            });
+            println!("{line}");
+        }
+    }
+
+    sleep_stop.store(true, Ordering::Relaxed);
+    watch_stop.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    match Arc::try_unwrap(guard) {
+        Ok(g) => g.shutdown(),
+        Err(g) => drop(g),
+    }
+    stop.notify_one();
+    let _ = driver.join();
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let o = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("probe_accuracy: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    for f in &o.flavors {
+        if let Err(e) = run_flavor(f, &o) {
+            eprintln!("probe_accuracy: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
