@@ -52,7 +52,7 @@ def metric_names(expr: str) -> set[str]:
 def render_adapter_query(rule: dict, series: str, namespace: str, pods: list[str]) -> str:
     """What prometheus-adapter sends to Prometheus for a Pods metric request of an HPA that selects
     `pods` in `namespace`: <<.Series>>, <<.LabelMatchers>> and <<.GroupBy>> expanded."""
-    label_matchers = f'namespace="{namespace}",pod=~"{"|".join(re.escape(p) for p in pods)}"'
+    label_matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
     q = rule["metricsQuery"]
     q = re.sub(r"<<\s*\.Series\s*>>", series, q)
     q = re.sub(r"<<\s*\.LabelMatchers\s*>>", label_matchers, q)

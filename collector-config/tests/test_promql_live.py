@@ -5,6 +5,8 @@ data."""
 from __future__ import annotations
 
 import json
+import math
+import warnings
 
 import pytest
 
@@ -32,23 +34,43 @@ def metric_exists(stack, name: str) -> bool:
 
 
 def assert_returns_data(stack, expr: str, what: str, timeout: float = 20):
+    stack.prometheus.query(expr)  # a PromQL syntax/type error fails here, as such
+    absent = {m for m in metric_names(expr) if not metric_exists(stack, m)}
+    if absent and absent <= set(NOT_YET_EXPORTED):
+        warnings.warn(f"{what}: not checked for data, metrics not exported yet: {sorted(absent)}")
+        return None
     try:
         return wait_until(lambda: stack.prometheus.query(expr), timeout=timeout, interval=1, what=what)
     except AssertionError:
-        stack.prometheus.query(expr)  # surfaces a PromQL syntax/type error as such
         absent = {m for m in metric_names(expr) if not metric_exists(stack, m)}
-        if absent and absent <= set(NOT_YET_EXPORTED):
-            return None  # allowed: see NOT_YET_EXPORTED
         raise AssertionError(f"{what}: no data for {expr!r} (metrics absent from Prometheus: {sorted(absent)}) "
-                             f"{stack.logs_hint()}")
+                             f"{stack.logs_hint()}") from None
+
+
+@pytest.fixture(scope="module")
+def stalled_once(stack):
+    """tokio.eventloop.stalls is a counter that only appears after the first stall. The HPA test
+    (which runs first in a full run) stalls replica 0; when this module runs alone, stall the last
+    replica briefly (past the 250 ms default stall_threshold) so the stall panels have data."""
+    if not metric_exists(stack, "tokio_eventloop_stalls_total"):
+        status, _ = stack.replicas[-1].get("/block?ms=600", timeout=30)
+        assert status == 200
+        wait_until(lambda: metric_exists(stack, "tokio_eventloop_stalls_total"), timeout=20,
+                   what=f"tokio_eventloop_stalls_total after a 600 ms block {stack.logs_hint()}")
+    return stack
 
 
 @pytest.mark.parametrize(
     "title,ref,expr", dashboard_targets(DASHBOARD), ids=[f"{t}/{r}" for t, r, _ in dashboard_targets(DASHBOARD)]
 )
-def test_dashboard_query_returns_data(stack, title, ref, expr):
+def test_dashboard_query_returns_data(stalled_once, title, ref, expr):
+    stack = stalled_once
     q = substitute(expr, DASHBOARD)
-    assert_returns_data(stack, q, f"panel {title!r} {ref}")
+    res = assert_returns_data(stack, q, f"panel {title!r} {ref}")
+    if res is not None:
+        values = [float(x["value"][1]) for x in res]
+        # "Data" means at least one real number, not only NaN from 0/0 or an empty histogram.
+        assert any(math.isfinite(v) for v in values), f"panel {title!r} {ref}: only NaN/Inf: {res}"
 
 
 def test_dashboard_variables_resolve(stack):
