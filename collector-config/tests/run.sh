@@ -13,6 +13,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="$REPO/.cache/collector-config"
 VENV="$CACHE/venv"
 NPM_DIR="$CACHE/npm"
+export PYTHONDONTWRITEBYTECODE=1
 export LOOPWATCH_BIN_DIR="${LOOPWATCH_BIN_DIR:-$REPO/target/debug}"
 
 die() { echo "collector-config/tests/run.sh: ERROR: $*" >&2; exit 1; }

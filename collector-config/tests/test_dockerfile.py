@@ -61,3 +61,8 @@ def test_rust_version_matches_workspace():
     want = ws["workspace"]["package"]["rust-version"]
     first = next(r for op, r in instructions() if op == "FROM")
     assert first.startswith(f"rust:{want}-"), (first, want)
+
+
+def test_build_context_excludes_build_outputs():
+    ignore = (CC / "docker" / "Dockerfile.agent.dockerignore").read_text().split()
+    assert {"target", ".git", ".cache"} <= set(ignore)
