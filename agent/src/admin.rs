@@ -1,14 +1,19 @@
-//! Admin HTTP server (read-only): `/livez`, `/readyz`, `/metrics`, `/v1/status`,
-//! `/v1/pressure`.
+//! Admin HTTP server: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`, the
+//! status page `/` and `POST /drain` ([`crate::drain`]; the only endpoint that changes state).
+//! The exact shapes are in `agent/ENDPOINTS.md`.
 //!
 //! - `GET /livez` -> 200 `{"status":"ok"}`.
 //! - `GET /readyz[?service=NAME]` -> 200 `{"status":"ready","services":N}`, or 503
 //!   `{"status":"not_ready","reasons":[{"service":..,"instance":..,"state":"unhealthy|stale","reason":..}]}`
-//!   when any (matching) service instance is unhealthy or stale. No services -> 200 with 0.
+//!   when any (matching) service instance is unhealthy or stale, or reports lifecycle
+//!   `draining`/`stopped` (state `draining`/`stopped`), or after `POST /drain` (every entry
+//!   state `draining`, reason `draining`; with no services one entry with empty service).
+//!   No services -> 200 with 0.
 //! - `GET /metrics` -> Prometheus text exposition 0.0.4 (see [`crate::prometheus`]).
 //! - `GET /v1/status` -> `{"services":[{"service","instance","state","reasons","lag_seconds",
 //!   "stall_seconds","delay_p99_seconds","utilization","pressure","last_seen_age_seconds",
-//!   "runtime"}]}`; unknown numbers are `null`.
+//!   "runtime","heap_growth_bytes_per_second","active_requests","lifecycle"}],"draining":B}`;
+//!   unknown numbers are `null`.
 //! - `GET /v1/pressure` -> `{"services":[{"service","instance","pressure"}],"max":M}` (0 when
 //!   no services).
 
@@ -20,11 +25,11 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::health::HealthState;
+use crate::health::{HealthState, Lifecycle};
 use crate::prometheus;
 use crate::state::{AgentState, ServiceView};
 
@@ -36,6 +41,9 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/pressure", get(pressure))
+        .route("/drain", post(crate::drain::handler))
+        .route("/", get(crate::status_page::index))
+        .route("/status.js", get(crate::status_page::script))
         .with_state(state)
 }
 
@@ -49,13 +57,43 @@ struct ReadyQuery {
     service: Option<String>,
 }
 
-/// The `/readyz` answer for these views: status code and JSON body.
-pub fn readiness(views: &[ServiceView], service: Option<&str>) -> (StatusCode, Value) {
+/// The `/readyz` answer for these views: status code and JSON body. `draining`: the agent
+/// got `POST /drain`.
+pub fn readiness(
+    views: &[ServiceView],
+    service: Option<&str>,
+    draining: bool,
+) -> (StatusCode, Value) {
     let scoped: Vec<&ServiceView> = views
         .iter()
         .filter(|v| service.is_none_or(|s| v.key.service == s))
         .collect();
     let mut reasons = Vec::new();
+    if draining {
+        for v in &scoped {
+            reasons.push(json!({
+                "service": v.key.service,
+                "instance": v.key.instance,
+                "state": "draining",
+                "reason": "draining",
+            }));
+        }
+        if scoped.is_empty() {
+            reasons.push(
+                json!({"service": "", "instance": "", "state": "draining", "reason": "draining"}),
+            );
+        }
+    }
+    for v in &scoped {
+        if let Some(l @ (Lifecycle::Draining | Lifecycle::Stopped)) = v.lifecycle {
+            reasons.push(json!({
+                "service": v.key.service,
+                "instance": v.key.instance,
+                "state": l.as_str(),
+                "reason": format!("service reports lifecycle {}", l.as_str()),
+            }));
+        }
+    }
     for v in &scoped {
         if v.state == HealthState::Ok {
             continue;
@@ -89,7 +127,7 @@ pub fn readiness(views: &[ServiceView], service: Option<&str>) -> (StatusCode, V
 
 async fn readyz(State(state): State<Arc<AgentState>>, Query(q): Query<ReadyQuery>) -> Response {
     let views = state.evaluate(Instant::now());
-    let (code, body) = readiness(&views, q.service.as_deref());
+    let (code, body) = readiness(&views, q.service.as_deref(), state.is_draining());
     (code, Json(body)).into_response()
 }
 
@@ -113,6 +151,11 @@ fn finite(v: Option<f64>) -> Value {
 
 async fn status(State(state): State<Arc<AgentState>>) -> Json<Value> {
     let views = state.evaluate(Instant::now());
+    Json(status_json(&views, state.is_draining()))
+}
+
+/// The `/v1/status` body for these views.
+pub fn status_json(views: &[ServiceView], draining: bool) -> Value {
     let services: Vec<Value> = views
         .iter()
         .map(|v| {
@@ -128,10 +171,13 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<Value> {
                 "pressure": finite(Some(v.pressure)),
                 "last_seen_age_seconds": finite(Some(v.last_seen_age_seconds)),
                 "runtime": v.runtime.as_str(),
+                "heap_growth_bytes_per_second": finite(v.heap_growth),
+                "active_requests": finite(v.active_requests),
+                "lifecycle": v.lifecycle.map(|l| l.as_str()),
             })
         })
         .collect();
-    Json(json!({ "services": services }))
+    json!({ "services": services, "draining": draining })
 }
 
 async fn pressure(State(state): State<Arc<AgentState>>) -> Json<Value> {

@@ -20,6 +20,24 @@
 //! | `health.stale_after` | `LOOPWATCH_HEALTH_STALE_AFTER` | `5s` | no data for this long marks a service stale |
 //! | `health.target_lag` | `LOOPWATCH_HEALTH_TARGET_LAG` | `100ms` | lag at which pressure is 1.0 |
 //! | `health.target_utilization` | `LOOPWATCH_HEALTH_TARGET_UTILIZATION` | `0.8` | utilization (0..1) at which pressure is 1.0 |
+//! | `health.error_ratio_enter` | `LOOPWATCH_HEALTH_ERROR_RATIO_ENTER` | `0.1` | per-route error ratio (0..1) at or above which a service becomes unhealthy |
+//! | `health.error_ratio_leave` | `LOOPWATCH_HEALTH_ERROR_RATIO_LEAVE` | `0.05` | error ratio below which it may recover |
+//! | `health.error_window` | `LOOPWATCH_HEALTH_ERROR_WINDOW` | `30s` | sliding window of the error ratio |
+//! | `health.error_min_requests` | `LOOPWATCH_HEALTH_ERROR_MIN_REQUESTS` | `10` | requests a route needs in the window before its ratio counts |
+//! | `health.error_hold` | `LOOPWATCH_HEALTH_ERROR_HOLD` | `10s` | error ratio must stay below the leave level this long |
+//! | `health.heap_growth_enter` | `LOOPWATCH_HEALTH_HEAP_GROWTH_ENTER` | `10485760` | heap growth (By/s) at or above which a service becomes unhealthy |
+//! | `health.heap_growth_leave` | `LOOPWATCH_HEALTH_HEAP_GROWTH_LEAVE` | `1048576` | heap growth (By/s) below which it may recover |
+//! | `health.heap_hold` | `LOOPWATCH_HEALTH_HEAP_HOLD` | `30s` | heap growth must stay below the leave level this long |
+//! | `drain.timeout` | `LOOPWATCH_DRAIN_TIMEOUT` | `20s` | default wait of `POST /drain` |
+//! | `drain.max_timeout` | `LOOPWATCH_DRAIN_MAX_TIMEOUT` | `120s` | cap on `POST /drain?timeout=` |
+//! | `drain.token` | `LOOPWATCH_DRAIN_TOKEN` | empty | bearer token accepted from non-loopback peers (empty: loopback only) |
+//! | `shutdown.grace` | `LOOPWATCH_SHUTDOWN_GRACE` | `10s` | after SIGTERM, max wait for the services' final exports |
+//! | `exporter.endpoint` | `LOOPWATCH_EXPORTER_ENDPOINT` | empty | upstream OTLP endpoint (empty: export disabled) |
+//! | `exporter.protocol` | `LOOPWATCH_EXPORTER_PROTOCOL` | `grpc` | `grpc` or `http/protobuf` |
+//! | `exporter.interval` | `LOOPWATCH_EXPORTER_INTERVAL` | `10s` | metrics batching interval |
+//! | `exporter.timeout` | `LOOPWATCH_EXPORTER_TIMEOUT` | `10s` | timeout of one upstream request |
+//! | `exporter.queue_size` | `LOOPWATCH_EXPORTER_QUEUE_SIZE` | `256` | max queued export requests; beyond: dropped and counted |
+//! | `exporter.max_retry_time` | `LOOPWATCH_EXPORTER_MAX_RETRY_TIME` | `60s` | give up retrying one request after this long |
 //!
 //! Durations are strings with a unit: `ns`, `us`, `ms`, `s`, `m`, `h`, e.g. `"250ms"`,
 //! `"1.5s"`, `"2m"`. Flags: `--grpc-listen`, `--http-listen`, `--admin-listen`, and
@@ -55,6 +73,59 @@ pub const DEFAULT_TARGET_LAG: Duration = Duration::from_millis(100);
 /// Default utilization at which pressure is 1.0.
 pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.8;
 
+/// Default per-route error ratio at or above which a service becomes unhealthy.
+pub const DEFAULT_ERROR_RATIO_ENTER: f64 = 0.1;
+/// Default per-route error ratio below which an unhealthy service may recover.
+pub const DEFAULT_ERROR_RATIO_LEAVE: f64 = 0.05;
+/// Default sliding window of the per-route error ratio (30 s).
+pub const DEFAULT_ERROR_WINDOW: Duration = Duration::from_secs(30);
+/// Default minimum requests of a route in the window before its error ratio counts.
+pub const DEFAULT_ERROR_MIN_REQUESTS: usize = 10;
+/// Default time the error ratio must stay below the leave level before recovery (10 s).
+pub const DEFAULT_ERROR_HOLD: Duration = Duration::from_secs(10);
+/// Default heap growth (bytes per second) at or above which a service becomes unhealthy (10 MiB/s).
+pub const DEFAULT_HEAP_GROWTH_ENTER: f64 = 10.0 * 1024.0 * 1024.0;
+/// Default heap growth (bytes per second) below which an unhealthy service may recover (1 MiB/s).
+pub const DEFAULT_HEAP_GROWTH_LEAVE: f64 = 1024.0 * 1024.0;
+/// Default time heap growth must stay below the leave level before recovery (30 s).
+pub const DEFAULT_HEAP_HOLD: Duration = Duration::from_secs(30);
+/// Default wait of `POST /drain` without `?timeout=` (20 s).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default cap on `POST /drain?timeout=` (120 s).
+pub const DEFAULT_DRAIN_MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default grace after SIGTERM for the services' final exports (10 s).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default upstream protocol.
+pub const DEFAULT_EXPORTER_PROTOCOL: ExportProtocol = ExportProtocol::Grpc;
+/// Default metrics batching interval upstream (10 s).
+pub const DEFAULT_EXPORTER_INTERVAL: Duration = Duration::from_secs(10);
+/// Default timeout of one upstream request (10 s).
+pub const DEFAULT_EXPORTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default max queued upstream requests.
+pub const DEFAULT_EXPORTER_QUEUE_SIZE: usize = 256;
+/// Default time after which retrying one upstream request stops (60 s).
+pub const DEFAULT_EXPORTER_MAX_RETRY_TIME: Duration = Duration::from_secs(60);
+
+/// Upstream OTLP protocol (`exporter.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportProtocol {
+    /// OTLP/gRPC (`grpc`); the endpoint is e.g. `http://collector:4317`.
+    Grpc,
+    /// OTLP/HTTP protobuf (`http/protobuf`); the endpoint is a base URL, e.g.
+    /// `http://collector:4318`, to which `/v1/metrics`, `/v1/traces`, `/v1/logs` are appended.
+    HttpProtobuf,
+}
+
+impl ExportProtocol {
+    /// Config string (`grpc`, `http/protobuf`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportProtocol::Grpc => "grpc",
+            ExportProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
 /// Every configuration key, as `section.key`.
 pub const KEYS: &[&str] = &[
     "receiver.grpc_listen",
@@ -69,6 +140,24 @@ pub const KEYS: &[&str] = &[
     "health.stale_after",
     "health.target_lag",
     "health.target_utilization",
+    "health.error_ratio_enter",
+    "health.error_ratio_leave",
+    "health.error_window",
+    "health.error_min_requests",
+    "health.error_hold",
+    "health.heap_growth_enter",
+    "health.heap_growth_leave",
+    "health.heap_hold",
+    "drain.timeout",
+    "drain.max_timeout",
+    "drain.token",
+    "shutdown.grace",
+    "exporter.endpoint",
+    "exporter.protocol",
+    "exporter.interval",
+    "exporter.timeout",
+    "exporter.queue_size",
+    "exporter.max_retry_time",
 ];
 
 /// A configuration error. Every variant names the offending key or file.
@@ -148,6 +237,60 @@ pub struct HealthConfig {
     pub target_lag: Duration,
     /// Utilization (0..1) at which pressure is 1.0.
     pub target_utilization: f64,
+    /// Per-route error ratio (0..1) at or above which a service becomes unhealthy.
+    pub error_ratio_enter: f64,
+    /// Per-route error ratio below which an unhealthy service may recover.
+    pub error_ratio_leave: f64,
+    /// Sliding window of the per-route error ratio.
+    pub error_window: Duration,
+    /// Requests a route needs in the window before its error ratio counts.
+    pub error_min_requests: usize,
+    /// The error ratio must stay below `error_ratio_leave` this long before recovery.
+    pub error_hold: Duration,
+    /// Heap growth (bytes per second) at or above which a service becomes unhealthy.
+    pub heap_growth_enter: f64,
+    /// Heap growth (bytes per second) below which an unhealthy service may recover.
+    pub heap_growth_leave: f64,
+    /// Heap growth must stay below `heap_growth_leave` this long before recovery.
+    pub heap_hold: Duration,
+}
+
+/// `POST /drain` settings (`[drain]`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DrainConfig {
+    /// Default wait when the request has no `?timeout=`.
+    pub timeout: Duration,
+    /// Cap on `?timeout=`.
+    pub max_timeout: Duration,
+    /// Bearer token accepted from non-loopback peers; empty = loopback only.
+    pub token: String,
+}
+
+/// Sidecar shutdown settings (`[shutdown]`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ShutdownConfig {
+    /// After SIGTERM, max wait for every service's final export before flushing and exiting.
+    pub grace: Duration,
+}
+
+/// Upstream OTLP exporter settings (`[exporter]`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ExporterConfig {
+    /// Upstream endpoint; empty disables the exporter.
+    pub endpoint: String,
+    /// Wire protocol.
+    pub protocol: ExportProtocol,
+    /// Metrics batching interval.
+    pub interval: Duration,
+    /// Timeout of one upstream request.
+    pub timeout: Duration,
+    /// Max queued requests (metrics batches, trace and log exports).
+    pub queue_size: usize,
+    /// Retrying one request stops after this long (the request is dropped and counted).
+    pub max_retry_time: Duration,
 }
 
 /// The full agent configuration.
@@ -160,6 +303,12 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[health]` section.
     pub health: HealthConfig,
+    /// `[drain]` section.
+    pub drain: DrainConfig,
+    /// `[shutdown]` section.
+    pub shutdown: ShutdownConfig,
+    /// `[exporter]` section.
+    pub exporter: ExporterConfig,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -187,6 +336,30 @@ impl Default for Config {
                 stale_after: DEFAULT_STALE_AFTER,
                 target_lag: DEFAULT_TARGET_LAG,
                 target_utilization: DEFAULT_TARGET_UTILIZATION,
+                error_ratio_enter: DEFAULT_ERROR_RATIO_ENTER,
+                error_ratio_leave: DEFAULT_ERROR_RATIO_LEAVE,
+                error_window: DEFAULT_ERROR_WINDOW,
+                error_min_requests: DEFAULT_ERROR_MIN_REQUESTS,
+                error_hold: DEFAULT_ERROR_HOLD,
+                heap_growth_enter: DEFAULT_HEAP_GROWTH_ENTER,
+                heap_growth_leave: DEFAULT_HEAP_GROWTH_LEAVE,
+                heap_hold: DEFAULT_HEAP_HOLD,
+            },
+            drain: DrainConfig {
+                timeout: DEFAULT_DRAIN_TIMEOUT,
+                max_timeout: DEFAULT_DRAIN_MAX_TIMEOUT,
+                token: String::new(),
+            },
+            shutdown: ShutdownConfig {
+                grace: DEFAULT_SHUTDOWN_GRACE,
+            },
+            exporter: ExporterConfig {
+                endpoint: String::new(),
+                protocol: DEFAULT_EXPORTER_PROTOCOL,
+                interval: DEFAULT_EXPORTER_INTERVAL,
+                timeout: DEFAULT_EXPORTER_TIMEOUT,
+                queue_size: DEFAULT_EXPORTER_QUEUE_SIZE,
+                max_retry_time: DEFAULT_EXPORTER_MAX_RETRY_TIME,
             },
         }
     }
@@ -228,6 +401,24 @@ impl Config {
                 })
         };
         let dur = |v: &str| parse_duration(v).map_err(|e| invalid(e.to_string()));
+        let positive = |v: &str| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .ok_or_else(|| invalid(format!("invalid number {v:?} (expected a number > 0)")))
+        };
+        let ratio = |v: &str| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| *f > 0.0 && *f <= 1.0)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "invalid ratio {v:?} (expected a number in (0, 1], e.g. 0.1)"
+                    ))
+                })
+        };
         let r = &mut self.receiver;
         let h = &mut self.health;
         match key {
@@ -242,18 +433,43 @@ impl Config {
             "health.hold" => h.hold = dur(value)?,
             "health.stale_after" => h.stale_after = dur(value)?,
             "health.target_lag" => h.target_lag = dur(value)?,
-            "health.target_utilization" => {
-                h.target_utilization = value
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite() && *f > 0.0)
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "invalid ratio {value:?} (expected a number > 0, e.g. 0.8)"
-                        ))
-                    })?
+            "health.target_utilization" => h.target_utilization = positive(value)?,
+            "health.error_ratio_enter" => h.error_ratio_enter = ratio(value)?,
+            "health.error_ratio_leave" => h.error_ratio_leave = ratio(value)?,
+            "health.error_window" => h.error_window = dur(value)?,
+            "health.error_min_requests" => h.error_min_requests = count(value)?,
+            "health.error_hold" => h.error_hold = dur(value)?,
+            "health.heap_growth_enter" => h.heap_growth_enter = positive(value)?,
+            "health.heap_growth_leave" => h.heap_growth_leave = positive(value)?,
+            "health.heap_hold" => h.heap_hold = dur(value)?,
+            "drain.timeout" => self.drain.timeout = dur(value)?,
+            "drain.max_timeout" => self.drain.max_timeout = dur(value)?,
+            "drain.token" => self.drain.token = value.trim().to_string(),
+            "shutdown.grace" => self.shutdown.grace = dur(value)?,
+            "exporter.endpoint" => {
+                let v = value.trim();
+                if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
+                    return Err(invalid(format!(
+                        "invalid endpoint {v:?} (expected empty or a URL like \"http://collector:4317\")"
+                    )));
+                }
+                self.exporter.endpoint = v.trim_end_matches('/').to_string();
             }
+            "exporter.protocol" => {
+                self.exporter.protocol = match value.trim() {
+                    "grpc" => ExportProtocol::Grpc,
+                    "http/protobuf" => ExportProtocol::HttpProtobuf,
+                    other => {
+                        return Err(invalid(format!(
+                            "invalid protocol {other:?} (expected \"grpc\" or \"http/protobuf\")"
+                        )));
+                    }
+                }
+            }
+            "exporter.interval" => self.exporter.interval = dur(value)?,
+            "exporter.timeout" => self.exporter.timeout = dur(value)?,
+            "exporter.queue_size" => self.exporter.queue_size = count(value)?,
+            "exporter.max_retry_time" => self.exporter.max_retry_time = dur(value)?,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: key.to_string(),
@@ -277,9 +493,37 @@ impl Config {
                 ),
             });
         }
+        let order = [
+            (
+                "health.error_ratio_leave",
+                h.error_ratio_leave > h.error_ratio_enter,
+                "health.error_ratio_enter",
+            ),
+            (
+                "health.heap_growth_leave",
+                h.heap_growth_leave > h.heap_growth_enter,
+                "health.heap_growth_enter",
+            ),
+            (
+                "drain.timeout",
+                self.drain.timeout > self.drain.max_timeout,
+                "drain.max_timeout",
+            ),
+        ];
+        for (key, bad, other) in order {
+            if bad {
+                return Err(ConfigError::InvalidValue {
+                    key: key.into(),
+                    message: format!("must not exceed {other}"),
+                });
+            }
+        }
         for (key, d) in [
             ("health.target_lag", h.target_lag),
             ("health.stale_after", h.stale_after),
+            ("health.error_window", h.error_window),
+            ("exporter.interval", self.exporter.interval),
+            ("exporter.timeout", self.exporter.timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::InvalidValue {
@@ -367,6 +611,39 @@ impl Config {
         let _ = writeln!(out, "stale_after = \"{}\"", format_duration(h.stale_after));
         let _ = writeln!(out, "target_lag = \"{}\"", format_duration(h.target_lag));
         let _ = writeln!(out, "target_utilization = {}", h.target_utilization);
+        let _ = writeln!(out, "error_ratio_enter = {}", h.error_ratio_enter);
+        let _ = writeln!(out, "error_ratio_leave = {}", h.error_ratio_leave);
+        let _ = writeln!(
+            out,
+            "error_window = \"{}\"",
+            format_duration(h.error_window)
+        );
+        let _ = writeln!(out, "error_min_requests = {}", h.error_min_requests);
+        let _ = writeln!(out, "error_hold = \"{}\"", format_duration(h.error_hold));
+        let _ = writeln!(out, "heap_growth_enter = {}", h.heap_growth_enter);
+        let _ = writeln!(out, "heap_growth_leave = {}", h.heap_growth_leave);
+        let _ = writeln!(out, "heap_hold = \"{}\"", format_duration(h.heap_hold));
+        let d = &self.drain;
+        let _ = writeln!(out, "\n[drain]");
+        let _ = writeln!(out, "timeout = \"{}\"", format_duration(d.timeout));
+        let _ = writeln!(out, "max_timeout = \"{}\"", format_duration(d.max_timeout));
+        // The token is a secret: printed redacted.
+        let token = if d.token.is_empty() { "" } else { "<redacted>" };
+        let _ = writeln!(out, "token = \"{token}\"");
+        let _ = writeln!(out, "\n[shutdown]");
+        let _ = writeln!(out, "grace = \"{}\"", format_duration(self.shutdown.grace));
+        let e = &self.exporter;
+        let _ = writeln!(out, "\n[exporter]");
+        let _ = writeln!(out, "endpoint = \"{}\"", e.endpoint);
+        let _ = writeln!(out, "protocol = \"{}\"", e.protocol.as_str());
+        let _ = writeln!(out, "interval = \"{}\"", format_duration(e.interval));
+        let _ = writeln!(out, "timeout = \"{}\"", format_duration(e.timeout));
+        let _ = writeln!(out, "queue_size = {}", e.queue_size);
+        let _ = writeln!(
+            out,
+            "max_retry_time = \"{}\"",
+            format_duration(e.max_retry_time)
+        );
         out
     }
 
@@ -464,6 +741,84 @@ impl ConfigBuilder {
     /// Sets the utilization at which pressure is 1.0.
     pub fn target_utilization(mut self, u: f64) -> Self {
         self.config.health.target_utilization = u;
+        self
+    }
+    /// Sets the per-route error ratio enter and leave levels.
+    pub fn error_ratio(mut self, enter: f64, leave: f64) -> Self {
+        self.config.health.error_ratio_enter = enter;
+        self.config.health.error_ratio_leave = leave;
+        self
+    }
+    /// Sets the error-ratio sliding window.
+    pub fn error_window(mut self, d: Duration) -> Self {
+        self.config.health.error_window = d;
+        self
+    }
+    /// Sets the minimum requests per route in the window.
+    pub fn error_min_requests(mut self, n: usize) -> Self {
+        self.config.health.error_min_requests = n;
+        self
+    }
+    /// Sets the error-ratio recovery hold time.
+    pub fn error_hold(mut self, d: Duration) -> Self {
+        self.config.health.error_hold = d;
+        self
+    }
+    /// Sets the heap growth enter and leave levels (bytes per second).
+    pub fn heap_growth(mut self, enter: f64, leave: f64) -> Self {
+        self.config.health.heap_growth_enter = enter;
+        self.config.health.heap_growth_leave = leave;
+        self
+    }
+    /// Sets the heap growth recovery hold time.
+    pub fn heap_hold(mut self, d: Duration) -> Self {
+        self.config.health.heap_hold = d;
+        self
+    }
+    /// Sets the default wait of `POST /drain`.
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.config.drain.timeout = d;
+        self
+    }
+    /// Sets the cap on `POST /drain?timeout=`.
+    pub fn drain_max_timeout(mut self, d: Duration) -> Self {
+        self.config.drain.max_timeout = d;
+        self
+    }
+    /// Sets the bearer token for non-loopback `POST /drain`.
+    pub fn drain_token(mut self, token: impl Into<String>) -> Self {
+        self.config.drain.token = token.into();
+        self
+    }
+    /// Sets the shutdown grace.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.config.shutdown.grace = d;
+        self
+    }
+    /// Sets the upstream endpoint (empty disables export) and protocol.
+    pub fn exporter(mut self, endpoint: impl Into<String>, protocol: ExportProtocol) -> Self {
+        self.config.exporter.endpoint = endpoint.into().trim_end_matches('/').to_string();
+        self.config.exporter.protocol = protocol;
+        self
+    }
+    /// Sets the upstream batching interval.
+    pub fn exporter_interval(mut self, d: Duration) -> Self {
+        self.config.exporter.interval = d;
+        self
+    }
+    /// Sets the upstream request timeout.
+    pub fn exporter_timeout(mut self, d: Duration) -> Self {
+        self.config.exporter.timeout = d;
+        self
+    }
+    /// Sets the upstream queue size (requests).
+    pub fn exporter_queue_size(mut self, n: usize) -> Self {
+        self.config.exporter.queue_size = n;
+        self
+    }
+    /// Sets the upstream retry budget per request.
+    pub fn exporter_max_retry_time(mut self, d: Duration) -> Self {
+        self.config.exporter.max_retry_time = d;
         self
     }
     /// Validates and returns the configuration.

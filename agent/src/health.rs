@@ -12,9 +12,20 @@
 //! - Stale when no export arrived for `stale_after` (overrides the lag state).
 //! - pressure = max(lag / `target_lag`, utilization / `target_utilization`).
 //!
+//! - Go: `go.schedule.duration` (histogram, s): the p99 of the observations that arrived
+//!   since the previous export (bucket upper bound) is the delay p99.
+//! - Per-route error ratio from `http.server.request.duration` (histogram) counts: a series is
+//!   an error when `http.response.status_code` >= 500 or `error.type` is present; per
+//!   `http.route` (missing: `""`), over the sliding `error_window`, counted only with at least
+//!   `error_min_requests` requests in the window. Enter/leave levels and `error_hold`.
+//! - Heap growth from `loopwatch.heap.growth_rate` (gauge, By/s, max over series), with
+//!   enter/leave levels and `heap_hold`.
+//! - Lifecycle from `loopwatch.lifecycle.state` (gauge: 0 running, 1 draining, 2 stopped).
+//! - Active requests: sum of every `http.server.active_requests` series (drain).
+//!
 //! Evaluation happens on every export and on a timer, always with a monotonic [`Instant`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::HealthConfig;
@@ -27,16 +38,22 @@ pub enum Runtime {
     Tokio,
     /// Node.js, via `@opentelemetry/instrumentation-runtime-node` (`nodejs.eventloop.*`).
     Nodejs,
+    /// Go, via `go.schedule.duration`.
+    Go,
+    /// Only generic HTTP server metrics (`http.server.request.duration`).
+    Http,
     /// No known event-loop metric seen.
     Unknown,
 }
 
 impl Runtime {
-    /// Name used in JSON (`tokio`, `nodejs`, `unknown`).
+    /// Name used in JSON (`tokio`, `nodejs`, `go`, `http`, `unknown`).
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Tokio => "tokio",
             Runtime::Nodejs => "nodejs",
+            Runtime::Go => "go",
+            Runtime::Http => "http",
             Runtime::Unknown => "unknown",
         }
     }
@@ -104,7 +121,55 @@ pub struct Signals {
     pub stall: Option<f64>,
     /// Latest utilization ratio.
     pub utilization: Option<f64>,
+    /// Heap growth, bytes per second (max over series).
+    pub heap_growth: Option<f64>,
+    /// Lifecycle state reported by the service (max over series).
+    pub lifecycle: Option<Lifecycle>,
+    /// Sum of all `http.server.active_requests` series.
+    pub active_requests: Option<f64>,
 }
+
+/// Lifecycle state a service reports in `loopwatch.lifecycle.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lifecycle {
+    /// 0: serving.
+    Running,
+    /// 1: draining (no new work).
+    Draining,
+    /// 2: stopped (sent with the final export).
+    Stopped,
+}
+
+impl Lifecycle {
+    /// From the gauge value (rounded; values above 2 count as stopped).
+    pub fn from_value(v: f64) -> Option<Lifecycle> {
+        match v.round() {
+            x if x < -0.5 || !x.is_finite() => None,
+            x if x < 0.5 => Some(Lifecycle::Running),
+            x if x < 1.5 => Some(Lifecycle::Draining),
+            _ => Some(Lifecycle::Stopped),
+        }
+    }
+    /// Name used in JSON (`running`, `draining`, `stopped`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Running => "running",
+            Lifecycle::Draining => "draining",
+            Lifecycle::Stopped => "stopped",
+        }
+    }
+}
+
+/// Metric carrying the service lifecycle state.
+pub const LIFECYCLE_METRIC: &str = "loopwatch.lifecycle.state";
+/// Metric carrying in-flight requests (UpDownCounter).
+pub const ACTIVE_REQUESTS_METRIC: &str = "http.server.active_requests";
+/// Metric carrying heap growth (gauge, By/s).
+pub const HEAP_GROWTH_METRIC: &str = "loopwatch.heap.growth_rate";
+/// HTTP server duration histogram (error ratio per route).
+pub const REQUEST_DURATION_METRIC: &str = "http.server.request.duration";
+/// Go scheduling latency histogram.
+pub const GO_SCHEDULE_METRIC: &str = "go.schedule.duration";
 
 impl Signals {
     /// lag = max(delay p99, stall), seconds; `None` when neither is known.
@@ -145,7 +210,27 @@ pub fn signals(series: &BTreeMap<SeriesKey, Series>) -> Signals {
         delay_p99: None,
         stall: None,
         utilization: None,
+        heap_growth: None,
+        lifecycle: None,
+        active_requests: None,
     };
+    for (_, s) in named(series, HEAP_GROWTH_METRIC) {
+        if let SeriesValue::Number(v) = s.value {
+            out.heap_growth = Some(out.heap_growth.map_or(v, |o: f64| o.max(v)));
+        }
+    }
+    for (_, s) in named(series, LIFECYCLE_METRIC) {
+        if let SeriesValue::Number(v) = s.value
+            && let Some(l) = Lifecycle::from_value(v)
+        {
+            out.lifecycle = Some(out.lifecycle.map_or(l, |o| o.max(l)));
+        }
+    }
+    for (_, s) in named(series, ACTIVE_REQUESTS_METRIC) {
+        if let SeriesValue::Number(v) = s.value {
+            out.active_requests = Some(out.active_requests.unwrap_or(0.0) + v);
+        }
+    }
     for mapping in SIGNALS {
         let start = SeriesKey {
             name: mapping.metric.to_string(),
@@ -173,7 +258,190 @@ pub fn signals(series: &BTreeMap<SeriesKey, Series>) -> Signals {
             }
         }
     }
+    if out.runtime == Runtime::Unknown {
+        if named(series, GO_SCHEDULE_METRIC).next().is_some() {
+            out.runtime = Runtime::Go;
+        } else if named(series, REQUEST_DURATION_METRIC).next().is_some() {
+            out.runtime = Runtime::Http;
+        }
+    }
     out
+}
+
+/// The series of metric `name` (a range of the ordered map).
+fn named<'a>(
+    series: &'a BTreeMap<SeriesKey, Series>,
+    name: &'a str,
+) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> + 'a {
+    let start = SeriesKey {
+        name: name.to_string(),
+        attributes: Vec::new(),
+    };
+    series
+        .range(start..)
+        .take_while(move |(k, _)| k.name == name)
+}
+
+/// Requests and errors per route from `http.server.request.duration` (cumulative counts).
+pub fn route_counts(series: &BTreeMap<SeriesKey, Series>) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (key, s) in named(series, REQUEST_DURATION_METRIC) {
+        let count = match &s.value {
+            SeriesValue::Histogram { count, .. } => *count,
+            SeriesValue::Number(_) => continue,
+        };
+        let attr = |k: &str| {
+            key.attributes
+                .iter()
+                .find(|(a, _)| a == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let route = attr("http.route").unwrap_or("").to_string();
+        let error = attr("error.type").is_some()
+            || attr("http.response.status_code")
+                .and_then(|c| c.parse::<f64>().ok())
+                .is_some_and(|c| c >= 500.0);
+        let e = out.entry(route).or_insert((0, 0));
+        e.0 = e.0.saturating_add(count);
+        if error {
+            e.1 = e.1.saturating_add(count);
+        }
+    }
+    out
+}
+
+/// Sum of the per-bucket counts of every `go.schedule.duration` series, with their bounds.
+fn go_schedule(series: &BTreeMap<SeriesKey, Series>) -> Option<(Vec<f64>, Vec<u64>, f64)> {
+    let mut acc: Option<(Vec<f64>, Vec<u64>, f64)> = None;
+    for (_, s) in named(series, GO_SCHEDULE_METRIC) {
+        if let SeriesValue::Histogram { bounds, counts, .. } = &s.value {
+            match &mut acc {
+                None => acc = Some((bounds.clone(), counts.clone(), unit_scale(&s.unit))),
+                Some((b, c, _)) if b == bounds && c.len() == counts.len() => {
+                    for (x, y) in c.iter_mut().zip(counts) {
+                        *x = x.saturating_add(*y);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    acc
+}
+
+/// p99 (bucket upper bound; the last finite bound for the overflow bucket) of bucket counts.
+pub fn histogram_p99(bounds: &[f64], counts: &[u64]) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total as f64 * 0.99).ceil() as u64;
+    let mut seen = 0u64;
+    for (i, c) in counts.iter().enumerate() {
+        seen = seen.saturating_add(*c);
+        if seen >= rank {
+            return bounds.get(i).or(bounds.last()).copied();
+        }
+    }
+    bounds.last().copied()
+}
+
+/// A threshold with hysteresis: active at `value >= enter`; inactive again only once the
+/// value has stayed below `leave` for `hold`.
+#[derive(Debug, Clone, Default)]
+pub struct Band {
+    active: bool,
+    last_high: Option<Instant>,
+}
+
+impl Band {
+    /// Updates with `value` (`None`: nothing measured, counts as below `leave`) at `now`;
+    /// returns whether the band is active and, while holding, how long it has been low.
+    pub fn update(
+        &mut self,
+        value: Option<f64>,
+        enter: f64,
+        leave: f64,
+        hold: Duration,
+        now: Instant,
+    ) -> (bool, Option<Duration>) {
+        let v = value.unwrap_or(0.0);
+        if v >= leave {
+            self.last_high = Some(now);
+        }
+        if !self.active && v >= enter {
+            self.active = true;
+        }
+        if self.active && v < leave {
+            let low_for = self
+                .last_high
+                .map_or(hold, |t| now.saturating_duration_since(t));
+            if low_for >= hold {
+                self.active = false;
+            } else {
+                return (true, Some(low_for));
+            }
+        }
+        (self.active, None)
+    }
+
+    /// Whether the band is active.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+}
+
+/// Maximum snapshots kept for the error window (older ones are dropped first).
+const MAX_ERROR_SNAPSHOTS: usize = 4096;
+
+/// (requests, errors) per `http.route`.
+pub type RouteCounts = BTreeMap<String, (u64, u64)>;
+
+/// Per-route counts over time, for the sliding error ratio.
+#[derive(Debug, Clone, Default)]
+struct ErrorWindow {
+    snapshots: VecDeque<(Instant, RouteCounts)>,
+}
+
+impl ErrorWindow {
+    fn observe(&mut self, now: Instant, counts: BTreeMap<String, (u64, u64)>, window: Duration) {
+        if self.snapshots.back().is_some_and(|(_, c)| *c == counts) {
+            // Unchanged: the newest snapshot still describes now.
+        } else {
+            self.snapshots.push_back((now, counts));
+        }
+        self.prune(now, window);
+    }
+
+    fn prune(&mut self, now: Instant, window: Duration) {
+        let cutoff = now.checked_sub(window);
+        // Keep exactly one snapshot at or before the cutoff (the baseline).
+        while self.snapshots.len() > MAX_ERROR_SNAPSHOTS
+            || (self.snapshots.len() > 1
+                && cutoff.is_some_and(|c| self.snapshots.get(1).is_some_and(|(t, _)| *t <= c)))
+        {
+            self.snapshots.pop_front();
+        }
+    }
+
+    /// (requests, errors) per route within the window.
+    fn in_window(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut out = BTreeMap::new();
+        let (Some((_, base)), Some((_, last))) = (self.snapshots.front(), self.snapshots.back())
+        else {
+            return out;
+        };
+        for (route, (t, e)) in last {
+            let (bt, be) = base.get(route).copied().unwrap_or((0, 0));
+            let (dt, de) = if *t < bt || *e < be {
+                (*t, *e) // counter reset
+            } else {
+                (t - bt, e - be)
+            };
+            out.insert(route.clone(), (dt, de));
+        }
+        out
+    }
 }
 
 /// Health state of a service instance.
@@ -203,6 +471,12 @@ impl HealthState {
 pub struct Tracker {
     unhealthy: bool,
     last_high: Option<Instant>,
+    errors: ErrorWindow,
+    routes: BTreeMap<String, Band>,
+    heap: Band,
+    go_prev: Option<Vec<u64>>,
+    go_p99: Option<f64>,
+    rules_unhealthy: bool,
 }
 
 /// The outcome of one evaluation.
@@ -222,6 +496,145 @@ impl Tracker {
     /// Whether the lag hysteresis currently says unhealthy (ignores staleness).
     pub fn is_unhealthy(&self) -> bool {
         self.unhealthy
+    }
+
+    /// Whether any rule (lag, error ratio, heap growth) currently says unhealthy.
+    pub fn any_unhealthy(&self) -> bool {
+        self.unhealthy || self.rules_unhealthy
+    }
+
+    /// Records what a new export changed: route counts for the error window and the Go
+    /// scheduling histogram delta. Call after every applied export.
+    pub fn observe(
+        &mut self,
+        cfg: &HealthConfig,
+        now: Instant,
+        series: &BTreeMap<SeriesKey, Series>,
+    ) {
+        let counts = route_counts(series);
+        if !counts.is_empty() || !self.errors.snapshots.is_empty() {
+            self.errors.observe(now, counts, cfg.error_window);
+        }
+        if let Some((bounds, counts, scale)) = go_schedule(series) {
+            let delta: Vec<u64> = match &self.go_prev {
+                Some(prev)
+                    if prev.len() == counts.len()
+                        && prev.iter().zip(&counts).all(|(p, c)| c >= p) =>
+                {
+                    counts.iter().zip(prev).map(|(c, p)| c - p).collect()
+                }
+                _ => counts.clone(),
+            };
+            if delta.iter().any(|c| *c > 0) {
+                self.go_p99 = histogram_p99(&bounds, &delta).map(|p| p * scale);
+            } else if self.go_prev.is_some() {
+                self.go_p99 = Some(0.0);
+            }
+            self.go_prev = Some(counts);
+        }
+    }
+
+    /// [`signals`] plus what only the tracker knows (Go p99 from histogram deltas).
+    pub fn signals(&self, series: &BTreeMap<SeriesKey, Series>) -> Signals {
+        let mut s = signals(series);
+        if s.delay_p99.is_none() && s.runtime == Runtime::Go {
+            s.delay_p99 = self.go_p99;
+        }
+        s
+    }
+
+    /// Full evaluation: staleness, lag hysteresis, per-route error ratio and heap growth.
+    pub fn assess(
+        &mut self,
+        cfg: &HealthConfig,
+        now: Instant,
+        sig: &Signals,
+        last_seen: Instant,
+    ) -> Evaluation {
+        let mut e = self.evaluate(cfg, now, sig.lag(), last_seen);
+        if e.state == HealthState::Stale {
+            return e;
+        }
+        self.errors.prune(now, cfg.error_window);
+        let mut rules = false;
+        let window = self.errors.in_window();
+        for (route, (total, errors)) in &window {
+            let ratio = (*total >= cfg.error_min_requests as u64 && *total > 0)
+                .then(|| *errors as f64 / *total as f64);
+            let band = self.routes.entry(route.clone()).or_default();
+            let (active, holding) = band.update(
+                ratio,
+                cfg.error_ratio_enter,
+                cfg.error_ratio_leave,
+                cfg.error_hold,
+                now,
+            );
+            if active {
+                rules = true;
+                let r = ratio.unwrap_or(0.0);
+                e.reasons.push(match holding {
+                    None => format!(
+                        "route {route:?} error ratio {r:.3} >= {:.3} ({errors}/{total} in {:.0} s)",
+                        cfg.error_ratio_leave,
+                        secs(cfg.error_window)
+                    ),
+                    Some(low) => format!(
+                        "route {route:?} error ratio {r:.3} < {:.3} for {:.3} s, holding {:.3} s",
+                        cfg.error_ratio_leave,
+                        secs(low),
+                        secs(cfg.error_hold)
+                    ),
+                });
+            }
+        }
+        // Routes that vanished from the window: let them recover through the hold.
+        for (route, band) in self.routes.iter_mut() {
+            if !window.contains_key(route) {
+                let (active, _) = band.update(
+                    None,
+                    cfg.error_ratio_enter,
+                    cfg.error_ratio_leave,
+                    cfg.error_hold,
+                    now,
+                );
+                if active {
+                    rules = true;
+                    e.reasons.push(format!(
+                        "route {route:?} error ratio recovering (no requests)"
+                    ));
+                }
+            }
+        }
+        self.routes
+            .retain(|r, b| b.is_active() || window.contains_key(r));
+        let (heap, holding) = self.heap.update(
+            sig.heap_growth,
+            cfg.heap_growth_enter,
+            cfg.heap_growth_leave,
+            cfg.heap_hold,
+            now,
+        );
+        if heap {
+            rules = true;
+            let g = sig.heap_growth.unwrap_or(0.0);
+            e.reasons.push(match holding {
+                None => format!(
+                    "heap growth {g:.0} By/s >= {:.0} By/s",
+                    cfg.heap_growth_leave
+                ),
+                Some(low) => format!(
+                    "heap growth {g:.0} By/s < {:.0} By/s for {:.3} s, holding {:.3} s",
+                    cfg.heap_growth_leave,
+                    secs(low),
+                    secs(cfg.heap_hold)
+                ),
+            });
+        }
+        self.rules_unhealthy = rules;
+        if rules {
+            e.state = HealthState::Unhealthy;
+        }
+        e
     }
 
     /// Evaluates at `now` with the latest `lag` (seconds) and the time of the last export.
@@ -360,6 +773,9 @@ mod tests {
             delay_p99: Some(0.05),
             stall: Some(0.2),
             utilization: Some(0.4),
+            heap_growth: None,
+            lifecycle: None,
+            active_requests: None,
         };
         assert_eq!(s.lag(), Some(0.2));
         assert!((s.pressure(&c) - 2.0).abs() < 1e-9);

@@ -16,6 +16,7 @@
 //! - [`state`]: the shared state tying store, health and self-telemetry together.
 //! - [`admin`]: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`.
 //! - [`prometheus`]: the text exposition and OTel -> Prometheus naming.
+//! - [`deadline`]: header/idle deadlines and body timeouts for the HTTP servers.
 //!
 //! ## Embedding (tests do this)
 //!
@@ -45,10 +46,14 @@ use tokio::task::JoinHandle;
 
 pub mod admin;
 pub mod config;
+pub mod deadline;
+pub mod drain;
+pub mod export;
 pub mod health;
 pub mod prometheus;
 pub mod receiver;
 pub mod state;
+pub mod status_page;
 pub mod store;
 
 use config::Config;
@@ -81,6 +86,8 @@ pub struct RunningAgent {
     state: Arc<AgentState>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    export_stop: watch::Sender<Option<Instant>>,
+    export_task: Option<JoinHandle<()>>,
 }
 
 /// How long shutdown waits for servers to finish in-flight requests.
@@ -101,12 +108,54 @@ impl RunningAgent {
         &self.state
     }
 
-    /// Stops all servers gracefully (bounded by [`SHUTDOWN_GRACE`]).
+    /// Whether every tracked service is done: reported lifecycle `stopped`
+    /// (`loopwatch.lifecycle.state` = 2) or went stale. True with no services.
+    pub fn services_done(&self) -> bool {
+        self.state.evaluate(Instant::now()).iter().all(|v| {
+            v.state == health::HealthState::Stale || v.lifecycle == Some(health::Lifecycle::Stopped)
+        })
+    }
+
+    /// The SIGTERM wait: keeps receiving until [`RunningAgent::services_done`] or `grace`
+    /// passes. Returns whether every service finished in time.
+    pub async fn wait_for_final_exports(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            let changed = self.state.changed();
+            if self.services_done() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep((deadline - now).min(Duration::from_millis(100))) => {}
+            }
+        }
+    }
+
+    /// Stops all servers gracefully (bounded by [`SHUTDOWN_GRACE`]), then flushes the
+    /// upstream exporter: the last metrics batch is queued and the queue is sent for up to
+    /// [`SHUTDOWN_GRACE`] (the rest is dropped and counted as `shutdown`).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let Some(task) = self.export_task {
+            let views = self.state.evaluate(Instant::now());
+            self.state.export.flush_interval(&self.state, &views);
+            let _ = self.export_stop.send(Some(Instant::now() + SHUTDOWN_GRACE));
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -149,10 +198,13 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
     let mut tasks = Vec::new();
 
     let routes = receiver::grpc::GrpcReceiver::new(state.clone()).router();
+    let grpc_state = state.clone();
     let grpc_stop = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(grpc);
         if let Err(e) = tonic::transport::Server::builder()
+            .timeout(deadline::BODY_TIMEOUT)
+            .layer(receiver::grpc::CountRefusals::new(grpc_state))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, grpc_stop)
             .await
@@ -162,6 +214,8 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
     }));
 
     let http_router = receiver::http::router(state.clone());
+    let timed_out = state.telemetry.connections_timed_out.clone();
+    let http = deadline::DeadlineListener::new(http, deadline::HEAD_TIMEOUT, timed_out.clone());
     let http_stop = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http, http_router)
@@ -172,16 +226,45 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
         }
     }));
 
-    let admin_router = admin::router(state.clone());
+    let admin_router = admin::router(state.clone()).layer(axum::extract::DefaultBodyLimit::max(
+        deadline::ADMIN_MAX_BODY_BYTES,
+    ));
+    let admin = deadline::DeadlineListener::new(admin, deadline::HEAD_TIMEOUT, timed_out);
     let admin_stop = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin, admin_router)
+        let service = admin_router.into_make_service_with_connect_info::<drain::Peer>();
+        if let Err(e) = axum::serve(admin, service)
             .with_graceful_shutdown(admin_stop)
             .await
         {
             tracing::error!(error = %e, "admin server failed");
         }
     }));
+
+    let (export_stop, export_rx) = watch::channel(None);
+    let export_task = if state.export.enabled() {
+        let worker_state = state.clone();
+        let worker = tokio::spawn(async move { worker_state.export.run(export_rx).await });
+        let tick_state = state.clone();
+        let every = state.config().exporter.interval;
+        let mut tick_rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {
+                        let views = tick_state.evaluate(Instant::now());
+                        tick_state.export.flush_interval(&tick_state, &views);
+                    }
+                    _ = tick_rx.wait_for(|s| *s) => break,
+                }
+            }
+        }));
+        Some(worker)
+    } else {
+        None
+    };
 
     let timer_state = state.clone();
     let mut timer_rx = rx;
@@ -206,5 +289,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
         state,
         stop,
         tasks,
+        export_stop,
+        export_task,
     })
 }

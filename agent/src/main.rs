@@ -11,7 +11,7 @@ use loopwatch_agent::config::{Config, KEYS};
 #[derive(Debug, Parser)]
 #[command(name = "loopwatch-agent", version, about)]
 struct Args {
-    /// TOML config file (sections [receiver], [admin], [health]).
+    /// TOML config file (sections [receiver], [admin], [health], [drain], [shutdown], [exporter]).
     #[arg(long)]
     config: Option<PathBuf>,
     /// OTLP/gRPC listen address (receiver.grpc_listen).
@@ -125,7 +125,17 @@ async fn run(config: Config) -> ExitCode {
     if let Err(e) = wait_for_signal().await {
         tracing::error!(error = %e, "cannot wait for signals");
     }
-    tracing::info!("shutting down");
+    let grace = agent.state().config().shutdown.grace;
+    tracing::info!(?grace, "SIGTERM: waiting for the services' final exports");
+    if agent.wait_for_final_exports(grace).await {
+        tracing::info!("every service sent its final export (or went stale)");
+    } else {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace passed before every service finished"
+        );
+    }
+    tracing::info!("shutting down: flushing upstream");
     agent.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -27,6 +27,13 @@
 //! inside accepted requests: `non_finite`, `unsupported`, `oversize`, `invalid`),
 //! `loopwatch_agent_spans_received_total`, `loopwatch_agent_log_records_received_total`
 //! (counters; received and dropped, forwarding is not implemented yet),
+//! `loopwatch_agent_connections_timed_out_total` (counter, connections closed by the header or
+//! idle deadline of [`crate::deadline`]),
+//! `loopwatch_agent_export_sent_total`, `loopwatch_agent_export_dropped_total{reason}`
+//! (counters, items = datapoints, spans, log records; reasons `queue_full`,
+//! `retries_exhausted`, `rejected`, `shutdown`), `loopwatch_agent_export_errors_total`
+//! (counter, failed upstream attempts), `loopwatch_agent_export_queue_depth` (gauge,
+//! requests), `loopwatch_agent_draining` (gauge, 1 after `POST /drain`),
 //! `loopwatch_agent_services` (gauge, tracked service instances),
 //! `loopwatch_agent_series_memory_bytes` (gauge, approximate bytes held by series).
 
@@ -54,8 +61,14 @@ const RESERVED: &[&str] = &[
     "loopwatch_agent_datapoints_dropped_total",
     "loopwatch_agent_spans_received_total",
     "loopwatch_agent_log_records_received_total",
+    "loopwatch_agent_connections_timed_out_total",
     "loopwatch_agent_services",
     "loopwatch_agent_series_memory_bytes",
+    "loopwatch_agent_export_queue_depth",
+    "loopwatch_agent_export_dropped_total",
+    "loopwatch_agent_export_errors_total",
+    "loopwatch_agent_export_sent_total",
+    "loopwatch_agent_draining",
 ];
 
 /// Replaces every character outside `[a-zA-Z0-9_]` (and `:` when `colon`) with `_`,
@@ -360,13 +373,18 @@ fn self_telemetry(fams: &mut Families, state: &AgentState, services: usize) {
         ),
         (
             "loopwatch_agent_spans_received_total",
-            "Spans received over OTLP (dropped: forwarding is not implemented yet).",
+            "Spans received over OTLP (forwarded upstream when exporter.endpoint is set).",
             t.spans_received.load(Ordering::Relaxed),
         ),
         (
             "loopwatch_agent_log_records_received_total",
-            "Log records received over OTLP (dropped: forwarding is not implemented yet).",
+            "Log records received over OTLP (forwarded upstream when exporter.endpoint is set).",
             t.log_records_received.load(Ordering::Relaxed),
+        ),
+        (
+            "loopwatch_agent_connections_timed_out_total",
+            "HTTP connections closed because a request head did not arrive in time or a keep-alive connection stayed idle (slow-loris defence).",
+            t.connections_timed_out.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, v) in simple {
@@ -389,6 +407,50 @@ fn self_telemetry(fams: &mut Families, state: &AgentState, services: usize) {
         for r in DropReason::ALL {
             let _ = writeln!(buf, "{name}{{reason=\"{}\"}} {}", r.as_str(), t.dropped(r));
         }
+    }
+    let e = &state.export;
+    let name = "loopwatch_agent_export_sent_total";
+    if let Some(buf) = fams.family(
+        name,
+        "counter",
+        "Items (datapoints, spans, log records) accepted by the upstream OTLP endpoint.",
+    ) {
+        let _ = writeln!(buf, "{name} {}", e.stats.sent_items.load(Ordering::Relaxed));
+    }
+    let name = "loopwatch_agent_export_errors_total";
+    if let Some(buf) = fams.family(
+        name,
+        "counter",
+        "Failed upstream send attempts (each retry counts).",
+    ) {
+        let _ = writeln!(buf, "{name} {}", e.stats.errors.load(Ordering::Relaxed));
+    }
+    let name = "loopwatch_agent_export_dropped_total";
+    if let Some(buf) = fams.family(
+        name,
+        "counter",
+        "Items (datapoints, spans, log records) dropped before reaching the upstream, by reason.",
+    ) {
+        for r in crate::export::ExportDrop::ALL {
+            let _ = writeln!(
+                buf,
+                "{name}{{reason=\"{}\"}} {}",
+                r.as_str(),
+                e.stats.dropped(r)
+            );
+        }
+    }
+    let name = "loopwatch_agent_export_queue_depth";
+    if let Some(buf) = fams.family(
+        name,
+        "gauge",
+        "Requests waiting in the upstream export queue (including the one being sent).",
+    ) {
+        let _ = writeln!(buf, "{name} {}", e.queue_depth());
+    }
+    let name = "loopwatch_agent_draining";
+    if let Some(buf) = fams.family(name, "gauge", "1 after POST /drain, else 0.") {
+        let _ = writeln!(buf, "{name} {}", u8::from(state.is_draining()));
     }
     let name = "loopwatch_agent_services";
     if let Some(buf) = fams.family(name, "gauge", "Service instances currently tracked.") {

@@ -1,13 +1,14 @@
 //! Shared agent state: the series store, health evaluation and self-telemetry counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 
 use crate::config::Config;
-use crate::health::{self, HealthState, Runtime};
+use crate::export::Pipeline;
+use crate::health::{HealthState, Lifecycle, Runtime};
 use crate::store::{CapError, DropReason, Limits, MAX_TOTAL_BYTES, ServiceKey, Store, prepare};
 
 /// Why a request was refused (label `reason` of `loopwatch_agent_requests_refused_total`).
@@ -25,17 +26,20 @@ pub enum RefuseReason {
     TooManySeries,
     /// Fixed series memory budget reached (429 / RESOURCE_EXHAUSTED).
     Memory,
+    /// Body not received within [`crate::deadline::BODY_TIMEOUT`] (408).
+    Timeout,
 }
 
 impl RefuseReason {
     /// All reasons, for exposition.
-    pub const ALL: [RefuseReason; 6] = [
+    pub const ALL: [RefuseReason; 7] = [
         RefuseReason::Malformed,
         RefuseReason::TooLarge,
         RefuseReason::UnsupportedMediaType,
         RefuseReason::TooManyServices,
         RefuseReason::TooManySeries,
         RefuseReason::Memory,
+        RefuseReason::Timeout,
     ];
     /// Label value.
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,7 @@ impl RefuseReason {
             RefuseReason::TooManyServices => "too_many_services",
             RefuseReason::TooManySeries => "too_many_series",
             RefuseReason::Memory => "memory",
+            RefuseReason::Timeout => "timeout",
         }
     }
 }
@@ -69,7 +74,9 @@ pub struct Telemetry {
     pub spans_received: AtomicU64,
     /// Log records received over OTLP (accepted and dropped: forwarding is not implemented yet).
     pub log_records_received: AtomicU64,
-    refused: [AtomicU64; 6],
+    /// Connections closed by a header or idle deadline ([`crate::deadline`]).
+    pub connections_timed_out: std::sync::Arc<AtomicU64>,
+    refused: [AtomicU64; 7],
     dropped: [AtomicU64; 4],
 }
 
@@ -131,6 +138,12 @@ pub struct ServiceView {
     pub pressure: f64,
     /// Seconds since the last export.
     pub last_seen_age_seconds: f64,
+    /// Heap growth, bytes per second.
+    pub heap_growth: Option<f64>,
+    /// Lifecycle state the service reported (`loopwatch.lifecycle.state`).
+    pub lifecycle: Option<Lifecycle>,
+    /// Sum of `http.server.active_requests` (in-flight requests).
+    pub active_requests: Option<f64>,
 }
 
 /// State shared by the receivers, the admin server and the health timer.
@@ -140,6 +153,10 @@ pub struct AgentState {
     store: Mutex<Store>,
     /// Self-telemetry counters.
     pub telemetry: Telemetry,
+    /// Upstream export pipeline (inactive without `exporter.endpoint`).
+    pub export: Pipeline,
+    draining: AtomicBool,
+    changed: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -151,10 +168,29 @@ impl AgentState {
             max_total_bytes: MAX_TOTAL_BYTES,
         };
         AgentState {
-            config,
+            export: Pipeline::new(config.exporter.clone()),
             store: Mutex::new(Store::new(limits)),
             telemetry: Telemetry::default(),
+            draining: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+            config,
         }
+    }
+
+    /// Marks the agent draining (readiness 503 with reason `draining`); it stays draining.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether `POST /drain` has been called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Resolves at the next accepted metrics export (or [`AgentState::set_draining`]).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// The effective configuration.
@@ -185,12 +221,16 @@ impl AgentState {
                 let cfg = &self.config.health;
                 for key in &touched {
                     if let Some(s) = store.service_mut(key) {
-                        let lag = health::signals(&s.series).lag();
-                        let before = s.health.is_unhealthy();
-                        let e = s.health.evaluate(cfg, now, lag, s.last_seen);
-                        log_transition(key, before, s.health.is_unhealthy(), &e.reasons);
+                        s.health.observe(cfg, now, &s.series);
+                        let sig = s.health.signals(&s.series);
+                        let before = s.health.any_unhealthy();
+                        let e = s.health.assess(cfg, now, &sig, s.last_seen);
+                        log_transition(key, before, s.health.any_unhealthy(), &e.reasons);
                     }
                 }
+                drop(store);
+                self.export.add_metrics(req, &touched);
+                self.changed.notify_waiters();
                 Ok(accepted)
             }
             Err(e) => {
@@ -207,10 +247,10 @@ impl AgentState {
         let mut store = self.store();
         let mut out = Vec::with_capacity(store.len());
         for (key, s) in store.services_mut() {
-            let sig = health::signals(&s.series);
-            let before = s.health.is_unhealthy();
-            let e = s.health.evaluate(cfg, now, sig.lag(), s.last_seen);
-            log_transition(key, before, s.health.is_unhealthy(), &e.reasons);
+            let sig = s.health.signals(&s.series);
+            let before = s.health.any_unhealthy();
+            let e = s.health.assess(cfg, now, &sig, s.last_seen);
+            log_transition(key, before, s.health.any_unhealthy(), &e.reasons);
             out.push(ServiceView {
                 key: key.clone(),
                 state: e.state,
@@ -222,6 +262,9 @@ impl AgentState {
                 utilization: sig.utilization,
                 pressure: sig.pressure(cfg),
                 last_seen_age_seconds: now.saturating_duration_since(s.last_seen).as_secs_f64(),
+                heap_growth: sig.heap_growth,
+                lifecycle: sig.lifecycle,
+                active_requests: sig.active_requests,
             });
         }
         out

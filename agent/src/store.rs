@@ -233,7 +233,8 @@ fn attributes(kvs: &[KeyValue]) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
-fn service_key(resource_attrs: &[KeyValue]) -> ServiceKey {
+/// The service instance identity of a resource.
+pub fn service_key(resource_attrs: &[KeyValue]) -> ServiceKey {
     let find = |k: &str| {
         resource_attrs
             .iter()

@@ -83,6 +83,7 @@ impl TraceService for GrpcReceiver {
             .telemetry
             .spans_received
             .fetch_add(n, Ordering::Relaxed);
+        self.state.export.add_traces(request.into_inner(), n);
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -98,6 +99,7 @@ impl LogsService for GrpcReceiver {
             .telemetry
             .log_records_received
             .fetch_add(n, Ordering::Relaxed);
+        self.state.export.add_logs(request.into_inner(), n);
         Ok(Response::new(ExportLogsServiceResponse::default()))
     }
 }
@@ -118,4 +120,86 @@ pub fn count_log_records(req: &ExportLogsServiceRequest) -> u64 {
         .flat_map(|r| &r.scope_logs)
         .map(|s| s.log_records.len() as u64)
         .sum()
+}
+
+/// Tower layer for the gRPC server that counts the requests tonic refuses before a handler
+/// runs, in `loopwatch_agent_requests_refused_total{reason}`: a message over
+/// `receiver.max_body_bytes` (`OUT_OF_RANGE`, or `RESOURCE_EXHAUSTED` while decompressing)
+/// -> `too_large`; an undecodable message (`INTERNAL`, which the handlers never return) ->
+/// `malformed`; the request timeout (`CANCELLED` "Timeout expired") -> `timeout`.
+#[derive(Debug, Clone)]
+pub struct CountRefusals {
+    state: Arc<AgentState>,
+}
+
+impl CountRefusals {
+    /// A layer counting into `state`'s telemetry.
+    pub fn new(state: Arc<AgentState>) -> Self {
+        CountRefusals { state }
+    }
+}
+
+impl<S> tower::Layer<S> for CountRefusals {
+    type Service = CountRefusalsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CountRefusalsService {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service built by [`CountRefusals`].
+#[derive(Debug, Clone)]
+pub struct CountRefusalsService<S> {
+    inner: S,
+    state: Arc<AgentState>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for CountRefusalsService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let fut = self.inner.call(req);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let resp = fut.await?;
+            if let Some(reason) = refusal(resp.headers()) {
+                state.telemetry.refuse(reason);
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// Classifies a trailers-only gRPC error response produced by tonic itself.
+fn refusal(headers: &axum::http::HeaderMap) -> Option<crate::state::RefuseReason> {
+    use crate::state::RefuseReason;
+    let code = headers.get("grpc-status")?.to_str().ok()?.trim();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match code {
+        "11" => Some(RefuseReason::TooLarge),
+        "8" if message.contains("decompressing") => Some(RefuseReason::TooLarge),
+        "13" => Some(RefuseReason::Malformed),
+        "1" if message.contains("Timeout") => Some(RefuseReason::Timeout),
+        _ => None,
+    }
 }

@@ -3,7 +3,9 @@
 //! Accepts `application/x-protobuf` and `application/json` (OTLP/JSON: camelCase fields,
 //! 64-bit integers as strings, hex trace/span ids), `Content-Encoding: gzip`, and bodies with
 //! or without `Content-Length` (chunked). The body cap applies both to the bytes on the wire
-//! and to the decompressed size. Responses use the request's encoding.
+//! and to the decompressed size. Responses use the request's encoding. A body not received
+//! within [`crate::deadline::BODY_TIMEOUT`] is answered 408 and counted (slow-loris defence;
+//! the header deadline is [`crate::deadline::DeadlineListener`]'s).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ struct RpcStatus {
 
 /// gRPC code INVALID_ARGUMENT.
 const CODE_INVALID_ARGUMENT: i32 = 3;
+/// gRPC code DEADLINE_EXCEEDED.
+const CODE_DEADLINE_EXCEEDED: i32 = 4;
 /// gRPC code RESOURCE_EXHAUSTED.
 const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 
@@ -205,7 +209,20 @@ async fn read_request(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large("body"));
     }
-    let raw = match read_limited(body, limit).await {
+    let read = tokio::time::timeout(crate::deadline::BODY_TIMEOUT, read_limited(body, limit));
+    let Ok(read) = read.await else {
+        return Err(refuse(
+            RefuseReason::Timeout,
+            StatusCode::REQUEST_TIMEOUT,
+            Some(encoding),
+            CODE_DEADLINE_EXCEEDED,
+            format!(
+                "request body not received within {:?}",
+                crate::deadline::BODY_TIMEOUT
+            ),
+        ));
+    };
+    let raw = match read {
         Ok(raw) => raw,
         Err(true) => return Err(too_large("body")),
         Err(false) => {
@@ -286,10 +303,12 @@ async fn traces(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: 
     };
     match decode::<ExportTraceServiceRequest>(&state, encoding, &bytes) {
         Ok(req) => {
+            let n = count_spans(&req);
             state
                 .telemetry
                 .spans_received
-                .fetch_add(count_spans(&req), Ordering::Relaxed);
+                .fetch_add(n, Ordering::Relaxed);
+            state.export.add_traces(req, n);
             success(encoding, &ExportTraceServiceResponse::default())
         }
         Err(resp) => *resp,
@@ -303,10 +322,12 @@ async fn logs(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Bo
     };
     match decode::<ExportLogsServiceRequest>(&state, encoding, &bytes) {
         Ok(req) => {
+            let n = count_log_records(&req);
             state
                 .telemetry
                 .log_records_received
-                .fetch_add(count_log_records(&req), Ordering::Relaxed);
+                .fetch_add(n, Ordering::Relaxed);
+            state.export.add_logs(req, n);
             success(encoding, &ExportLogsServiceResponse::default())
         }
         Err(resp) => *resp,

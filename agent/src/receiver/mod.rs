@@ -1,8 +1,9 @@
 //! OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]).
 //!
-//! Metrics are decoded and stored. Traces and logs are accepted, counted
+//! Metrics are decoded, stored and batched for upstream export. Traces and logs are counted
 //! (`loopwatch_agent_spans_received_total`, `loopwatch_agent_log_records_received_total`)
-//! and dropped: forwarding them upstream is not implemented yet.
+//! and forwarded upstream unchanged through the export queue ([`crate::export`]); without
+//! `exporter.endpoint` they are dropped after counting.
 //!
 //! Status mapping (OTLP spec): success -> 200 / OK with an empty export response;
 //! undecodable body -> 400 / INVALID_ARGUMENT; body over `receiver.max_body_bytes` after

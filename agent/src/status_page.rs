@@ -1,0 +1,33 @@
+//! The status page at `/`: a table of services (state, reasons, lag, utilization, pressure)
+//! and live SVG charts of lag, utilization and pressure per service, fed by polling
+//! `/v1/status` (every second; `/?interval=MS` changes it). Assets are embedded in the
+//! binary (no CDN, no external requests).
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+/// The page.
+pub const INDEX_HTML: &str = include_str!("../assets/status.html");
+/// Its script.
+pub const STATUS_JS: &str = include_str!("../assets/status.js");
+
+fn with_type(ct: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(ct)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /`.
+pub async fn index() -> Response {
+    with_type("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// `GET /status.js`.
+pub async fn script() -> Response {
+    with_type("text/javascript; charset=utf-8", STATUS_JS)
+}
