@@ -20,6 +20,8 @@ K8S = CC / "k8s"
 
 # Kubernetes version the core manifests are validated against (native sidecars are GA since 1.33).
 PINNED_K8S = "1.33.0"
+# Oldest version the README claims (native sidecars on by default since 1.29).
+OLDEST_K8S = "1.29.0"
 
 
 def load_docs(path: Path) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CC, K8S, PINNED_K8S, find_doc, load_docs, required_env
+from conftest import CC, K8S, OLDEST_K8S, PINNED_K8S, find_doc, load_docs, required_env
 
 # Core kinds validated by kubernetes-validate (it has no schema for CRDs such as ScaledObject and
 # only warns on them, so those are validated by test_keda.py instead).
@@ -38,9 +38,10 @@ def kubernetes_validate(files: list[Path], version: str) -> subprocess.Completed
     )
 
 
+@pytest.mark.parametrize("version", [PINNED_K8S, OLDEST_K8S])
 @pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(K8S)))
-def test_core_manifest_validates_strict(path):
-    res = kubernetes_validate([path], PINNED_K8S)
+def test_core_manifest_validates_strict(path, version):
+    res = kubernetes_validate([path], version)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     # Every object of the file was checked against a schema (not skipped as unknown).
@@ -132,6 +133,9 @@ def test_app_points_at_agent(pod_spec):
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://127.0.0.1:{grpc_port}"
     assert env["OTEL_SERVICE_NAME"]
     assert "service.instance.id=$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]
+    # Until the app listens, the agent's /readyz (200 with no service yet) must not make the pod
+    # ready: a startup probe on the app's own port gates readiness and liveness.
+    assert app["startupProbe"]["tcpSocket"]["port"] in {p["name"] for p in app["ports"]}
     assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9464}
     assert app["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 9464}
 
