@@ -572,10 +572,14 @@ impl Tracker {
             if active {
                 rules = true;
                 let r = ratio.unwrap_or(0.0);
+                let (level, which) = if r >= cfg.error_ratio_enter {
+                    (cfg.error_ratio_enter, "")
+                } else {
+                    (cfg.error_ratio_leave, ", leave threshold")
+                };
                 e.reasons.push(match holding {
                     None => format!(
-                        "route {route:?} error ratio {r:.3} >= {:.3} ({errors}/{total} in {:.0} s)",
-                        cfg.error_ratio_leave,
+                        "route {route:?} error ratio {r:.3} >= {level:.3} ({errors}/{total} in {} s{which})",
                         secs(cfg.error_window)
                     ),
                     Some(low) => format!(
@@ -618,8 +622,12 @@ impl Tracker {
             rules = true;
             let g = sig.heap_growth.unwrap_or(0.0);
             e.reasons.push(match holding {
-                None => format!(
+                None if g >= cfg.heap_growth_enter => format!(
                     "heap growth {g:.0} By/s >= {:.0} By/s",
+                    cfg.heap_growth_enter
+                ),
+                None => format!(
+                    "heap growth {g:.0} By/s >= {:.0} By/s (leave threshold)",
                     cfg.heap_growth_leave
                 ),
                 Some(low) => format!(
