@@ -1,0 +1,1125 @@
+//! Per-route HTTP metrics: a tower layer for axum, labelled by the matched route template.
+//!
+//! Hot path (per request): one lock-free route lookup (hash + compare against a fixed table),
+//! a few relaxed atomics, two clock reads per poll, and one push of a 16-byte record into a
+//! bounded lock-free ring. No lock, no allocation (after a route's first request), no syscall
+//! beyond the clock. A background `loopwatch-http` thread (every 100 ms, and every export)
+//! drains the ring into the SDK histogram and the per-route sliding windows; when the ring is
+//! full the record is dropped and counted (`loopwatch.http.dropped`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::MatchedPath;
+use axum::http::{Method, Request, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Histogram, Meter};
+use tower::{Layer, Service};
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::shed::Pressure;
+
+/// Default cap on distinct `http.route` values; later routes share [`OVERFLOW_ROUTE`].
+pub const DEFAULT_MAX_ROUTES: usize = 64;
+/// Default length of the per-route sliding window (error ratio, latency): 10 s, in 10 buckets.
+pub const DEFAULT_ROUTE_WINDOW: Duration = Duration::from_secs(10);
+/// Default capacity of the record ring between requests and the drain thread: 16384 records
+/// (256 KiB). The drain runs every 100 ms, so this absorbs bursts of ~160k requests/s.
+pub const DEFAULT_RING_CAPACITY: usize = 16_384;
+/// Default poll duration from which a poll of a request future counts as slow: 1 ms.
+pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(1);
+/// Default runtime lateness during a request from which the route layer logs a `tracing`
+/// warning on the request's span ("waited N ms behind a blocked runtime"): 100 ms.
+pub const DEFAULT_WAIT_EVENT_THRESHOLD: Duration = Duration::from_millis(100);
+/// `http.route` of requests no route matched (no `MatchedPath`).
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+/// `http.route` of routes past the [`DEFAULT_MAX_ROUTES`] cap.
+pub const OVERFLOW_ROUTE: &str = "(overflow)";
+/// Bucket boundaries of `http.server.request.duration`, seconds (OTel semantic conventions).
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+const WINDOW_BUCKETS: usize = 10;
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
+];
+/// Record kinds (`error.type`).
+const KIND_OK: u64 = 0;
+const KIND_5XX: u64 = 1;
+const KIND_SERVICE_ERROR: u64 = 2;
+const KIND_CANCELLED: u64 = 3;
+
+fn method_code(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// FNV-1a: cheap, good enough to spread route templates over the table.
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lock-free bounded ring (Vyukov MPMC queue with atomic payloads; one consumer at a time).
+
+struct RingSlot {
+    seq: AtomicUsize,
+    a: AtomicU64,
+    b: AtomicU64,
+}
+
+struct Ring {
+    slots: Box<[RingSlot]>,
+    mask: usize,
+    tail: AtomicUsize,
+    head: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+impl Ring {
+    fn new(capacity: usize) -> Ring {
+        let cap = capacity.clamp(2, 1 << 24).next_power_of_two();
+        let slots = (0..cap)
+            .map(|i| RingSlot {
+                seq: AtomicUsize::new(i),
+                a: AtomicU64::new(0),
+                b: AtomicU64::new(0),
+            })
+            .collect();
+        Ring {
+            slots,
+            mask: cap - 1,
+            tail: AtomicUsize::new(0),
+            head: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Lock-free push; false (and counted) when full.
+    fn push(&self, a: u64, b: u64) -> bool {
+        let mut pos = self.tail.load(Ordering::Relaxed);
+        loop {
+            let slot = &self.slots[pos & self.mask];
+            let seq = slot.seq.load(Ordering::Acquire);
+            let diff = seq.wrapping_sub(pos) as isize;
+            if diff == 0 {
+                match self.tail.compare_exchange_weak(
+                    pos,
+                    pos.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        slot.a.store(a, Ordering::Relaxed);
+                        slot.b.store(b, Ordering::Relaxed);
+                        slot.seq.store(pos.wrapping_add(1), Ordering::Release);
+                        return true;
+                    }
+                    Err(p) => pos = p,
+                }
+            } else if diff < 0 {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            } else {
+                pos = self.tail.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Pops one record. Callers serialize consumers (the drain state mutex).
+    fn pop(&self) -> Option<(u64, u64)> {
+        let pos = self.head.load(Ordering::Relaxed);
+        let slot = &self.slots[pos & self.mask];
+        let seq = slot.seq.load(Ordering::Acquire);
+        if seq != pos.wrapping_add(1) {
+            return None;
+        }
+        let a = slot.a.load(Ordering::Relaxed);
+        let b = slot.b.load(Ordering::Relaxed);
+        slot.seq
+            .store(pos.wrapping_add(self.mask + 1), Ordering::Release);
+        self.head.store(pos.wrapping_add(1), Ordering::Relaxed);
+        Some((a, b))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route table and per-route counters.
+
+#[derive(Default)]
+struct RouteCounters {
+    active: AtomicI64,
+    polls: AtomicU64,
+    poll_ns: AtomicU64,
+    slow_polls: AtomicU64,
+    waited_ns: AtomicU64,
+}
+
+/// Route ids: 0 = unmatched, 1 = overflow, 2.. = table slots.
+const ID_UNMATCHED: usize = 0;
+const ID_OVERFLOW: usize = 1;
+
+/// A route table slot: unset, dead (past the cap), or (hash, template).
+type RouteSlot = OnceLock<Option<(u64, Box<str>)>>;
+
+struct Inner {
+    table: Box<[RouteSlot]>,
+    table_mask: usize,
+    used: AtomicUsize,
+    max_routes: usize,
+    counters: Box<[RouteCounters]>,
+    active_by_method: [AtomicI64; 10],
+    ring: Ring,
+    drain: Mutex<DrainState>,
+    histogram: Option<Histogram<f64>>,
+    pressure: Option<Pressure>,
+    slow_poll_ns: u64,
+    wait_event_ns: u64,
+    trace_spans: bool,
+    base: Instant,
+}
+
+impl Inner {
+    /// Lock-free lookup; the first request of a route claims a slot (one allocation).
+    fn route_id(&self, route: Option<&str>) -> usize {
+        let Some(route) = route else {
+            return ID_UNMATCHED;
+        };
+        let hash = fnv1a(route);
+        for i in 0..=self.table_mask {
+            let idx = (hash as usize).wrapping_add(i) & self.table_mask;
+            let slot = self.table[idx].get_or_init(|| {
+                if self.used.fetch_add(1, Ordering::AcqRel) < self.max_routes {
+                    Some((hash, route.into()))
+                } else {
+                    // Past the cap: this slot stays dead; lookups probe past it.
+                    self.used.fetch_sub(1, Ordering::AcqRel);
+                    None
+                }
+            });
+            if let Some((h, name)) = slot
+                && *h == hash
+                && &**name == route
+            {
+                return 2 + idx;
+            }
+        }
+        ID_OVERFLOW
+    }
+
+    fn route_name(&self, id: usize) -> Option<&str> {
+        match id {
+            ID_UNMATCHED => Some(UNMATCHED_ROUTE),
+            ID_OVERFLOW => Some(OVERFLOW_ROUTE),
+            _ => self
+                .table
+                .get(id - 2)
+                .and_then(|s| s.get())
+                .and_then(|o| o.as_ref())
+                .map(|(_, n)| &**n),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        nanos(self.base.elapsed())
+    }
+
+    /// Drains the ring into the histogram and the windows.
+    fn drain(&self) -> MutexGuard<'_, DrainState> {
+        let mut st = lock(&self.drain);
+        let now = self.now_ns();
+        while let Some((a, b)) = self.ring.pop() {
+            let route = (b & 0xffff) as usize;
+            let method = ((b >> 16) & 0xf) as usize;
+            let status = ((b >> 20) & 0xfff) as u16;
+            let kind = (b >> 32) & 0xf;
+            let dur_ns = a;
+            if let Some(h) = &self.histogram {
+                let key = b;
+                let attrs = st
+                    .attrs
+                    .entry(key)
+                    .or_insert_with(|| self.attributes(route, method, status, kind));
+                h.record(dur_ns as f64 / 1e9, attrs);
+            }
+            let bucket_ns = st.bucket_ns;
+            let w = st.windows.entry(route).or_default();
+            w.record(now / bucket_ns, dur_ns, kind != KIND_OK);
+        }
+        st
+    }
+
+    fn attributes(&self, route: usize, method: usize, status: u16, kind: u64) -> Vec<KeyValue> {
+        let mut v = vec![
+            KeyValue::new(
+                "http.route",
+                self.route_name(route).unwrap_or(OVERFLOW_ROUTE).to_owned(),
+            ),
+            KeyValue::new("http.request.method", METHODS[method.min(9)]),
+        ];
+        if status != 0 {
+            v.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        match kind {
+            KIND_5XX => v.push(KeyValue::new("error.type", status.to_string())),
+            KIND_SERVICE_ERROR => v.push(KeyValue::new("error.type", "_OTHER")),
+            KIND_CANCELLED => v.push(KeyValue::new("error.type", "cancelled")),
+            _ => {}
+        }
+        v
+    }
+
+    fn stats(&self) -> Vec<RouteStats> {
+        let st = self.drain();
+        let now_bucket = self.now_ns() / st.bucket_ns;
+        let mut out = Vec::new();
+        for id in 0..self.counters.len() {
+            let Some(name) = self.route_name(id) else {
+                continue;
+            };
+            let c = &self.counters[id];
+            let w = st.windows.get(&id);
+            let active = c.active.load(Ordering::Relaxed);
+            if w.is_none() && active == 0 && c.polls.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let agg = w.map(|w| w.aggregate(now_bucket)).unwrap_or_default();
+            let ratio = if agg.count > 0 {
+                agg.errors as f64 / agg.count as f64
+            } else {
+                0.0
+            };
+            out.push(RouteStats {
+                route: name.to_owned(),
+                requests: agg.count,
+                errors: agg.errors,
+                error_ratio: ratio,
+                latency_mean: Duration::from_nanos(agg.sum_ns.checked_div(agg.count).unwrap_or(0)),
+                latency_p50: agg.quantile(0.50),
+                latency_p99: agg.quantile(0.99),
+                latency_max: Duration::from_nanos(agg.max_ns),
+                active,
+                polls: c.polls.load(Ordering::Relaxed),
+                poll_time: Duration::from_nanos(c.poll_ns.load(Ordering::Relaxed)),
+                slow_polls: c.slow_polls.load(Ordering::Relaxed),
+                waited: Duration::from_nanos(c.waited_ns.load(Ordering::Relaxed)),
+            });
+        }
+        out
+    }
+}
+
+struct DrainState {
+    attrs: HashMap<u64, Vec<KeyValue>>,
+    windows: HashMap<usize, RouteWindow>,
+    bucket_ns: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct WindowBucket {
+    epoch: u64,
+    count: u64,
+    errors: u64,
+    sum_ns: u64,
+    max_ns: u64,
+    hist: [u64; 15],
+}
+
+#[derive(Default)]
+struct RouteWindow {
+    buckets: [WindowBucket; WINDOW_BUCKETS],
+}
+
+#[derive(Default)]
+struct Aggregate {
+    count: u64,
+    errors: u64,
+    sum_ns: u64,
+    max_ns: u64,
+    hist: [u64; 15],
+}
+
+impl Aggregate {
+    /// Upper bound of the bucket holding quantile `q`, clamped to the exact max.
+    fn quantile(&self, q: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.hist.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let bound = DURATION_BUCKETS
+                    .get(i)
+                    .map(|s| Duration::from_secs_f64(*s))
+                    .unwrap_or(Duration::MAX);
+                return bound.min(Duration::from_nanos(self.max_ns));
+            }
+        }
+        Duration::from_nanos(self.max_ns)
+    }
+}
+
+impl RouteWindow {
+    fn record(&mut self, epoch: u64, dur_ns: u64, error: bool) {
+        let b = &mut self.buckets[(epoch % WINDOW_BUCKETS as u64) as usize];
+        if b.epoch != epoch || b.count == 0 {
+            *b = WindowBucket {
+                epoch,
+                ..WindowBucket::default()
+            };
+        }
+        b.count += 1;
+        b.errors += u64::from(error);
+        b.sum_ns = b.sum_ns.saturating_add(dur_ns);
+        b.max_ns = b.max_ns.max(dur_ns);
+        let secs = dur_ns as f64 / 1e9;
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        b.hist[i] += 1;
+    }
+
+    fn aggregate(&self, now_epoch: u64) -> Aggregate {
+        let mut a = Aggregate::default();
+        for b in &self.buckets {
+            if b.count == 0 || b.epoch + WINDOW_BUCKETS as u64 <= now_epoch || b.epoch > now_epoch {
+                continue;
+            }
+            a.count += b.count;
+            a.errors += b.errors;
+            a.sum_ns = a.sum_ns.saturating_add(b.sum_ns);
+            a.max_ns = a.max_ns.max(b.max_ns);
+            for (x, y) in a.hist.iter_mut().zip(b.hist.iter()) {
+                *x += y;
+            }
+        }
+        a
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API.
+
+/// Per-route statistics: sliding window values plus cumulative task timing.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RouteStats {
+    /// `http.route` value: the route template, [`UNMATCHED_ROUTE`] or [`OVERFLOW_ROUTE`].
+    pub route: String,
+    /// Requests completed in the sliding window.
+    pub requests: u64,
+    /// Of those, errors (5xx, service errors, cancelled requests).
+    pub errors: u64,
+    /// `errors / requests` over the window, 0 when there were none.
+    pub error_ratio: f64,
+    /// Mean request duration over the window.
+    pub latency_mean: Duration,
+    /// Median request duration over the window (upper bound of its semconv bucket, at most the max).
+    pub latency_p50: Duration,
+    /// 99th percentile request duration over the window (bucket upper bound, at most the max).
+    pub latency_p99: Duration,
+    /// Largest request duration over the window.
+    pub latency_max: Duration,
+    /// Requests in progress now.
+    pub active: i64,
+    /// Polls of this route's request futures since start.
+    pub polls: u64,
+    /// Time spent inside those polls since start.
+    pub poll_time: Duration,
+    /// Polls that took at least the slow-poll threshold, since start.
+    pub slow_polls: u64,
+    /// Runtime lateness (scheduling delay measured by the probe) during this route's requests,
+    /// summed since start: time they spent waiting behind a blocked runtime. Zero without a
+    /// [`Pressure`] from a running loopwatch.
+    pub waited: Duration,
+}
+
+/// Builder of [`RouteMetrics`].
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RouteMetricsBuilder {
+    max_routes: Option<usize>,
+    window: Option<Duration>,
+    ring_capacity: Option<usize>,
+    slow_poll_threshold: Option<Duration>,
+    wait_event_threshold: Option<Duration>,
+    trace_spans: Option<bool>,
+    meter: Option<Meter>,
+    pressure: Option<Pressure>,
+}
+
+impl RouteMetricsBuilder {
+    /// Cap on distinct routes; default [`DEFAULT_MAX_ROUTES`] (at least 1).
+    pub fn max_routes(mut self, n: usize) -> Self {
+        self.max_routes = Some(n);
+        self
+    }
+    /// Sliding window length; default [`DEFAULT_ROUTE_WINDOW`] (at least 10 ms).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = Some(window);
+        self
+    }
+    /// Record ring capacity (rounded up to a power of two); default [`DEFAULT_RING_CAPACITY`].
+    pub fn ring_capacity(mut self, n: usize) -> Self {
+        self.ring_capacity = Some(n);
+        self
+    }
+    /// Slow-poll threshold; default [`DEFAULT_SLOW_POLL_THRESHOLD`].
+    pub fn slow_poll_threshold(mut self, d: Duration) -> Self {
+        self.slow_poll_threshold = Some(d);
+        self
+    }
+    /// Lateness from which a request logs a warning; default [`DEFAULT_WAIT_EVENT_THRESHOLD`].
+    pub fn wait_event_threshold(mut self, d: Duration) -> Self {
+        self.wait_event_threshold = Some(d);
+        self
+    }
+    /// Whether the layer opens an `http.request` `tracing` span per request (only paid when a
+    /// subscriber enables it); default true.
+    pub fn trace_spans(mut self, on: bool) -> Self {
+        self.trace_spans = Some(on);
+        self
+    }
+    /// Meter to export on; [`crate::LoopwatchGuard::route_metrics`] sets loopwatch's own.
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+    /// Pressure source for per-request runtime lateness; set by
+    /// [`crate::LoopwatchGuard::route_metrics`].
+    pub fn pressure(mut self, pressure: Pressure) -> Self {
+        self.pressure = Some(pressure);
+        self
+    }
+
+    /// Builds the metrics and registers their instruments on the meter (if any).
+    pub fn build(self) -> RouteMetrics {
+        let max_routes = self
+            .max_routes
+            .unwrap_or(DEFAULT_MAX_ROUTES)
+            .clamp(1, 1 << 14);
+        let table_size = (max_routes * 2).next_power_of_two();
+        let window = self
+            .window
+            .unwrap_or(DEFAULT_ROUTE_WINDOW)
+            .max(Duration::from_millis(10));
+        let histogram = self.meter.as_ref().map(|m| {
+            m.f64_histogram("http.server.request.duration")
+                .with_description("Duration of HTTP server requests")
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build()
+        });
+        let inner = Arc::new(Inner {
+            table: (0..table_size).map(|_| OnceLock::new()).collect(),
+            table_mask: table_size - 1,
+            used: AtomicUsize::new(0),
+            max_routes,
+            counters: (0..table_size + 2)
+                .map(|_| RouteCounters::default())
+                .collect(),
+            active_by_method: Default::default(),
+            ring: Ring::new(self.ring_capacity.unwrap_or(DEFAULT_RING_CAPACITY)),
+            drain: Mutex::new(DrainState {
+                attrs: HashMap::new(),
+                windows: HashMap::new(),
+                bucket_ns: (nanos(window) / WINDOW_BUCKETS as u64).max(1),
+            }),
+            histogram,
+            pressure: self.pressure,
+            slow_poll_ns: nanos(
+                self.slow_poll_threshold
+                    .unwrap_or(DEFAULT_SLOW_POLL_THRESHOLD),
+            ),
+            wait_event_ns: nanos(
+                self.wait_event_threshold
+                    .unwrap_or(DEFAULT_WAIT_EVENT_THRESHOLD),
+            ),
+            trace_spans: self.trace_spans.unwrap_or(true),
+            base: Instant::now(),
+        });
+        if let Some(meter) = &self.meter {
+            register(meter, &inner);
+        }
+        spawn_drain(Arc::downgrade(&inner));
+        RouteMetrics { inner }
+    }
+}
+
+fn spawn_drain(weak: Weak<Inner>) {
+    let spawned = std::thread::Builder::new()
+        .name("loopwatch-http".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(DRAIN_EVERY);
+                let Some(inner) = weak.upgrade() else { break };
+                drop(inner.drain());
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "loopwatch: cannot spawn loopwatch-http; draining only at export");
+    }
+}
+
+/// Registers the observable instruments. Callbacks hold a `Weak`: dropped metrics stop reporting.
+fn register(meter: &Meter, inner: &Arc<Inner>) {
+    let w = Arc::downgrade(inner);
+    let _ = meter
+        .i64_observable_up_down_counter("http.server.active_requests")
+        .with_description("Number of active HTTP server requests")
+        .with_unit("{request}")
+        .with_callback(move |obs| {
+            if let Some(inner) = w.upgrade() {
+                for (i, m) in METHODS.iter().enumerate() {
+                    let v = inner.active_by_method[i].load(Ordering::Relaxed);
+                    if v != 0 || i == 0 {
+                        obs.observe(v, &[KeyValue::new("http.request.method", *m)]);
+                    }
+                }
+            }
+        })
+        .build();
+    type Read = fn(&RouteStats) -> f64;
+    let gauges: [(&'static str, &'static str, &'static str, Read); 3] = [
+        (
+            "loopwatch.http.route.error_ratio",
+            "Share of requests that failed (5xx, errors, cancelled) over the route's sliding window",
+            "1",
+            |s| s.error_ratio,
+        ),
+        (
+            "loopwatch.http.route.latency.p50",
+            "Median request duration over the route's sliding window (bucket upper bound)",
+            "s",
+            |s| s.latency_p50.as_secs_f64(),
+        ),
+        (
+            "loopwatch.http.route.latency.p99",
+            "99th percentile request duration over the route's sliding window (bucket upper bound)",
+            "s",
+            |s| s.latency_p99.as_secs_f64(),
+        ),
+    ];
+    for (name, desc, unit, read) in gauges {
+        let w = Arc::downgrade(inner);
+        let _ = meter
+            .f64_observable_gauge(name)
+            .with_description(desc)
+            .with_unit(unit)
+            .with_callback(move |obs| {
+                if let Some(inner) = w.upgrade() {
+                    for s in inner.stats() {
+                        obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
+                    }
+                }
+            })
+            .build();
+    }
+    let counters: [(&'static str, &'static str, &'static str, Read); 4] = [
+        (
+            "loopwatch.http.route.polls",
+            "Polls of the route's request futures since start",
+            "{poll}",
+            |s| s.polls as f64,
+        ),
+        (
+            "loopwatch.http.route.poll.duration",
+            "Time spent polling the route's request futures since start",
+            "s",
+            |s| s.poll_time.as_secs_f64(),
+        ),
+        (
+            "loopwatch.http.route.slow_polls",
+            "Polls of the route's request futures at or over the slow-poll threshold",
+            "{poll}",
+            |s| s.slow_polls as f64,
+        ),
+        (
+            "loopwatch.http.route.waited.duration",
+            "Scheduling delay measured by the probe while the route's requests were in progress",
+            "s",
+            |s| s.waited.as_secs_f64(),
+        ),
+    ];
+    for (name, desc, unit, read) in counters {
+        let w = Arc::downgrade(inner);
+        let _ = meter
+            .f64_observable_counter(name)
+            .with_description(desc)
+            .with_unit(unit)
+            .with_callback(move |obs| {
+                if let Some(inner) = w.upgrade() {
+                    for s in inner.stats() {
+                        obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
+                    }
+                }
+            })
+            .build();
+    }
+    let w = Arc::downgrade(inner);
+    let _ = meter
+        .u64_observable_counter("loopwatch.http.dropped")
+        .with_description("Request records dropped because the route layer's ring was full")
+        .with_unit("{record}")
+        .with_callback(move |obs| {
+            if let Some(inner) = w.upgrade() {
+                obs.observe(inner.ring.dropped.load(Ordering::Relaxed), &[]);
+            }
+        })
+        .build();
+}
+
+/// Per-route HTTP metrics shared by every [`RouteLayer`] made from it (cheap to clone).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// let routes = loopwatch::RouteMetrics::builder().build(); // or guard.route_metrics()
+/// let app: Router = Router::new()
+///     .route("/items/{id}", get(|| async { "item" }))
+///     .layer(routes.layer());
+/// for s in routes.snapshot() {
+///     println!("{} error ratio {:.3} p99 {:?}", s.route, s.error_ratio, s.latency_p99);
+/// }
+/// ```
+#[derive(Clone)]
+pub struct RouteMetrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("max_routes", &self.inner.max_routes)
+            .field("active", &self.active_requests())
+            .finish()
+    }
+}
+
+impl RouteMetrics {
+    /// A builder with the defaults (no meter: local statistics only).
+    pub fn builder() -> RouteMetricsBuilder {
+        RouteMetricsBuilder::default()
+    }
+
+    /// A tower layer recording into these metrics; use with axum's `Router::layer` (unmatched
+    /// requests counted as [`UNMATCHED_ROUTE`]) or `Router::route_layer` (matched only).
+    pub fn layer(&self) -> RouteLayer {
+        RouteLayer {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Per-route statistics (drains pending records first). Routes with no request in the
+    /// window and none in progress are left out unless they were ever polled.
+    pub fn snapshot(&self) -> Vec<RouteStats> {
+        self.inner.stats()
+    }
+
+    /// Statistics of one route (`http.route` value).
+    pub fn route(&self, route: &str) -> Option<RouteStats> {
+        self.snapshot().into_iter().find(|s| s.route == route)
+    }
+
+    /// Requests in progress, all routes.
+    pub fn active_requests(&self) -> i64 {
+        self.inner
+            .active_by_method
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Records dropped because the ring was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.ring.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Tower layer recording `http.server.*` metrics per route; made by [`RouteMetrics::layer`].
+#[derive(Clone)]
+pub struct RouteLayer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RouteLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteLayer")
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+    fn layer(&self, service: S) -> Self::Service {
+        RouteService {
+            inner: Arc::clone(&self.inner),
+            service,
+        }
+    }
+}
+
+/// The service produced by [`RouteLayer`].
+#[derive(Clone)]
+pub struct RouteService<S> {
+    inner: Arc<Inner>,
+    service: S,
+}
+
+impl<S> std::fmt::Debug for RouteService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteService")
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RouteService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = RouteFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let inner = &self.inner;
+        let route = inner.route_id(
+            req.extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str),
+        );
+        let method = method_code(req.method());
+        inner.counters[route].active.fetch_add(1, Ordering::Relaxed);
+        inner.active_by_method[method].fetch_add(1, Ordering::Relaxed);
+        let span = if inner.trace_spans {
+            let route_name = inner.route_name(route).unwrap_or(OVERFLOW_ROUTE);
+            let span = tracing::info_span!(
+                target: "loopwatch::http",
+                "http.request",
+                otel.name = Empty,
+                http.request.method = METHODS[method],
+                http.route = route_name,
+                http.response.status_code = Empty,
+                loopwatch.waited_ms = Empty,
+                loopwatch.poll_ms = Empty,
+                loopwatch.polls = Empty,
+            );
+            if !span.is_disabled() {
+                span.record(
+                    "otel.name",
+                    tracing::field::display(format_args!("{} {route_name}", METHODS[method])),
+                );
+            }
+            span
+        } else {
+            Span::none()
+        };
+        let delayed_at_start = inner
+            .pressure
+            .as_ref()
+            .map(Pressure::delayed_clock_us)
+            .unwrap_or(0);
+        let fut = {
+            let _e = span.enter();
+            self.service.call(req)
+        };
+        RouteFuture {
+            fut,
+            rec: Some(Rec {
+                inner: Arc::clone(&self.inner),
+                route,
+                method,
+                start,
+                delayed_at_start,
+                poll_ns: 0,
+                polls: 0,
+                slow: 0,
+                span,
+            }),
+        }
+    }
+}
+
+/// Per-request state; recording as cancelled on drop if the request never completed.
+struct Rec {
+    inner: Arc<Inner>,
+    route: usize,
+    method: usize,
+    start: Instant,
+    delayed_at_start: u64,
+    poll_ns: u64,
+    polls: u64,
+    slow: u64,
+    span: Span,
+}
+
+impl Rec {
+    fn finish(&mut self, end: Instant, status: u16, kind: u64) {
+        let inner = &*self.inner;
+        let dur = end.saturating_duration_since(self.start);
+        let dur_ns = nanos(dur);
+        let c = &inner.counters[self.route];
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        inner.active_by_method[self.method].fetch_sub(1, Ordering::Relaxed);
+        c.polls.fetch_add(self.polls, Ordering::Relaxed);
+        c.poll_ns.fetch_add(self.poll_ns, Ordering::Relaxed);
+        if self.slow > 0 {
+            c.slow_polls.fetch_add(self.slow, Ordering::Relaxed);
+        }
+        // Runtime lateness during the request: probe-measured delay between start and end,
+        // at most the time the request spent outside its own polls.
+        let waited_ns = match &inner.pressure {
+            Some(p) => {
+                let us = p.delayed_clock_us().saturating_sub(self.delayed_at_start);
+                us.saturating_mul(1000)
+                    .min(dur_ns.saturating_sub(self.poll_ns))
+            }
+            None => 0,
+        };
+        if waited_ns > 0 {
+            c.waited_ns.fetch_add(waited_ns, Ordering::Relaxed);
+        }
+        let b = (self.route as u64 & 0xffff)
+            | ((self.method as u64 & 0xf) << 16)
+            | ((u64::from(status) & 0xfff) << 20)
+            | (kind << 32);
+        inner.ring.push(dur_ns, b);
+        if !self.span.is_disabled() {
+            if status != 0 {
+                self.span.record("http.response.status_code", status);
+            }
+            let ms = |ns: u64| ns as f64 / 1e6;
+            self.span.record("loopwatch.waited_ms", ms(waited_ns));
+            self.span.record("loopwatch.poll_ms", ms(self.poll_ns));
+            self.span.record("loopwatch.polls", self.polls);
+            if waited_ns >= inner.wait_event_ns && waited_ns > 0 {
+                tracing::warn!(
+                    parent: &self.span,
+                    waited_ms = waited_ns / 1_000_000,
+                    duration_ms = dur_ns / 1_000_000,
+                    poll_ms = self.poll_ns / 1_000_000,
+                    "request waited {} ms behind a blocked runtime",
+                    waited_ns / 1_000_000
+                );
+            }
+        }
+        self.polls = u64::MAX; // finished marker
+    }
+}
+
+impl Drop for Rec {
+    fn drop(&mut self) {
+        if self.polls != u64::MAX {
+            self.finish(Instant::now(), 0, KIND_CANCELLED);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`RouteService`].
+    pub struct RouteFuture<F> {
+        #[pin]
+        fut: F,
+        rec: Option<Rec>,
+    }
+}
+
+impl<F, ResBody, E> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(rec) = this.rec.as_mut() else {
+            return this.fut.poll(cx);
+        };
+        let t0 = Instant::now();
+        let res = {
+            let _e = rec.span.enter();
+            this.fut.poll(cx)
+        };
+        let t1 = Instant::now();
+        let d = nanos(t1.saturating_duration_since(t0));
+        rec.poll_ns = rec.poll_ns.saturating_add(d);
+        rec.polls += 1;
+        if d >= rec.inner.slow_poll_ns {
+            rec.slow += 1;
+        }
+        if let Poll::Ready(r) = &res {
+            let (status, kind) = match r {
+                Ok(resp) => {
+                    let s = resp.status().as_u16();
+                    (s, if s >= 500 { KIND_5XX } else { KIND_OK })
+                }
+                Err(_) => (0, KIND_SERVICE_ERROR),
+            };
+            rec.finish(t1, status, kind);
+            *this.rec = None;
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    async fn get_path(app: &Router, path: &str) -> u16 {
+        app.clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible")
+            .status()
+            .as_u16()
+    }
+
+    #[test]
+    fn ring_push_pop_and_full() {
+        let r = Ring::new(4);
+        for i in 0..4 {
+            assert!(r.push(i, i * 10));
+        }
+        assert!(!r.push(9, 9));
+        assert_eq!(r.dropped.load(Ordering::Relaxed), 1);
+        for i in 0..4 {
+            assert_eq!(r.pop(), Some((i, i * 10)));
+        }
+        assert_eq!(r.pop(), None);
+        assert!(r.push(5, 50));
+        assert_eq!(r.pop(), Some((5, 50)));
+    }
+
+    #[test]
+    fn ring_concurrent_producers_lose_nothing() {
+        let r = Arc::new(Ring::new(1 << 12));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || {
+                    for i in 0..500u64 {
+                        assert!(r.push(t, i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("producer");
+        }
+        let mut per = [0u64; 4];
+        while let Some((t, _)) = r.pop() {
+            per[t as usize] += 1;
+        }
+        assert_eq!(per, [500; 4]);
+    }
+
+    #[tokio::test]
+    async fn routes_statuses_unmatched_and_overflow() {
+        let m = RouteMetrics::builder().max_routes(2).build();
+        let app = Router::new()
+            .route("/a/{id}", get(|| async { "a" }))
+            .route("/b", get(|| async { "b" }))
+            .route("/c", get(|| async { "c" }))
+            .route(
+                "/fail",
+                get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "x") }),
+            )
+            .layer(m.layer());
+        assert_eq!(get_path(&app, "/a/1").await, 200);
+        assert_eq!(get_path(&app, "/a/2").await, 200);
+        assert_eq!(get_path(&app, "/b").await, 200);
+        assert_eq!(get_path(&app, "/c").await, 200); // third route: overflow
+        assert_eq!(get_path(&app, "/fail").await, 500); // overflow too
+        assert_eq!(get_path(&app, "/nope").await, 404);
+        let a = m.route("/a/{id}").expect("templated route");
+        assert_eq!((a.requests, a.errors), (2, 0));
+        assert_eq!(a.polls, 2);
+        assert_eq!(m.route("/b").expect("b").requests, 1);
+        let o = m.route(OVERFLOW_ROUTE).expect("overflow series");
+        assert_eq!((o.requests, o.errors), (2, 1));
+        assert!((o.error_ratio - 0.5).abs() < 1e-9);
+        assert_eq!(m.route(UNMATCHED_ROUTE).expect("unmatched").requests, 1);
+        assert!(m.route("/c").is_none());
+        assert_eq!(m.active_requests(), 0);
+        assert_eq!(m.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelled_requests_count_as_errors_and_release_active() {
+        let m = RouteMetrics::builder().build();
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }),
+            )
+            .layer(m.layer());
+        let fut = app.oneshot(Request::get("/slow").body(Body::empty()).expect("req"));
+        let r = tokio::time::timeout(Duration::from_millis(20), fut).await;
+        assert!(r.is_err(), "timed out");
+        assert_eq!(m.active_requests(), 0);
+        let s = m.route("/slow").expect("slow");
+        assert_eq!((s.requests, s.errors), (1, 1));
+    }
+
+    #[test]
+    fn window_quantiles_and_expiry() {
+        let mut w = RouteWindow::default();
+        for _ in 0..99 {
+            w.record(5, 3_000_000, false); // 3 ms -> bucket 5 ms
+        }
+        w.record(5, 400_000_000, true); // 400 ms -> bucket 0.5 s
+        let a = w.aggregate(5);
+        assert_eq!((a.count, a.errors), (100, 1));
+        assert_eq!(a.quantile(0.5), Duration::from_millis(5));
+        assert_eq!(a.quantile(0.99), Duration::from_millis(5));
+        assert_eq!(a.quantile(1.0), Duration::from_millis(400)); // clamped to the max
+        assert_eq!(w.aggregate(5 + WINDOW_BUCKETS as u64).count, 0);
+    }
+}

@@ -1,0 +1,141 @@
+//! tracing → tracing-opentelemetry → OTLP, on loopwatch's own export runtime (like metrics), so
+//! request spans carrying the route layer's `loopwatch.waited_ms` / `loopwatch.poll_ms` reach
+//! the sidecar even while the watched runtime is blocked.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::{self, LoopwatchBuilder, Protocol};
+use crate::error::StartError;
+
+/// A running tracing → OTLP pipeline: add [`OtlpTracing::layer`] to your subscriber; call
+/// [`OtlpTracing::shutdown`] (or drop it) outside async code at exit to flush the last spans.
+///
+/// Service name, endpoint and protocol resolve like metrics (builder > `OTEL_*` environment >
+/// default); for OTLP/HTTP the path `/v1/metrics` of a resolved endpoint becomes `/v1/traces`.
+///
+/// ```no_run
+/// use tracing_subscriber::layer::SubscriberExt;
+/// use tracing_subscriber::util::SubscriberInitExt;
+///
+/// let tracing = loopwatch::OtlpTracing::start(
+///     loopwatch::Loopwatch::builder().service_name("example-service"),
+/// )?;
+/// tracing_subscriber::registry().with(tracing.layer()).init();
+/// // ... serve; RouteLayer spans now carry loopwatch.waited_ms / loopwatch.poll_ms ...
+/// tracing.shutdown();
+/// # Ok::<(), loopwatch::StartError>(())
+/// ```
+#[derive(Debug)]
+pub struct OtlpTracing {
+    provider: Option<SdkTracerProvider>,
+    runtime: Option<tokio::runtime::Runtime>,
+    tracer: Tracer,
+}
+
+impl OtlpTracing {
+    /// Builds the span exporter (gRPC: on a 1-worker `loopwatch-trace-export` runtime) and a
+    /// batch span processor (its own thread). Works inside or outside a tokio runtime.
+    ///
+    /// # Errors
+    /// Bad builder values or environment variables, or an exporter that cannot be built.
+    pub fn start(builder: LoopwatchBuilder) -> Result<OtlpTracing, StartError> {
+        let s = config::resolve(builder, &config::process_env)?;
+        let (exporter, runtime) = match s.protocol {
+            Protocol::Grpc => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("loopwatch-trace-export")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StartError::Exporter(format!("loopwatch-trace-export: {e}")))?;
+                let built = {
+                    let _enter = rt.enter();
+                    SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(s.endpoint.clone())
+                        .with_timeout(s.export_timeout)
+                        .build()
+                };
+                match built {
+                    Ok(e) => (e, Some(rt)),
+                    Err(e) => {
+                        rt.shutdown_background();
+                        return Err(StartError::Exporter(e.to_string()));
+                    }
+                }
+            }
+            Protocol::HttpProtobuf => {
+                let endpoint = match s.endpoint.strip_suffix("/v1/metrics") {
+                    Some(base) => format!("{base}/v1/traces"),
+                    None => s.endpoint.clone(),
+                };
+                let e = SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_timeout(s.export_timeout)
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .build()
+                    .map_err(|e| StartError::Exporter(e.to_string()))?;
+                (e, None)
+            }
+        };
+        let resource = Resource::builder_empty()
+            .with_attributes(s.resource.iter().cloned())
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("loopwatch");
+        Ok(OtlpTracing {
+            provider: Some(provider),
+            runtime,
+            tracer,
+        })
+    }
+
+    /// A `tracing-subscriber` layer exporting spans through this pipeline.
+    pub fn layer<S>(&self) -> OpenTelemetryLayer<S, Tracer>
+    where
+        S: Subscriber + for<'span> LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
+    }
+
+    /// Exports pending spans now (blocking, bounded by the export timeout).
+    pub fn force_flush(&self) {
+        if let Some(p) = &self.provider
+            && let Err(e) = p.force_flush()
+        {
+            tracing::debug!(error = %e, "loopwatch: span force_flush failed");
+        }
+    }
+
+    /// Flushes and stops the pipeline. Call outside async code (it blocks).
+    pub fn shutdown(mut self) {
+        self.shutdown_inner();
+    }
+
+    fn shutdown_inner(&mut self) {
+        if let Some(p) = self.provider.take()
+            && let Err(e) = p.shutdown()
+        {
+            tracing::debug!(error = %e, "loopwatch: tracer provider shutdown failed");
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for OtlpTracing {
+    fn drop(&mut self) {
+        self.shutdown_inner();
+    }
+}
