@@ -19,5 +19,5 @@ if [ ! -d "$NPM_DIR/node_modules/@opentelemetry/sdk-metrics" ] || [ "$(cat "$STA
   (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent) || die "npm install failed"
   echo "$WANT" > "$STAMP"
 fi
-cp "$HERE/export.mjs" "$NPM_DIR/export.mjs"
+cp "$HERE"/*.mjs "$NPM_DIR/"
 echo "$NPM_DIR"
