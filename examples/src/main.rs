@@ -7,6 +7,17 @@
 //! | `GET /` | answers at once |
 //! | `GET /block?ms=N` | blocks the runtime thread with `std::thread::sleep` for N ms (capped at 60 s) |
 //! | `GET /fail` | answers 500 |
+//! | `GET /sleep?ms=N` | waits N ms asynchronously (capped at 60 s): a slow but well-behaved request |
+//! | `GET /items/{id}` | answers at once (a templated route: `http.route` is `/items/{id}`) |
+//! | `GET /alloc?bytes=N` | allocates N bytes and keeps them (heap-growth demo; 1 GiB total cap) |
+//! | `GET /livez`, `GET /readyz` | loopwatch's local health router (readiness 503 while overloaded or draining) |
+//!
+//! Every route goes through loopwatch's `RouteLayer` (`http.server.*` metrics per route, request
+//! spans with `loopwatch.waited_ms`), optionally a `ShedLayer` (`--shed-delay-ms`), and the
+//! server shuts down with `GracefulShutdown`: on SIGTERM readiness goes 503 and
+//! `loopwatch.lifecycle.state` = 1 is exported, after `--drain-delay-ms` the listener closes,
+//! in-flight requests finish (bounded by `--drain-deadline-ms`), then the final export carries
+//! `loopwatch.lifecycle.state` = 2.
 //!
 //! It runs a `current_thread` runtime by default, like a Node.js event loop: one blocking
 //! handler stalls every request. `--workers N` (N ≥ 1) switches to a `multi_thread` runtime.
@@ -17,6 +28,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +54,21 @@ struct Args {
     /// Run without loopwatch (the uninstrumented baseline of the overhead benchmarks).
     #[arg(long, env = "EXAMPLE_NO_LOOPWATCH")]
     no_loopwatch: bool,
+    /// Milliseconds between SIGTERM (readiness 503) and closing the listener.
+    #[arg(long, env = "EXAMPLE_DRAIN_DELAY_MS", default_value_t = 5000)]
+    drain_delay_ms: u64,
+    /// Milliseconds in-flight requests get after the listener closed.
+    #[arg(long, env = "EXAMPLE_DRAIN_DEADLINE_MS", default_value_t = 20000)]
+    drain_deadline_ms: u64,
+    /// Shed requests (503 + Retry-After) while scheduling delay is at least this many ms; 0 = off.
+    #[arg(long, env = "EXAMPLE_SHED_DELAY_MS", default_value_t = 0)]
+    shed_delay_ms: u64,
+    /// Local /readyz answers 503 while scheduling delay is at least this many ms.
+    #[arg(long, env = "EXAMPLE_READY_MAX_DELAY_MS", default_value_t = 200)]
+    ready_max_delay_ms: u64,
+    /// Also export tracing spans over OTLP (same endpoint/protocol as metrics).
+    #[arg(long, env = "EXAMPLE_OTLP_TRACES")]
+    otlp_traces: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,35 +92,76 @@ async fn fail() -> (StatusCode, &'static str) {
     (StatusCode::INTERNAL_SERVER_ERROR, "failed on purpose\n")
 }
 
+/// Waits asynchronously: slow, but leaves the runtime free.
+async fn sleep(Query(params): Query<BlockParams>) -> String {
+    let wanted = Duration::from_millis(params.ms.unwrap_or(100)).min(MAX_BLOCK);
+    tokio::time::sleep(wanted).await;
+    format!("slept {} ms\n", wanted.as_millis())
+}
+
+async fn item(axum::extract::Path(id): axum::extract::Path<String>) -> String {
+    format!("item {id}\n")
+}
+
+/// Largest total `/alloc` keeps.
+const MAX_RETAINED: usize = 1 << 30;
+static RETAINED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+#[derive(Debug, Deserialize)]
+struct AllocParams {
+    bytes: Option<usize>,
+}
+
+/// Allocates and keeps `bytes` (touched, so they are resident), up to [`MAX_RETAINED`] in total.
+async fn alloc(Query(params): Query<AllocParams>) -> (StatusCode, String) {
+    let mut kept = RETAINED.lock().unwrap_or_else(|e| e.into_inner());
+    let total: usize = kept.iter().map(Vec::len).sum();
+    let want = params.bytes.unwrap_or(1 << 20);
+    if total.saturating_add(want) > MAX_RETAINED {
+        return (
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("retained {total} bytes; cap {MAX_RETAINED}\n"),
+        );
+    }
+    kept.push(vec![1u8; want]);
+    (StatusCode::OK, format!("retained {} bytes\n", total + want))
+}
+
 fn router() -> Router {
     Router::new()
         .route("/", get(hello))
         .route("/block", get(block))
         .route("/fail", get(fail))
+        .route("/sleep", get(sleep))
+        .route("/items/{id}", get(item))
+        .route("/alloc", get(alloc))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+/// Everything `serve` needs from loopwatch (route metrics and pressure only when it runs).
+struct Wiring {
+    routes: Option<loopwatch::RouteMetrics>,
+    pressure: Option<loopwatch::Pressure>,
+    health: loopwatch::Health,
+    shutdown: loopwatch::GracefulShutdown,
+}
+
+fn app(args: &Args, w: &Wiring) -> Router {
+    let mut app = router().merge(w.health.router());
+    if let Some(pressure) = w.pressure.clone().filter(|_| args.shed_delay_ms > 0) {
+        app = app.layer(
+            loopwatch::ShedLayer::builder(pressure)
+                .max_delay(Duration::from_millis(args.shed_delay_ms))
+                .build(),
+        );
+    }
+    // Outermost: shed responses are measured too.
+    match &w.routes {
+        Some(routes) => app.layer(routes.layer()),
+        None => app,
     }
 }
 
-async fn serve(args: &Args) -> Result<(), String> {
+async fn serve(args: &Args, w: Wiring) -> Result<loopwatch::ShutdownOutcome, String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("bind {}: {e}", args.listen))?;
@@ -102,21 +170,40 @@ async fn serve(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("local_addr: {e}"))?;
     println!("example-service listening on http://{addr}");
     tracing::info!(%addr, "serving");
-    axum::serve(listener, router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("serve: {e}"))
+    let server = axum::serve(listener, app(args, &w)).with_graceful_shutdown(w.shutdown.signal());
+    let outcome = w.shutdown.run(server).await;
+    tracing::info!(?outcome, "server stopped");
+    Ok(outcome)
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let args = Args::parse();
+    let traces = if args.otlp_traces && !args.no_loopwatch {
+        let mut b = loopwatch::Loopwatch::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            b = b.service_name("example-service");
+        }
+        match loopwatch::OtlpTracing::start(b) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("example-service: loopwatch tracing: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(traces.as_ref().map(|t| t.layer()))
         .init();
-    let args = Args::parse();
     let runtime = if args.workers == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -150,13 +237,42 @@ fn main() -> ExitCode {
             }
         }
     };
-    let result = runtime.block_on(serve(&args));
-    // Final export, outside the watched runtime.
+    let routes = guard.as_ref().map(|g| g.route_metrics());
+    let pressure = guard.as_ref().map(|g| g.pressure());
+    let lifecycle = guard.as_ref().map(|g| g.lifecycle()).unwrap_or_default();
+    let mut health = loopwatch::Health::builder()
+        .lifecycle(lifecycle.clone())
+        .max_delay(Duration::from_millis(args.ready_max_delay_ms));
+    if let Some(p) = &pressure {
+        health = health.pressure(p.clone());
+    }
+    let mut shutdown = loopwatch::GracefulShutdown::builder()
+        .lifecycle(lifecycle)
+        .drain_delay(Duration::from_millis(args.drain_delay_ms))
+        .deadline(Duration::from_millis(args.drain_deadline_ms));
+    if let Some(r) = &routes {
+        shutdown = shutdown.routes(r.clone());
+    }
+    let wiring = Wiring {
+        routes,
+        pressure,
+        health: health.build(),
+        shutdown: shutdown.build(),
+    };
+    let result = runtime.block_on(serve(&args, wiring));
+    // Final export (lifecycle state 2), outside the watched runtime.
     if let Some(guard) = guard {
         guard.shutdown();
     }
+    if let Some(t) = traces {
+        t.shutdown();
+    }
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(loopwatch::ShutdownOutcome::DeadlineExceeded { active }) => {
+            eprintln!("example-service: drain deadline passed with {active} active requests");
+            ExitCode::FAILURE
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("example-service: {e}");
             ExitCode::FAILURE
