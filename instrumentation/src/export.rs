@@ -331,3 +331,11 @@ pub(crate) fn run_flush(
     }
     shared.silence();
 }
+
+/// loopwatch's meter on `provider` (scope `loopwatch`, crate version).
+pub(crate) fn loopwatch_meter(provider: &SdkMeterProvider) -> Meter {
+    let scope = InstrumentationScope::builder("loopwatch")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    provider.meter_with_scope(scope)
+}

@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     idle_skips: AtomicU64,
     windows: AtomicU64,
     last_stall_us: AtomicU64,
+    /// Sum of all completed probe delays, µs (probes are sequential, so their delay intervals
+    /// are disjoint): a clock of "time the runtime was late" read by the route layer.
+    delayed_total_us: AtomicU64,
     window: Mutex<WindowStats>,
     runtime: Mutex<RuntimeSnapshot>,
 }
@@ -108,6 +111,7 @@ impl Shared {
             idle_skips: AtomicU64::new(0),
             windows: AtomicU64::new(0),
             last_stall_us: AtomicU64::new(0),
+            delayed_total_us: AtomicU64::new(0),
             window: Mutex::new(WindowStats::default()),
             runtime: Mutex::new(RuntimeSnapshot::default()),
         }
@@ -133,6 +137,13 @@ impl Shared {
             0 => Duration::ZERO,
             t0 => Duration::from_micros(self.now_us().saturating_sub(t0 - 1)),
         }
+    }
+
+    /// Scheduling delay accumulated since start, µs: completed probe delays plus the age of the
+    /// outstanding probe. Monotonic up to a transient overcount of one probe (readers clamp).
+    pub(crate) fn delayed_clock_us(&self) -> u64 {
+        let done = self.delayed_total_us.load(Ordering::Acquire);
+        done.saturating_add(us(self.current_stall()))
     }
 
     pub(crate) fn window(&self) -> WindowStats {
@@ -322,6 +333,12 @@ impl ProbeTask {
                     }
                     thread::park_timeout(wait.max(Duration::from_micros(50)));
                 };
+                if let Some(t1) = t1_us {
+                    // Before clearing `outstanding`: readers may overcount, never undercount.
+                    self.shared
+                        .delayed_total_us
+                        .fetch_add(t1.saturating_sub(t0_us), Ordering::AcqRel);
+                }
                 self.shared.outstanding.store(0, Ordering::Release);
                 let Some(t1_us) = t1_us else { break };
 
