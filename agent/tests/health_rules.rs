@@ -10,8 +10,11 @@ use common::*;
 use loopwatch_agent::config::Config;
 use opentelemetry_proto::tonic::metrics::v1::{Histogram, HistogramDataPoint, Metric, metric};
 
-/// One histogram metric with several series: (attributes, bucket counts).
-fn hist(name: &str, bounds: &[f64], series: &[(Vec<(&str, &str)>, Vec<u64>)]) -> Metric {
+/// One series: attributes and bucket counts.
+type HistSeries<'a> = (Vec<(&'a str, &'a str)>, Vec<u64>);
+
+/// One histogram metric with several series.
+fn hist(name: &str, bounds: &[f64], series: &[HistSeries<'_>]) -> Metric {
     Metric {
         name: name.into(),
         unit: "s".into(),

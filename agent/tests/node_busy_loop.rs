@@ -69,11 +69,9 @@ fn node_busy_loop_turns_readyz_503_then_recovers() {
                     }
                     seen_unhealthy = true;
                 }
-                Some("ok") if seen_unhealthy => {
-                    if ready(&agent) == 200 {
-                        recovered = true;
-                        break;
-                    }
+                Some("ok") if seen_unhealthy && ready(&agent) == 200 => {
+                    recovered = true;
+                    break;
                 }
                 _ => {}
             }
