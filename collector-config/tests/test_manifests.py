@@ -24,6 +24,7 @@ CORE_FILES = [
     K8S / "base" / "pdb.yaml",
     K8S / "overlays" / "hpa" / "hpa.yaml",
     K8S / "prometheus-adapter" / "adapter-config.yaml",
+    CC / "otelcol" / "deployment.yaml",
 ]
 CRD_FILES = [
     K8S / "overlays" / "keda-prometheus" / "scaledobject.yaml",
@@ -39,7 +40,7 @@ def kubernetes_validate(files: list[Path], version: str) -> subprocess.Completed
 
 
 @pytest.mark.parametrize("version", [PINNED_K8S, OLDEST_K8S])
-@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(K8S)))
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(CC)))
 def test_core_manifest_validates_strict(path, version):
     res = kubernetes_validate([path], version)
     out = res.stdout + res.stderr

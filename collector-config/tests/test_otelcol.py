@@ -118,3 +118,78 @@ def test_config_is_annotated():
     text = (CC / "otelcol" / "config.yaml").read_text()
     comments = [line for line in text.splitlines() if line.strip().startswith("#")]
     assert len(comments) >= 20
+
+
+def _mib(q: str) -> float:
+    m = re.fullmatch(r"(\d+)(Mi|Gi|MiB|GiB)", q)
+    assert m, q
+    return int(m.group(1)) * (1024 if m.group(2).startswith("G") else 1)
+
+
+@pytest.fixture(scope="module")
+def collector():
+    from conftest import find_doc
+
+    dep = find_doc(CC / "otelcol" / "deployment.yaml", "Deployment")
+    svc = find_doc(CC / "otelcol" / "deployment.yaml", "Service")
+    return dep, svc
+
+
+def test_collector_deployment_defines_every_env_the_config_uses(cfg, collector):
+    dep, _ = collector
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    text = "\n".join(
+        line for line in (CC / "otelcol" / "config.yaml").read_text().splitlines() if not line.strip().startswith("#")
+    )
+    used = set(re.findall(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", text))
+    defined = {e["name"] for e in c["env"]}
+    assert used and used <= defined, used - defined
+
+
+def test_collector_memory_settings_are_consistent(cfg, collector):
+    dep, _ = collector
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    limit = _mib(c["resources"]["limits"]["memory"])
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    ml = cfg["processors"]["memory_limiter"]
+    # memory_limiter refuses data before the Go heap target, which stays below the OOM kill.
+    assert ml["limit_mib"] < _mib(env["GOMEMLIMIT"]) < limit
+
+
+def test_collector_config_is_mounted_where_args_point(collector):
+    dep, _ = collector
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    kust = yaml.safe_load((CC / "otelcol" / "kustomization.yaml").read_text())
+    (gen,) = kust["configMapGenerator"]
+    assert gen["files"] == ["config.yaml"]
+    (vol,) = pod["volumes"]
+    assert vol["configMap"]["name"] == gen["name"]
+    (mount,) = c["volumeMounts"]
+    assert mount["name"] == vol["name"]
+    assert f"--config={mount['mountPath']}/config.yaml" in c["args"]
+
+
+def test_collector_ports_match_config_and_probes(cfg, collector):
+    dep, svc = collector
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    protos = cfg["receivers"]["otlp"]["protocols"]
+    assert int(protos["grpc"]["endpoint"].rsplit(":", 1)[1]) == ports["otlp-grpc"]
+    assert int(protos["http"]["endpoint"].rsplit(":", 1)[1]) == ports["otlp-http"]
+    assert int(cfg["extensions"]["health_check"]["endpoint"].rsplit(":", 1)[1]) == ports["health"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] == "health"
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
+
+
+def test_agents_export_to_the_collector_service(collector):
+    from conftest import K8S, find_doc
+
+    _, svc = collector
+    app = find_doc(K8S / "base" / "deployment.yaml", "Deployment")
+    agent = app["spec"]["template"]["spec"]["initContainers"][0]
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    grpc_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "otlp-grpc")
+    name, ns = svc["metadata"]["name"], svc["metadata"]["namespace"]
+    assert env["LOOPWATCH_EXPORTER_ENDPOINT"] == f"http://{name}.{ns}.svc.cluster.local:{grpc_port}"
