@@ -247,6 +247,11 @@ pub fn signals(series: &BTreeMap<SeriesKey, Series>) -> Signals {
                 Signal::Utilization => v,
                 _ => v * unit_scale(&s.unit),
             };
+            // Delays, stalls and utilization are never negative: a negative (or NaN) report
+            // is ignored rather than turned into negative lag or pressure.
+            if v.is_nan() || v < 0.0 {
+                continue;
+            }
             let slot = match mapping.signal {
                 Signal::DelayP99 => &mut out.delay_p99,
                 Signal::Stall => &mut out.stall,

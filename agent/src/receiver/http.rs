@@ -236,7 +236,7 @@ async fn read_request(
         }
     };
     if !gzip {
-        return Ok((encoding, raw));
+        return within_budget(state, encoding, raw).map_err(|r| *r);
     }
     let mut out = Vec::new();
     let mut decoder = std::io::Read::take(flate2::read::GzDecoder::new(&raw[..]), limit as u64 + 1);
@@ -252,7 +252,31 @@ async fn read_request(
     if out.len() > limit {
         return Err(too_large("decompressed body"));
     }
-    Ok((encoding, out))
+    within_budget(state, encoding, out).map_err(|r| *r)
+}
+
+/// Refuses (413) a body that would decode into more allocations than the budget of
+/// [`crate::receiver::budget`] allows.
+fn within_budget(
+    state: &AgentState,
+    encoding: Encoding,
+    body: Vec<u8>,
+) -> Result<(Encoding, Vec<u8>), Box<Response>> {
+    let max = crate::receiver::budget::max_nodes(state.config().receiver.max_body_bytes);
+    let nodes = crate::receiver::budget::estimate_nodes(&body, encoding == Encoding::Json, max);
+    if nodes > max {
+        state.telemetry.refuse(RefuseReason::TooLarge);
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(encoding),
+            CODE_RESOURCE_EXHAUSTED,
+            format!(
+                "body decodes into more than {max} elements (receiver.max_body_bytes / {})",
+                crate::receiver::budget::BYTES_PER_NODE
+            ),
+        )));
+    }
+    Ok((encoding, body))
 }
 
 /// Decodes `bytes` as `T` in `encoding`; on failure counts and returns a 400 response.

@@ -12,5 +12,6 @@
 //! 429 / RESOURCE_EXHAUSTED. Refusals are counted in
 //! `loopwatch_agent_requests_refused_total{reason}`.
 
+pub mod budget;
 pub mod grpc;
 pub mod http;
