@@ -500,3 +500,147 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+// ---- Helpers for the reliability tests (issue 7) ----
+
+impl Proc {
+    /// Whether the process is still running (not exited, not reaped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `host:port` of an `http://host:port` URL.
+pub fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Sends a raw HTTP/1.1 request (`head` without the blank line; `Connection: close` is
+/// added) and `body` on a fresh connection, writing the body from another thread while the
+/// response is read, so a server that answers early (413) is heard even if it closes before
+/// the body is through. Returns (status, whole response text); status 0 when no response.
+pub fn raw_http(addr: &str, head: &str, body: Vec<u8>, limit: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return (0, "connect failed".into());
+    };
+    let _ = stream.set_read_timeout(Some(limit));
+    let _ = stream.set_write_timeout(Some(limit));
+    let head = format!("{head}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(head.as_bytes()).is_err() {
+        return (0, "write failed".into());
+    }
+    let writer = stream.try_clone().ok().map(|mut w| {
+        std::thread::spawn(move || {
+            for chunk in body.chunks(64 * 1024) {
+                if w.write_all(chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// POST `body` to `url` with the given content type and optional content encoding:
+/// (status, body). Connection errors are status 0.
+pub fn http_post(
+    url: &str,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let mut req = client()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    match req.send() {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            (code, resp.text().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+impl Agent {
+    /// Sum of a self-telemetry counter family (all label sets matching `label_filter`).
+    pub fn counter(&self, family: &str, label_filter: &str) -> f64 {
+        self.metric_values(family, label_filter).into_iter().sum()
+    }
+
+    /// `loopwatch_agent_requests_refused_total{reason="REASON"}`.
+    pub fn refused(&self, reason: &str) -> f64 {
+        self.counter(
+            "loopwatch_agent_requests_refused_total",
+            &format!("reason=\"{reason}\""),
+        )
+    }
+
+    /// Resident set size of the agent process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.proc.pid()).unwrap_or(0)
+    }
+}
+
+impl Agent {
+    /// Starts the agent with exactly `args` (no default listen flags) and `env`; `RUST_LOG`
+    /// defaults to `info` unless `env` sets it. Use to restart an agent on fixed ports.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(bin("loopwatch-agent"));
+        cmd.env("RUST_LOG", "info")
+            .args(args)
+            .envs(env.iter().copied());
+        let proc = Proc::spawn("agent", cmd, "loopwatch-agent listening");
+        let field = |key: &str| -> String {
+            let addr = proc
+                .ready_line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key}= in `{}`", proc.ready_line))
+                .to_string();
+            format!("http://{addr}")
+        };
+        let (grpc, http, admin) = (field("grpc"), field("http"), field("admin"));
+        Agent {
+            proc,
+            grpc,
+            http,
+            admin,
+        }
+    }
+}
