@@ -78,6 +78,8 @@ pub struct LoopwatchBuilder {
     pub(crate) stall_threshold: Option<Duration>,
     pub(crate) runtime_name: Option<String>,
     pub(crate) meter_provider: Option<SdkMeterProvider>,
+    pub(crate) stuck_threshold: Option<Duration>,
+    pub(crate) heap_window: Option<Duration>,
 }
 
 impl LoopwatchBuilder {

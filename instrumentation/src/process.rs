@@ -1,0 +1,247 @@
+//! Process metrics from `sysinfo` (`process.memory.usage`, `process.cpu.utilization`), and the
+//! `loopwatch-sampler` thread that drives the stuck-worker checks and the heap samples.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::error::StartError;
+use crate::export::FlushTrigger;
+use crate::heap::{self, HeapSampler, HeapShared, HeapSnapshot};
+use crate::probe::Shared;
+use crate::workers::{self, StuckWorker, WorkerShared, WorkerWatch};
+use crate::{LoopwatchGuard, join_bounded};
+
+/// Process RSS and CPU read through `sysinfo` at collection time.
+struct ProcessReader {
+    system: System,
+    pid: Pid,
+    cpus: f64,
+}
+
+impl ProcessReader {
+    fn new() -> Option<Self> {
+        let pid = sysinfo::get_current_pid().ok()?;
+        let system = System::new().ok()?;
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut r = ProcessReader { system, pid, cpus };
+        // CPU usage is a difference between two refreshes: prime the first one.
+        r.refresh();
+        Some(r)
+    }
+
+    fn refresh(&mut self) {
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[self.pid]),
+            false,
+            ProcessRefreshKind::nothing().with_memory().with_cpu(),
+        );
+    }
+
+    /// (resident bytes, CPU utilization 0..=1 of the CPUs available to the process).
+    fn read(&mut self) -> Option<(u64, f64)> {
+        self.refresh();
+        let p = self.system.process(self.pid)?;
+        let cpu = (f64::from(p.cpu_usage()) / 100.0 / self.cpus).clamp(0.0, 1.0);
+        Some((p.memory(), cpu))
+    }
+}
+
+/// Registers `process.memory.usage` and `process.cpu.utilization` (skipped when the process
+/// cannot be read, e.g. no /proc).
+fn register_process(meter: &Meter, live: &Arc<Shared>) {
+    let Some(reader) = ProcessReader::new() else {
+        tracing::debug!("loopwatch: process metrics unavailable on this system");
+        return;
+    };
+    let reader = Arc::new(Mutex::new((reader, None::<(u64, f64)>)));
+    // One refresh per collection: the memory callback reads, the CPU callback reuses it.
+    {
+        let (live, reader) = (Arc::clone(live), Arc::clone(&reader));
+        let _ = meter
+            .i64_observable_up_down_counter("process.memory.usage")
+            .with_description("Resident set size of the process (sysinfo)")
+            .with_unit("By")
+            .with_callback(move |obs| {
+                if !live.live() {
+                    return;
+                }
+                let mut g = reader.lock().unwrap_or_else(|e| e.into_inner());
+                let v = g.0.read();
+                g.1 = v;
+                if let Some((rss, _)) = v {
+                    obs.observe(i64::try_from(rss).unwrap_or(i64::MAX), &[]);
+                }
+            })
+            .build();
+    }
+    let live = Arc::clone(live);
+    let _ = meter
+        .f64_observable_gauge("process.cpu.utilization")
+        .with_description(
+            "CPU time of the process since the previous collection divided by elapsed time and by the CPUs available to it",
+        )
+        .with_unit("1")
+        .with_callback(move |obs| {
+            if !live.live() {
+                return;
+            }
+            let mut g = reader.lock().unwrap_or_else(|e| e.into_inner());
+            let v = match g.1.take() {
+                Some(v) => Some(v),
+                None => g.0.read(),
+            };
+            if let Some((_, cpu)) = v {
+                obs.observe(cpu, &[]);
+            }
+        })
+        .build();
+}
+
+/// Settings of the sampler, resolved from the builder.
+pub(crate) struct SamplerSettings {
+    pub(crate) probe_interval: Duration,
+    pub(crate) stuck_threshold: Duration,
+    pub(crate) heap_window: Duration,
+    pub(crate) runtime_name: String,
+}
+
+/// Resolves and validates the stuck threshold and heap window (builder > default).
+pub(crate) fn sampler_settings(
+    stuck_threshold: Option<Duration>,
+    heap_window: Option<Duration>,
+    probe_interval: Duration,
+    runtime_name: String,
+) -> Result<SamplerSettings, StartError> {
+    let stuck_threshold = stuck_threshold.unwrap_or(workers::DEFAULT_STUCK_THRESHOLD);
+    if stuck_threshold < Duration::from_millis(1) {
+        return Err(StartError::InvalidConfig {
+            key: "stuck_threshold",
+            reason: format!("{stuck_threshold:?} is below the minimum 1ms"),
+        });
+    }
+    let heap_window = heap_window.unwrap_or(heap::DEFAULT_HEAP_WINDOW);
+    if heap_window < Duration::from_millis(100) {
+        return Err(StartError::InvalidConfig {
+            key: "heap_window",
+            reason: format!("{heap_window:?} is below the minimum 100ms"),
+        });
+    }
+    Ok(SamplerSettings {
+        probe_interval,
+        stuck_threshold,
+        heap_window,
+        runtime_name,
+    })
+}
+
+/// Stuck-worker, heap and process monitoring: shared state plus the `loopwatch-sampler` thread.
+#[derive(Debug)]
+pub(crate) struct Extras {
+    workers: Arc<WorkerShared>,
+    heap: Arc<HeapShared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+}
+
+impl Extras {
+    /// Registers the instruments and starts the `loopwatch-sampler` thread.
+    pub(crate) fn start(
+        handle: &tokio::runtime::Handle,
+        provider: &SdkMeterProvider,
+        live: &Arc<Shared>,
+        attrs: &[KeyValue],
+        flush: FlushTrigger,
+        s: SamplerSettings,
+    ) -> Result<Self, StartError> {
+        let scope = InstrumentationScope::builder("loopwatch")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let meter = provider.meter_with_scope(scope);
+        let n = handle.metrics().num_workers();
+        let worker_shared = Arc::new(WorkerShared::new(n));
+        let heap_shared = Arc::new(HeapShared::new());
+        let episodes = workers::register(&meter, live, &worker_shared, attrs);
+        #[cfg(tokio_unstable)]
+        workers::register_unstable(&meter, live, handle, attrs);
+        heap::register(&meter, live, &heap_shared, attrs);
+        register_process(&meter, live);
+
+        let mut watch = WorkerWatch::new(
+            handle.clone(),
+            Arc::clone(&worker_shared),
+            s.stuck_threshold,
+            flush,
+            episodes,
+            attrs.to_vec(),
+            s.runtime_name,
+        );
+        let mut heap_sampler = HeapSampler::new(Arc::clone(&heap_shared), s.heap_window);
+        let check_every = s
+            .probe_interval
+            .min(s.stuck_threshold / 5)
+            .max(Duration::from_millis(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let (done_tx, done) = mpsc::channel();
+        let t = thread::Builder::new()
+            .name("loopwatch-sampler".into())
+            .spawn(move || {
+                let mut next_heap = Instant::now();
+                while !thread_stop.load(Ordering::Acquire) {
+                    let now = Instant::now();
+                    watch.check(now);
+                    if now >= next_heap {
+                        heap_sampler.sample(now);
+                        next_heap = now + heap_sampler.period;
+                    }
+                    let wait = check_every.min(next_heap.saturating_duration_since(now));
+                    thread::park_timeout(wait.max(Duration::from_micros(100)));
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|source| StartError::Thread {
+                name: "loopwatch-sampler",
+                source,
+            })?;
+        Ok(Extras {
+            workers: worker_shared,
+            heap: heap_shared,
+            stop,
+            thread: Some((t, done)),
+        })
+    }
+
+    /// Stops the sampler thread (bounded wait).
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some((t, done)) = self.thread.take() {
+            t.thread().unpark();
+            join_bounded(t, &done, crate::DEFAULT_SHUTDOWN_TIMEOUT);
+        }
+    }
+}
+
+impl LoopwatchGuard {
+    /// Workers stuck right now (one long poll, or awake without progress for at least the
+    /// stuck threshold). Cheap: reads atomics, allocates the returned `Vec`.
+    pub fn stuck_workers(&self) -> Vec<StuckWorker> {
+        self.extras.workers.stuck()
+    }
+
+    /// Stuck episodes counted since start (`tokio.worker.stuck.episodes`).
+    pub fn stuck_episodes(&self) -> u64 {
+        self.extras.workers.episodes()
+    }
+
+    /// Live heap bytes and growth rate as of the last heap sample.
+    pub fn heap(&self) -> HeapSnapshot {
+        self.extras.heap.snapshot()
+    }
+}
