@@ -5,6 +5,7 @@
 //! - received metrics are merged into a [`batch::Batcher`] and sent once per
 //!   `exporter.interval`, together with derived per-service metrics (in the service's own
 //!   resource) and the agent's self-telemetry (resource `service.name=loopwatch-agent`);
+//! - a batch reaching [`MAX_BATCH_POINTS`] datapoints is queued early (bounded memory);
 //! - received traces and logs are enqueued unchanged as they arrive;
 //! - the queue holds at most `exporter.queue_size` requests; a request that does not fit is
 //!   dropped and its items counted (`loopwatch_agent_export_dropped_total{reason="queue_full"}`);
@@ -47,6 +48,10 @@ use crate::config::ExporterConfig;
 use crate::health::HealthState;
 use crate::state::{AgentState, RefuseReason, ServiceView};
 use crate::store::{DropReason, ServiceKey};
+
+/// Datapoints one metrics batch may hold; a batch reaching it is queued before the interval
+/// ends.
+pub const MAX_BATCH_POINTS: u64 = 100_000;
 
 /// One queued upstream request.
 #[derive(Debug, Clone)]
@@ -194,7 +199,20 @@ impl Pipeline {
         if !self.enabled() {
             return;
         }
-        lock(&self.batch).add(req);
+        let full = {
+            let mut batch = lock(&self.batch);
+            batch.add(req);
+            // Bounded memory: a batch past the cap is queued at once (without derived
+            // metrics, which follow with the interval).
+            (batch.points() >= MAX_BATCH_POINTS).then(|| batch.take())
+        };
+        if let Some(req) = full {
+            let items = batch::count_points(&req);
+            self.enqueue(Item {
+                payload: Payload::Metrics(req),
+                items,
+            });
+        }
         let mut known = lock(&self.resources);
         for (rm, key) in req.resource_metrics.iter().zip(keys) {
             if let Some(r) = &rm.resource {
