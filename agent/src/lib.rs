@@ -10,11 +10,16 @@
 //!   The key table lives there (and in `agent/CONFIG.md`).
 //! - [`receiver`]: OTLP receivers, [`receiver::grpc`] (tonic, port 4317) and
 //!   [`receiver::http`] (axum, port 4318; protobuf, JSON, gzip, chunked).
-//!   Traces and logs are accepted, counted and dropped (forwarding is a later issue).
+//!   Traces and logs are counted and forwarded upstream through [`export`].
 //! - [`store`]: per-service series (latest value; delta sums/histograms accumulate) with caps.
-//! - [`health`]: lag/utilization model across runtimes, hysteresis, staleness, pressure.
+//! - [`health`]: lag/utilization model across runtimes (tokio, Node.js, Go, plain HTTP),
+//!   hysteresis, staleness, pressure, per-route error ratio, heap growth, lifecycle.
 //! - [`state`]: the shared state tying store, health and self-telemetry together.
-//! - [`admin`]: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`.
+//! - [`admin`]: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`, `/`,
+//!   `POST /drain` ([`drain`]); the status page assets are in [`status_page`].
+//! - [`export`]: upstream OTLP exporter (interval batching, bounded queue, retry).
+//! - SIGTERM: [`RunningAgent::wait_for_final_exports`] then [`RunningAgent::shutdown`]
+//!   (flushes upstream). Endpoints and JSON shapes: `agent/ENDPOINTS.md`.
 //! - [`prometheus`]: the text exposition and OTel -> Prometheus naming.
 //! - [`deadline`]: header/idle deadlines and body timeouts for the HTTP servers.
 //!
