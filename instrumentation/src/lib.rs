@@ -97,10 +97,16 @@
 mod config;
 mod error;
 mod export;
+mod health;
 mod heap;
+mod http;
 mod probe;
 mod process;
 mod runtime;
+mod shed;
+mod shutdown;
+mod tasks;
+mod trace;
 mod workers;
 
 use std::sync::Arc;
@@ -117,12 +123,28 @@ pub use config::{
     DEFAULT_STALL_THRESHOLD, Loopwatch, LoopwatchBuilder, Protocol,
 };
 pub use error::StartError;
-pub use probe::ProbeSnapshot;
-pub use runtime::RuntimeSnapshot;
+pub use health::{DEFAULT_READY_MAX_DELAY, Health, HealthBuilder};
 pub use heap::{
     COUNTING_BATCH_BYTES, CountingAllocator, DEFAULT_HEAP_WINDOW, HeapSnapshot, HeapSource,
     counted_heap_bytes,
 };
+pub use http::{
+    DEFAULT_MAX_ROUTES, DEFAULT_RING_CAPACITY, DEFAULT_ROUTE_WINDOW, DEFAULT_SLOW_POLL_THRESHOLD,
+    DEFAULT_WAIT_EVENT_THRESHOLD, DURATION_BUCKETS, OVERFLOW_ROUTE, RouteFuture, RouteLayer,
+    RouteMetrics, RouteMetricsBuilder, RouteService, RouteStats, UNMATCHED_ROUTE,
+};
+pub use probe::ProbeSnapshot;
+pub use runtime::RuntimeSnapshot;
+pub use shed::{
+    DEFAULT_EXEMPT_PATHS, DEFAULT_RETRY_AFTER, DEFAULT_SHED_MAX_DELAY, Overload, OverloadFn,
+    Pressure, ShedFuture, ShedLayer, ShedLayerBuilder, ShedService,
+};
+pub use shutdown::{
+    DEFAULT_DRAIN_DEADLINE, DEFAULT_DRAIN_DELAY, GracefulShutdown, GracefulShutdownBuilder,
+    Lifecycle, LifecycleState, ShutdownOutcome,
+};
+pub use tasks::{DEFAULT_MAX_TASK_FAMILIES, OVERFLOW_FAMILY, TaskFamily, instrument_family};
+pub use trace::OtlpTracing;
 pub use workers::{DEFAULT_STUCK_THRESHOLD, StuckSource, StuckWorker};
 #[cfg(tokio_unstable)]
 pub use workers::{after_task_poll, before_task_poll, install_poll_hooks};
@@ -198,6 +220,13 @@ impl LoopwatchBuilder {
             }
         };
         let instruments = export::register(&provider, &shared, &attrs);
+        let meter = export::loopwatch_meter(&provider);
+        let lifecycle = shutdown::Lifecycle::with_flush(flush.clone());
+        shutdown::register(&meter, &lifecycle, &shared, &attrs);
+        {
+            let s = Arc::clone(&shared);
+            tasks::register(&meter, &attrs, Arc::new(move || s.live()));
+        }
         let extras =
             process::Extras::start(&handle, &provider, &shared, &attrs, flush.clone(), sampler);
         drop(provider);
@@ -257,6 +286,8 @@ impl LoopwatchBuilder {
             probe: Some((probe_thread, probe_done)),
             flusher: Some((flush_thread, flush_done)),
             extras,
+            meter,
+            lifecycle,
         })
     }
 }
@@ -269,6 +300,8 @@ pub struct LoopwatchGuard {
     probe: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
     flusher: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
     extras: process::Extras,
+    meter: opentelemetry::metrics::Meter,
+    lifecycle: shutdown::Lifecycle,
 }
 
 impl LoopwatchGuard {
@@ -292,7 +325,38 @@ impl LoopwatchGuard {
         self.shutdown_inner();
     }
 
+    /// loopwatch's meter (scope `loopwatch`), to register more instruments on its pipeline.
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self.meter.clone()
+    }
+
+    /// Load of the watched runtime, for [`ShedLayer`], [`Health`] and your own checks.
+    pub fn pressure(&self) -> Pressure {
+        Pressure::from_shared(Arc::clone(&self.shared))
+    }
+
+    /// The service's lifecycle, exported as `loopwatch.lifecycle.state` (0 running, 1
+    /// draining, 2 stopped); changes force an export. [`LoopwatchGuard::shutdown`] sets 2
+    /// before the final export.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
+    }
+
+    /// Per-route HTTP metrics exported on loopwatch's pipeline, with per-request runtime
+    /// lateness from the probe. Use [`LoopwatchGuard::route_metrics_builder`] to change limits.
+    pub fn route_metrics(&self) -> RouteMetrics {
+        self.route_metrics_builder().build()
+    }
+
+    /// A [`RouteMetricsBuilder`] preset with loopwatch's meter and pressure.
+    pub fn route_metrics_builder(&self) -> RouteMetricsBuilder {
+        RouteMetrics::builder()
+            .meter(self.meter())
+            .pressure(self.pressure())
+    }
+
     fn shutdown_inner(&mut self) {
+        self.lifecycle.set(LifecycleState::Stopped);
         self.extras.stop();
         self.shared.stop.store(true, Ordering::Release);
         if let Some((t, done)) = self.probe.take() {
