@@ -598,20 +598,20 @@ fn spawn_drain(weak: Weak<Inner>) {
     }
 }
 
-/// Registers the observable instruments. Callbacks hold a `Weak`: dropped metrics stop reporting.
+/// Registers the observable instruments. Callbacks hold the metrics (so the final export,
+/// after the server and its layers are gone, still drains and reports them).
 fn register(meter: &Meter, inner: &Arc<Inner>) {
-    let w = Arc::downgrade(inner);
+    let w = Arc::clone(inner);
     let _ = meter
         .i64_observable_up_down_counter("http.server.active_requests")
         .with_description("Number of active HTTP server requests")
         .with_unit("{request}")
         .with_callback(move |obs| {
-            if let Some(inner) = w.upgrade() {
-                for (i, m) in METHODS.iter().enumerate() {
-                    let v = inner.active_by_method[i].load(Ordering::Relaxed);
-                    if v != 0 || i == 0 {
-                        obs.observe(v, &[KeyValue::new("http.request.method", *m)]);
-                    }
+            let inner = &w;
+            for (i, m) in METHODS.iter().enumerate() {
+                let v = inner.active_by_method[i].load(Ordering::Relaxed);
+                if v != 0 || i == 0 {
+                    obs.observe(v, &[KeyValue::new("http.request.method", *m)]);
                 }
             }
         })
@@ -638,16 +638,15 @@ fn register(meter: &Meter, inner: &Arc<Inner>) {
         ),
     ];
     for (name, desc, unit, read) in gauges {
-        let w = Arc::downgrade(inner);
+        let w = Arc::clone(inner);
         let _ = meter
             .f64_observable_gauge(name)
             .with_description(desc)
             .with_unit(unit)
             .with_callback(move |obs| {
-                if let Some(inner) = w.upgrade() {
-                    for s in inner.stats() {
-                        obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
-                    }
+                let inner = &w;
+                for s in inner.stats() {
+                    obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
                 }
             })
             .build();
@@ -679,34 +678,33 @@ fn register(meter: &Meter, inner: &Arc<Inner>) {
         ),
     ];
     for (name, desc, unit, read) in counters {
-        let w = Arc::downgrade(inner);
+        let w = Arc::clone(inner);
         let _ = meter
             .f64_observable_counter(name)
             .with_description(desc)
             .with_unit(unit)
             .with_callback(move |obs| {
-                if let Some(inner) = w.upgrade() {
-                    for s in inner.stats() {
-                        obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
-                    }
+                let inner = &w;
+                for s in inner.stats() {
+                    obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
                 }
             })
             .build();
     }
-    let w = Arc::downgrade(inner);
+    let w = Arc::clone(inner);
     let _ = meter
         .u64_observable_counter("loopwatch.http.dropped")
         .with_description("Request records dropped because the route layer's ring was full")
         .with_unit("{record}")
         .with_callback(move |obs| {
-            if let Some(inner) = w.upgrade() {
-                obs.observe(inner.ring.dropped.load(Ordering::Relaxed), &[]);
-            }
+            let inner = &w;
+            obs.observe(inner.ring.dropped.load(Ordering::Relaxed), &[]);
         })
         .build();
 }
 
-/// Per-route HTTP metrics shared by every [`RouteLayer`] made from it (cheap to clone).
+/// Per-route HTTP metrics shared by every [`RouteLayer`] made from it (cheap to clone). With a
+/// meter, the meter provider keeps them alive for its export callbacks.
 ///
 /// ```
 /// use axum::{Router, routing::get};
