@@ -779,6 +779,55 @@ mod tests {
     }
 
     #[test]
+    fn band_enters_holds_and_leaves() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let hold = Duration::from_millis(500);
+        let mut b = Band::default();
+        assert_eq!(b.update(Some(0.4), 0.5, 0.2, hold, at(0)), (false, None));
+        assert_eq!(b.update(Some(0.5), 0.5, 0.2, hold, at(10)), (true, None));
+        assert_eq!(b.update(Some(0.3), 0.5, 0.2, hold, at(20)), (true, None));
+        assert_eq!(
+            b.update(Some(0.1), 0.5, 0.2, hold, at(120)),
+            (true, Some(Duration::from_millis(100)))
+        );
+        assert_eq!(b.update(None, 0.5, 0.2, hold, at(520)), (false, None));
+    }
+
+    #[test]
+    fn p99_of_buckets() {
+        let bounds = [0.01, 0.1, 1.0];
+        assert_eq!(histogram_p99(&bounds, &[0, 0, 0, 0]), None);
+        assert_eq!(histogram_p99(&bounds, &[99, 1, 0, 0]), Some(0.01));
+        assert_eq!(histogram_p99(&bounds, &[98, 0, 2, 0]), Some(1.0));
+        // Overflow bucket: the last finite bound (a lower bound of the truth).
+        assert_eq!(histogram_p99(&bounds, &[0, 0, 0, 5]), Some(1.0));
+    }
+
+    #[test]
+    fn error_window_handles_counter_reset() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let mut e = ErrorWindow::default();
+        let counts = |t: u64, err: u64| BTreeMap::from([("/r".to_string(), (t, err))]);
+        e.observe(t0, counts(100, 10), w);
+        e.observe(t0 + Duration::from_secs(1), counts(150, 30), w);
+        assert_eq!(e.in_window()["/r"], (50, 20));
+        // The process restarted: counts fell, the new values are the window.
+        e.observe(t0 + Duration::from_secs(2), counts(5, 1), w);
+        assert_eq!(e.in_window()["/r"], (5, 1));
+    }
+
+    #[test]
+    fn lifecycle_values() {
+        assert_eq!(Lifecycle::from_value(0.0), Some(Lifecycle::Running));
+        assert_eq!(Lifecycle::from_value(1.0), Some(Lifecycle::Draining));
+        assert_eq!(Lifecycle::from_value(2.0), Some(Lifecycle::Stopped));
+        assert_eq!(Lifecycle::from_value(-3.0), None);
+        assert_eq!(Lifecycle::from_value(f64::NAN), None);
+    }
+
+    #[test]
     fn pressure_is_max_of_ratios() {
         let c = cfg();
         let s = Signals {

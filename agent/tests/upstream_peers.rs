@@ -519,3 +519,63 @@ fn full_queue_and_unreachable_upstream_are_counted() {
         "{text}"
     );
 }
+
+#[test]
+fn retries_until_the_upstream_comes_up() {
+    // The upstream (another agent) starts only after the first attempts failed.
+    let port = free_port();
+    let agent = TestAgent::start(
+        Config::builder()
+            .exporter(
+                format!("http://127.0.0.1:{port}"),
+                ExportProtocol::HttpProtobuf,
+            )
+            .exporter_max_retry_time(Duration::from_secs(600))
+            .exporter_interval(Duration::from_secs(600)),
+    );
+    post(
+        &agent,
+        "/v1/traces",
+        traces("r-svc", "late").encode_to_vec(),
+    );
+    let st = agent.agent().state().clone();
+    let errors = || {
+        st.export
+            .stats
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(eventually(Duration::from_secs(30), || errors() >= 1));
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let upstream = TestAgent::start_with(
+        Config::builder()
+            .grpc_listen(loopback())
+            .admin_listen(loopback())
+            .http_listen(addr),
+    );
+    let spans = || {
+        upstream
+            .agent()
+            .state()
+            .telemetry
+            .spans_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || spans() == 1),
+        "span not delivered after the upstream came up"
+    );
+    assert_eq!(
+        st.export
+            .stats
+            .sent_items
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        st.export
+            .stats
+            .dropped(loopwatch_agent::export::ExportDrop::RetriesExhausted),
+        0
+    );
+}

@@ -417,4 +417,46 @@ mod tests {
         // The point with the latest timestamp (7 at t=21) wins over a late-arriving older one.
         assert_eq!(value(&b.take()).0, 7);
     }
+
+    fn delta_hist(counts: Vec<u64>, bounds: Vec<f64>, sum: f64) -> Metric {
+        Metric {
+            name: "h".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count: counts.iter().sum(),
+                    bucket_counts: counts,
+                    explicit_bounds: bounds,
+                    sum: Some(sum),
+                    min: Some(sum / 10.0),
+                    max: Some(sum),
+                    ..Default::default()
+                }],
+                aggregation_temporality: DELTA,
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn delta_histograms_add_bucketwise() {
+        let mut b = Batcher::default();
+        b.add(&req(delta_hist(vec![1, 2, 3], vec![0.1, 1.0], 4.0)));
+        b.add(&req(delta_hist(vec![0, 1, 1], vec![0.1, 1.0], 2.0)));
+        let out = b.take();
+        let Some(metric::Data::Histogram(h)) =
+            &out.resource_metrics[0].scope_metrics[0].metrics[0].data
+        else {
+            panic!("histogram expected")
+        };
+        assert_eq!(h.data_points.len(), 1);
+        let p = &h.data_points[0];
+        assert_eq!(p.bucket_counts, vec![1, 3, 4]);
+        assert_eq!(p.count, 8);
+        assert_eq!(p.sum, Some(6.0));
+        assert_eq!((p.min, p.max), (Some(0.2), Some(4.0)));
+        // Different bounds within the interval: both points kept.
+        b.add(&req(delta_hist(vec![1, 1], vec![0.5], 1.0)));
+        b.add(&req(delta_hist(vec![1, 1, 1], vec![0.1, 1.0], 1.0)));
+        assert_eq!(b.points(), 2);
+    }
 }

@@ -27,17 +27,22 @@ pub fn loopback() -> SocketAddr {
 
 impl TestAgent {
     pub fn start(builder: ConfigBuilder) -> Self {
+        Self::start_with(
+            builder
+                .grpc_listen(loopback())
+                .http_listen(loopback())
+                .admin_listen(loopback()),
+        )
+    }
+
+    /// Starts with the listen addresses of `builder` as they are.
+    pub fn start_with(builder: ConfigBuilder) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let config = builder
-            .grpc_listen(loopback())
-            .http_listen(loopback())
-            .admin_listen(loopback())
-            .build()
-            .expect("valid config");
+        let config = builder.build().expect("valid config");
         let agent = rt
             .block_on(loopwatch_agent::start(config))
             .expect("agent starts");
