@@ -1,0 +1,249 @@
+//! Per-request truth on traces: a request that waits behind a blocked runtime carries how long
+//! it waited (`loopwatch.waited_ms`) and its poll time on its `http.request` span, logs a
+//! "waited N ms behind a blocked runtime" warning, and the span reaches a real OTLP/gRPC trace
+//! receiver through `OtlpTracing`. Also: a task family times the tasks it instruments.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::get;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use tower::ServiceExt;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The injected block.
+const BLOCK: Duration = Duration::from_millis(400);
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<(String, HashMap<String, f64>)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut out = self.spans.lock().expect("lock");
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let mut attrs = HashMap::new();
+                    for kv in s.attributes {
+                        let v = match kv.value.and_then(|v| v.value) {
+                            Some(any_value::Value::DoubleValue(d)) => d,
+                            Some(any_value::Value::IntValue(i)) => i as f64,
+                            _ => f64::NAN,
+                        };
+                        attrs.insert(kv.key, v);
+                    }
+                    out.push((s.name, attrs));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Captures the `loopwatch.*` fields recorded on `http.request` spans and warning messages.
+#[derive(Clone, Default)]
+struct Capture {
+    fields: Arc<Mutex<HashMap<String, f64>>>,
+    warnings: Arc<Mutex<Vec<String>>>,
+}
+
+struct NumVisitor<'a>(&'a mut HashMap<String, f64>);
+impl Visit for NumVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value);
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value as f64);
+    }
+    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+}
+
+struct MsgVisitor<'a>(&'a mut String);
+impl Visit for MsgVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            *self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Capture {
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        if ctx.span(id).is_some_and(|s| s.name() == "http.request") {
+            values.record(&mut NumVisitor(&mut self.fields.lock().expect("lock")));
+        }
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut m = String::new();
+            event.record(&mut MsgVisitor(&mut m));
+            self.warnings.lock().expect("lock").push(m);
+        }
+    }
+}
+
+#[test]
+fn waiting_behind_a_block_is_on_the_request_span_and_reaches_otlp() {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let receiver = Receiver::default();
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let svc = TraceServiceServer::new(receiver.clone());
+    server_rt.spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+
+    let tracing_pipeline = loopwatch::OtlpTracing::start(
+        loopwatch::Loopwatch::builder()
+            .service_name("trace-test")
+            .endpoint(format!("http://{addr}"))
+            .protocol(loopwatch::Protocol::Grpc),
+    )
+    .expect("tracing pipeline");
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_pipeline.layer())
+        .with(capture.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(SdkMeterProvider::builder().build())
+        .probe_interval(Duration::from_millis(10))
+        .start_with_handle(rt.handle().clone())
+        .expect("loopwatch");
+    let routes = guard.route_metrics();
+    let app = Router::new()
+        .route(
+            "/sleep",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                "slept"
+            }),
+        )
+        .layer(routes.layer());
+
+    let started = Instant::now();
+    let status = rt.block_on(async {
+        // Another task blocks the (only) worker while the request sleeps.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            std::thread::sleep(BLOCK);
+        });
+        app.oneshot(Request::get("/sleep").body(Body::empty()).expect("req"))
+            .await
+            .expect("infallible")
+            .status()
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(status, 200);
+
+    let fields = capture.fields.lock().expect("lock").clone();
+    let waited = fields
+        .get("loopwatch.waited_ms")
+        .copied()
+        .expect("waited_ms recorded");
+    let poll = fields.get("loopwatch.poll_ms").copied().expect("poll_ms");
+    assert!(fields.get("loopwatch.polls").copied().unwrap_or(0.0) >= 2.0);
+    // The probe samples (it can read up to an interval plus a late wake-up low): half the
+    // block is a generous floor; it can never exceed the request's own duration.
+    assert!(
+        waited >= BLOCK.as_secs_f64() * 1e3 / 2.0,
+        "waited {waited} ms behind a {BLOCK:?} block"
+    );
+    assert!(waited <= elapsed.as_secs_f64() * 1e3, "{waited} <= {elapsed:?}");
+    assert!(poll < waited, "the request itself hardly ran: poll {poll} ms");
+    let warnings = capture.warnings.lock().expect("lock").clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("behind a blocked runtime")),
+        "{warnings:?}"
+    );
+    let s = routes.route("/sleep").expect("route stats");
+    assert!(s.waited >= BLOCK / 2, "{s:?}");
+
+    // The span reaches the OTLP receiver with its loopwatch attributes.
+    tracing_pipeline.force_flush();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let span = loop {
+        let found = receiver
+            .spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|(name, _)| name == "GET /sleep")
+            .cloned();
+        if let Some(s) = found {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "span not received");
+        std::thread::sleep(Duration::from_millis(50));
+        tracing_pipeline.force_flush();
+    };
+    let exported = span.1.get("loopwatch.waited_ms").copied().unwrap_or(0.0);
+    assert!((exported - waited).abs() < 1e-6, "{span:?}");
+    drop(_default);
+    guard.shutdown();
+    tracing_pipeline.shutdown();
+    drop(rt);
+}
+
+#[test]
+fn task_family_times_spawned_tasks() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fam = loopwatch::TaskFamily::new("route-trace-test-family");
+    rt.block_on(async {
+        for _ in 0..3 {
+            tokio::spawn(fam.instrument(async {
+                tokio::task::yield_now().await;
+            }))
+            .await
+            .expect("join");
+        }
+    });
+    let s = fam.stats();
+    assert_eq!(s.instrumented_count, 3);
+    assert!(s.total_poll_count >= 6, "{s:?}");
+}
