@@ -16,6 +16,9 @@ cargo test --workspace
 echo "== cargo test -p loopwatch (--cfg tokio_unstable)"
 RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/unstable cargo test -p loopwatch
 
+echo "== CountingAllocator under AddressSanitizer and valgrind (~20 s)"
+instrumentation/tests/alloc-sanitizer.sh
+
 if [ -x collector-config/tests/run.sh ]; then
   echo "== collector-config validation"
   collector-config/tests/run.sh
