@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soundness check of loopwatch's CountingAllocator (the crate's only unsafe code), issue 7.
 #
-# Builds tests/alloc-sanitizer/main.rs, a std-only driver that includes src/heap/alloc.rs,
+# Builds tests/alloc-sanitizer/driver.rs, a std-only driver that includes src/heap/alloc.rs,
 # installs it as the global allocator and stresses every GlobalAlloc method from 5 threads;
 # then runs it
 #   1. under AddressSanitizer (stable rustc + RUSTC_BOOTSTRAP=1 -Zsanitizer=address; the ASan
@@ -12,7 +12,7 @@
 # Usage: instrumentation/tests/alloc-sanitizer.sh   (SKIP_VALGRIND=1 / SKIP_ASAN=1 to skip one)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-src="$here/alloc-sanitizer/main.rs"
+src="$here/alloc-sanitizer/driver.rs"
 out="$(mktemp -d "${TMPDIR:-/tmp}/loopwatch-alloc-san.XXXXXX")"
 trap 'rm -rf "$out"' EXIT
 target="$(rustc -vV | sed -n 's/^host: //p')"
