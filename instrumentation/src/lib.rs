@@ -71,6 +71,66 @@
 //! Counters are cumulative. Tokio accounts a worker's busy time when it parks, so utilization of
 //! a worker stuck in one long poll shows up after that poll returns.
 //!
+//! ## Stuck workers, heap growth, process (`--cfg tokio_unstable` adds the poll hooks)
+//!
+//! A worker of a `multi_thread` runtime blocked in one long poll hides behind the healthy
+//! ones: the probe lands on a healthy worker and reads no delay. The `loopwatch-sampler` thread
+//! checks every worker once per probe interval (at most every `stuck_threshold / 5`):
+//!
+//! | signal | when | what it tells | limits |
+//! |---|---|---|---|
+//! | runtime metrics (stable tokio) | always | worker `i` is awake (`worker_park_unpark_count` even) and has published no metrics (park/unpark count and busy time unchanged) for ≥ `stuck_threshold`. Tokio publishes a worker's metrics when it parks and every 61 scheduler ticks, so the worker is in one poll that long, or its polls average ≥ threshold / 61 | duration is a lower bound (time since loopwatch *saw* the last change, at most one check interval low, never high); no task identity; a worker in `block_in_place` hands its core away and is not reported |
+//! | poll hooks (`--cfg tokio_unstable` + [`install_poll_hooks`]) | hooked runtimes | exact duration of each worker's current poll and the spawn location (`file:line:column`) of the task holding it; these take precedence | the runtime must be built with the hooks; they replace your own `on_before/after_task_poll` unless you call [`before_task_poll`]/[`after_task_poll`] from yours |
+//!
+//! A worker passing the threshold starts a *stuck episode*: counted once, a `tracing` warning
+//! `tokio.worker.stuck` with the worker index (and task spawn location) is logged, and an export
+//! is forced so the agent hears of it during the block. [`LoopwatchGuard::stuck_workers`] returns
+//! the workers stuck right now. Poll-hook cost per poll: one clock read and two atomic stores
+//! into the worker thread's own slot (no lock, no allocation; a spawn location is interned
+//! into a fixed 1024-entry table the first time it is seen).
+//!
+//! ```ignore
+//! // Needs RUSTFLAGS="--cfg tokio_unstable".
+//! let mut builder = tokio::runtime::Builder::new_multi_thread();
+//! loopwatch::install_poll_hooks(&mut builder).enable_all();
+//! let rt = builder.build()?;
+//! let guard = rt.block_on(async { loopwatch::Loopwatch::builder().start() })?;
+//! ```
+//!
+//! Heap: install [`CountingAllocator`] as the global allocator (opt-in; per-thread batching of
+//! [`COUNTING_BATCH_BYTES`], so no contended atomic per allocation, accurate to that many bytes
+//! per thread) or build with the `jemalloc` feature on a jemalloc service. Live bytes are
+//! sampled 30 times per `heap_window`; the growth rate is the least-squares slope over it.
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
+//! ```
+//!
+//! | cargo feature / cfg | adds |
+//! |---|---|
+//! | (default) | stuck workers from runtime metrics; `CountingAllocator`; process RSS/CPU via `sysinfo` |
+//! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc (e.g. `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
+//! | `RUSTFLAGS="--cfg tokio_unstable"` | [`install_poll_hooks`], [`before_task_poll`], [`after_task_poll`]; the unstable runtime metrics below |
+//!
+//! | name | instrument | unit | meaning |
+//! |---|---|---|---|
+//! | `tokio.worker.stuck.duration` | observable gauge f64 | s | per worker (`tokio.worker.index`): how long it has been stuck, 0 when not; with poll hooks also `code.file.path`, `code.line.number`, `code.column.number` of the task's spawn location |
+//! | `tokio.worker.stuck.episodes` | counter u64 | {episode} | workers passing `stuck_threshold` |
+//! | `loopwatch.heap.allocated` | observable gauge u64 | By | live heap bytes (allocated − freed); absent without a source |
+//! | `loopwatch.heap.growth_rate` | observable gauge f64 | By/s | slope of live bytes over `heap_window` (default 30 s) |
+//! | `process.memory.usage` | observable updowncounter i64 | By | resident set size (`sysinfo`); no attributes |
+//! | `process.cpu.utilization` | observable gauge f64 | 1 | process CPU time since the previous collection / elapsed / CPUs available, 0..1; no attributes |
+//! | `tokio.worker.poll.count` | observable counter u64 | {poll} | unstable: polls since start, all workers |
+//! | `tokio.worker.steal.count` | observable counter u64 | {task} | unstable: tasks stolen, all workers |
+//! | `tokio.worker.overflow.count` | observable counter u64 | {overflow} | unstable: local-queue overflows into the global queue |
+//! | `tokio.worker.local_queue.depth` | observable gauge u64 | {task} | unstable: per worker (`tokio.worker.index`) |
+//! | `tokio.worker.poll.time.mean` | observable gauge f64 | s | unstable: tokio's moving-average poll time, averaged across workers |
+//! | `tokio.worker.poll.time.bucket` | observable counter u64 | {poll} | unstable: tokio's poll-time histogram (enabled by [`install_poll_hooks`]), one point per bucket, attribute `tokio.poll.time.le` = upper bound in s (`+Inf` last) |
+//! | `tokio.runtime.blocking.threads`, `tokio.runtime.blocking.idle_threads` | observable gauge u64 | {thread} | unstable: blocking pool threads, idle ones |
+//! | `tokio.runtime.blocking.queue.depth` | observable gauge u64 | {task} | unstable: tasks waiting for a blocking thread |
+//! | `tokio.runtime.forced_yield.count` | observable counter u64 | {yield} | unstable: coop-budget forced yields |
+//!
 //! ## Environment variables (builder value > environment > default)
 //!
 //! | variable | setting |
