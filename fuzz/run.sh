@@ -16,10 +16,10 @@ secs=${FUZZ_SECONDS:-60}
 
 if [ "${1:-}" = "--with-tests" ]; then
   shift
-  echo "== e2e reliability tests (bad input, faults, security, fuzz regressions)"
+  echo "== e2e reliability tests (bad input, faults, security, fuzz regressions, upstream outage)"
   (cd "$root" && cargo build --workspace --bins && cargo test -p loopwatch-e2e \
      --test reliability_bad_input --test reliability_faults --test reliability_security \
-     --test reliability_fuzz_regressions)
+     --test reliability_fuzz_regressions --test reliability_upstream)
 fi
 
 export PATH="$root/.cache/cargo-fuzz/bin:$PATH"
