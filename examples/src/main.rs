@@ -10,6 +10,7 @@
 //! | `GET /sleep?ms=N` | waits N ms asynchronously (capped at 60 s): a slow but well-behaved request |
 //! | `GET /items/{id}` | answers at once (a templated route: `http.route` is `/items/{id}`) |
 //! | `GET /alloc?bytes=N` | allocates N bytes and keeps them (heap-growth demo; 1 GiB total cap) |
+//! | `GET /spin?ms=N` | burns CPU on its worker for N ms (capped at 60 s): with `--workers 4` one stuck worker hides behind healthy ones; loopwatch reports `tokio.worker.stuck.duration` |
 //! | `GET /livez`, `GET /readyz` | loopwatch's local health router (readiness 503 while overloaded or draining) |
 //!
 //! Every route goes through loopwatch's `RouteLayer` (`http.server.*` metrics per route, request
@@ -21,6 +22,11 @@
 //!
 //! It runs a `current_thread` runtime by default, like a Node.js event loop: one blocking
 //! handler stalls every request. `--workers N` (N ≥ 1) switches to a `multi_thread` runtime.
+//!
+//! The global allocator is `loopwatch::CountingAllocator` (`loopwatch.heap.allocated`,
+//! `loopwatch.heap.growth_rate`). Built with `RUSTFLAGS="--cfg tokio_unstable"`, the
+//! `multi_thread` runtime gets loopwatch's poll hooks (stuck reports name the task's spawn
+//! location) and the unstable runtime metrics.
 //!
 //! Telemetry goes to the OTLP endpoint from the standard `OTEL_*` variables (default
 //! `http://127.0.0.1:4317`, where `loopwatch-agent` listens). On start it prints
@@ -37,6 +43,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use serde::Deserialize;
+
+/// Counts live heap bytes for `loopwatch.heap.*`.
+#[global_allocator]
+static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
 
 /// Longest block `/block` accepts, so a typo cannot wedge the demo for hours.
 const MAX_BLOCK: Duration = Duration::from_secs(60);
@@ -88,6 +98,20 @@ async fn block(Query(params): Query<BlockParams>) -> String {
     format!("blocked the runtime for {} ms\n", blocked.as_millis())
 }
 
+/// Burns CPU on the worker that polls this handler (a stuck worker, not a sleeping one).
+async fn spin(Query(params): Query<BlockParams>) -> String {
+    let spun = Duration::from_millis(params.ms.unwrap_or(100)).min(MAX_BLOCK);
+    let start = std::time::Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < spun {
+        for i in 0..1000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    std::hint::black_box(x);
+    format!("spun a worker for {} ms\n", spun.as_millis())
+}
+
 async fn fail() -> (StatusCode, &'static str) {
     (StatusCode::INTERNAL_SERVER_ERROR, "failed on purpose\n")
 }
@@ -131,6 +155,7 @@ fn router() -> Router {
     Router::new()
         .route("/", get(hello))
         .route("/block", get(block))
+        .route("/spin", get(spin))
         .route("/fail", get(fail))
         .route("/sleep", get(sleep))
         .route("/items/{id}", get(item))
@@ -209,10 +234,12 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.workers)
-            .enable_all()
-            .build()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.workers).enable_all();
+        // Exact stuck-poll durations and the spawn location of the task holding a worker.
+        #[cfg(tokio_unstable)]
+        loopwatch::install_poll_hooks(&mut b);
+        b.build()
     };
     let runtime = match runtime {
         Ok(rt) => rt,
