@@ -597,7 +597,7 @@ def one_paced(args, kind, tag):
     try:
         time.sleep(2.0)
         idle_rss = rss_mib(p.pid)
-        c0 = cpu_seconds(p.pid)
+        c0 = sum(c for c, _ in sched_threads(p.pid).values())
         t0 = time.monotonic()
         load = [bin_path(args, "otlp_load"), "--url",
                 f"http://127.0.0.1:{ports['http']}/v1/metrics",
@@ -605,7 +605,7 @@ def one_paced(args, kind, tag):
         r = subprocess.run(load, capture_output=True, text=True,
                            timeout=args.paced_duration + 60)
         wall = time.monotonic() - t0
-        c1 = cpu_seconds(p.pid)
+        c1 = sum(c for c, _ in sched_threads(p.pid).values())
         lr = json.loads(r.stdout.strip().splitlines()[-1])
         return {"bench": "paced", "receiver": kind, "idle_rss_mib": idle_rss,
                 "rss_mib": rss_mib(p.pid), "cpu_pct_of_core": (c1 - c0) / wall * 100, **lr}
@@ -656,7 +656,8 @@ def cmd_ingest(args):
                         "idle RSS MiB", "peak RSS MiB (max)", "RSS after MiB", "errors", "runs"],
                        trows)
             + f"\n\n10 services pushing once a second for {args.paced_duration:.0f} s "
-            + f"(unpinned, {args.paced_repeats} repeat(s)):\n\n"
+            + f"(unpinned, {args.paced_repeats} repeat(s); CPU = sum of the receiver's threads' "
+            + "schedstat run time):\n\n"
             + md_table(["receiver", "CPU % of a core", "idle RSS MiB", "RSS MiB after",
                         "errors"], prows))
     out.table(text)

@@ -32,10 +32,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 /// Routes of the simulated service (each gets a 200 and a 500 histogram series).
-const ROUTES: &[&str] = &[
-    "/", "/users/{id}", "/users", "/orders/{id}", "/orders", "/cart", "/search", "/health",
-    "/login", "/items/{id}",
-];
+const ROUTES: &[&str] = &["/", "/users/{id}", "/users", "/orders/{id}", "/orders"];
+/// Worker threads of the simulated runtime (per-worker counters).
+const WORKERS: i64 = 4;
 /// Task families of the simulated service.
 const FAMILIES: &[&str] = &["ingest", "flush", "gc", "poller", "cache", "mailer", "jobs"];
 /// HTTP duration buckets recommended by the OTel semantic conventions (s).
@@ -49,6 +48,7 @@ fn kv(k: &str, v: &str) -> KeyValue {
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(v.into())),
         }),
+        ..Default::default()
     }
 }
 
@@ -58,6 +58,7 @@ fn kvi(k: &str, v: i64) -> KeyValue {
         value: Some(AnyValue {
             value: Some(any_value::Value::IntValue(v)),
         }),
+        ..Default::default()
     }
 }
 
@@ -109,7 +110,7 @@ fn int_point(v: i64, attrs: Vec<KeyValue>, start: u64, t: u64) -> NumberDataPoin
 
 fn hist_point(attrs: Vec<KeyValue>, bounds: &[f64], seed: u64, start: u64, t: u64) -> HistogramDataPoint {
     let counts: Vec<u64> = (0..=bounds.len() as u64)
-        .map(|i| (seed * 7919 + i * 104_729) % 5000)
+        .map(|i| (seed * 7919 + i * 104_729) % 120)
         .collect();
     let count = counts.iter().sum();
     HistogramDataPoint {
@@ -120,8 +121,6 @@ fn hist_point(attrs: Vec<KeyValue>, bounds: &[f64], seed: u64, start: u64, t: u6
         sum: Some(count as f64 * 0.0123),
         bucket_counts: counts,
         explicit_bounds: bounds.to_vec(),
-        min: Some(0.0004),
-        max: Some(1.7),
         ..Default::default()
     }
 }
@@ -142,8 +141,27 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
     metrics.push(gauge("process.cpu.utilization", "1", 0.12, &[], t));
     metrics.push(gauge("loopwatch.heap.allocated", "By", 12_582_912.0, &[], t));
     metrics.push(gauge("loopwatch.heap.growth_rate", "By/s", 1024.0, &[], t));
+    metrics.push(gauge("process.thread.count", "{thread}", 9.0, &[], t));
+    metrics.push(gauge("process.open_file_descriptor.count", "{fd}", 23.0, &[], t));
+    metrics.push(gauge("tokio.runtime.blocking.threads", "{thread}", 1.0, &rt, t));
     metrics.push(sum_points(vec![int_point(123_456, rt.to_vec(), start, t)], "tokio.worker.park.count", "{park}", true));
     metrics.push(sum_points(vec![int_point(3, rt.to_vec(), start, t)], "tokio.eventloop.stalls", "{stall}", true));
+    metrics.push(Metric {
+        name: "tokio.worker.busy.duration".into(),
+        unit: "s".into(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points: vec![NumberDataPoint {
+                attributes: rt.to_vec(),
+                start_time_unix_nano: start,
+                time_unix_nano: t,
+                value: Some(number_data_point::Value::AsDouble(812.5)),
+                ..Default::default()
+            }],
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    });
     let sched_bounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
     metrics.push(Metric {
         name: "tokio.schedule.duration".into(),
@@ -163,7 +181,6 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
                     kv("http.request.method", "GET"),
                     kv("http.route", r),
                     kvi("http.response.status_code", status),
-                    kv("url.scheme", "http"),
                 ],
                 HTTP_BUCKETS,
                 (i * 2 + status as usize) as u64,
@@ -194,6 +211,12 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
             .map(|(i, f)| int_point(1000 * (i as i64 + 1), vec![kv("tokio.task.family", f), rt[0].clone()], start, t))
             .collect();
         metrics.push(sum_points(pts, name, unit, true));
+    }
+    for name in ["tokio.worker.polls", "tokio.worker.steals", "tokio.worker.noops"] {
+        let pts = (0..WORKERS)
+            .map(|w| int_point(5000 + w * 17, vec![rt[0].clone(), kvi("tokio.worker.index", w)], start, t))
+            .collect();
+        metrics.push(sum_points(pts, name, "{event}", true));
     }
     let datapoints = metrics
         .iter()

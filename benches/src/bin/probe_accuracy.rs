@@ -22,7 +22,9 @@ use tokio_metrics::TaskMonitor;
 const SLEEP_PERIOD: Duration = Duration::from_millis(10);
 /// How long the harness idles before each injected block.
 const SETTLE: Duration = Duration::from_millis(300);
-/// Longest time tasks spin waiting for each other before blocking anyway.
+/// Longest time block tasks spin waiting for each other before blocking anyway. (Waiting by
+/// yielding does not work: tokio defers a yielded task's wake-up until its worker is free,
+/// so the tasks would run one after another.)
 const RENDEZVOUS: Duration = Duration::from_millis(200);
 /// Bound on waiting for the windows after a block to complete.
 const WINDOW_WAIT: Duration = Duration::from_secs(5);
@@ -74,12 +76,13 @@ fn load_ms(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64 / 1e3
 }
 
-/// One block task's own view: when it started blocking, when it stopped, and how long its poll took.
+/// One block task's own view: when its (only) poll began, when it started sleeping, when it
+/// stopped, and what its `TaskMonitor` timed for its polls.
 #[derive(Clone, Copy)]
 struct TaskTimes {
+    poll_start: Instant,
     block_start: Instant,
     block_end: Instant,
-    poll: Duration,
     monitored_poll: Duration,
 }
 
@@ -110,7 +113,6 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
         .meter_provider(SdkMeterProvider::builder().build())
         .start_with_handle(handle.clone())
         .map_err(|e| format!("loopwatch: {e}"))?;
-    let guard = Arc::new(guard);
 
     // sleep-overshoot reference: max overshoot of a 10 ms sleep, reset per block.
     let sleep_max = Arc::new(AtomicU64::new(0));
@@ -127,39 +129,27 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
         });
     }
 
-    // Snapshot watcher: peak current stall, peak delay.max and last_stall seen, every 1 ms.
-    let peak_stall = Arc::new(AtomicU64::new(0));
-    let peak_delay_max = Arc::new(AtomicU64::new(0));
-    let peak_last_stall = Arc::new(AtomicU64::new(0));
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (g, ps, pd, pl, ws) = (
-            Arc::clone(&guard),
-            Arc::clone(&peak_stall),
-            Arc::clone(&peak_delay_max),
-            Arc::clone(&peak_last_stall),
-            Arc::clone(&watch_stop),
-        );
-        thread::spawn(move || {
-            let mut last_stall_seen = g.snapshot().last_stall;
-            while !ws.load(Ordering::Relaxed) {
-                let s = g.snapshot();
-                fetch_max(&ps, s.current_stall);
-                fetch_max(&pd, s.delay_max);
-                if s.last_stall != last_stall_seen {
-                    fetch_max(&pl, s.last_stall);
-                    last_stall_seen = s.last_stall;
-                }
-                thread::sleep(Duration::from_millis(1));
-            }
-        })
+    // Snapshot readings: peak current stall, peak delay.max and new last_stall values, read
+    // every 1 ms by this thread while it waits.
+    let peak_stall = AtomicU64::new(0);
+    let peak_delay_max = AtomicU64::new(0);
+    let peak_last_stall = AtomicU64::new(0);
+    let mut last_stall_seen = guard.snapshot().last_stall;
+    let mut observe = |g: &loopwatch::LoopwatchGuard| {
+        let s = g.snapshot();
+        fetch_max(&peak_stall, s.current_stall);
+        fetch_max(&peak_delay_max, s.delay_max);
+        if s.last_stall != last_stall_seen {
+            fetch_max(&peak_last_stall, s.last_stall);
+            last_stall_seen = s.last_stall;
+        }
     };
 
     thread::sleep(Duration::from_millis(1500));
     for &b in &o.blocks {
         for rep in 0..o.repeats {
             thread::sleep(SETTLE);
-            for a in [&sleep_max, &peak_stall, &peak_delay_max, &peak_last_stall] {
+            for a in [&*sleep_max, &peak_stall, &peak_delay_max, &peak_last_stall] {
                 a.store(0, Ordering::Relaxed);
             }
             let before = guard.snapshot();
@@ -185,17 +175,23 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
                 });
                 handle.spawn(async move {
                     let (poll_start, block_start, block_end) = fut.await;
-                    let poll = block_end.saturating_duration_since(poll_start);
                     let _ = tx.send(TaskTimes {
+                        poll_start,
                         block_start,
                         block_end,
-                        poll,
                         monitored_poll: m2.cumulative().total_poll_duration,
                     });
                 });
             }
             drop(tx);
-            let times: Vec<TaskTimes> = rx.iter().collect();
+            let mut times: Vec<TaskTimes> = Vec::new();
+            loop {
+                match rx.recv_timeout(Duration::from_millis(1)) {
+                    Ok(t) => times.push(t),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => observe(&guard),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
             if times.len() != n_block {
                 return Err(format!("{flavor}: {} of {n_block} block tasks ran", times.len()));
             }
@@ -210,14 +206,28 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
             let w0 = guard.snapshot().windows;
             let deadline = Instant::now() + WINDOW_WAIT;
             while guard.snapshot().windows < w0 + 2 && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
+                observe(&guard);
+                thread::sleep(Duration::from_millis(1));
             }
-            thread::sleep(Duration::from_millis(5));
+            observe(&guard);
             let after = guard.snapshot();
+            // The blocking poll as the task itself timed it (its one poll: spin + sleep).
             let poll_err_ms = times
                 .iter()
-                .map(|t| (ms(t.monitored_poll) - ms(t.poll)).abs())
+                .map(|t| {
+                    let own = t.block_end.saturating_duration_since(t.poll_start);
+                    (ms(t.monitored_poll) - ms(own)).abs()
+                })
                 .fold(0.0, f64::max);
+            // Rendezvous spread: how long the first block task's worker was busy spinning
+            // before the last one arrived (worker wake-up latency; ~0 on a quiet machine).
+            let spin = match (
+                times.iter().map(|t| t.poll_start).min(),
+                times.iter().map(|t| t.block_start).max(),
+            ) {
+                (Some(a), Some(b)) => b.saturating_duration_since(a),
+                _ => Duration::ZERO,
+            };
             let monitored_poll_ms = times.iter().map(|t| ms(t.monitored_poll)).fold(0.0, f64::max);
             let line = serde_json::json!({
                 "bench": "probe_accuracy",
@@ -226,6 +236,7 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
                 "requested_ms": b,
                 "repeat": rep,
                 "injected_ms": ms(injected),
+                "rendezvous_spin_ms": ms(spin),
                 "lw_delay_max_ms": load_ms(&peak_delay_max),
                 "lw_stall_peak_ms": load_ms(&peak_stall),
                 "lw_last_stall_ms": load_ms(&peak_last_stall),
@@ -241,12 +252,7 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
     }
 
     sleep_stop.store(true, Ordering::Relaxed);
-    watch_stop.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
-    match Arc::try_unwrap(guard) {
-        Ok(g) => g.shutdown(),
-        Err(g) => drop(g),
-    }
+    guard.shutdown();
     stop.notify_one();
     let _ = driver.join();
     Ok(())
