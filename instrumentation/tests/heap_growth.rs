@@ -76,12 +76,19 @@ fn known_leak_rate_is_measured_within_ten_percent() {
             .copied()
             .filter(|p| p.0 >= now - WINDOW.as_secs_f64())
             .collect();
-        assert!(recent.len() > 100, "leak did not run: {} samples", recent.len());
+        assert!(
+            recent.len() > 100,
+            "leak did not run: {} samples",
+            recent.len()
+        );
         (slope(&recent), recent.last().map_or(0.0, |p| p.1))
     };
     let (reference, leaked_by_then) = reference;
     let kept = rt.block_on(leaker).expect("leaker");
-    eprintln!("heap {heap:?}; reference {reference:.0} B/s; kept {}", kept.len());
+    eprintln!(
+        "heap {heap:?}; reference {reference:.0} B/s; kept {}",
+        kept.len()
+    );
 
     assert_eq!(heap.source, Some(HeapSource::CountingAllocator));
     let rate = heap.growth_rate.expect("growth rate");
@@ -110,7 +117,10 @@ fn known_leak_rate_is_measured_within_ten_percent() {
     };
     assert!(value("loopwatch.heap.allocated") > 0.0);
     let exported_rate = value("loopwatch.heap.growth_rate");
-    assert!((exported_rate - reference).abs() / reference <= 0.10, "exported {exported_rate}");
+    assert!(
+        (exported_rate - reference).abs() / reference <= 0.10,
+        "exported {exported_rate}"
+    );
     // The process holds at least what was leaked in resident memory (the chunks are written).
     let rss = value("process.memory.usage");
     assert!(rss >= (kept.len() / 2 * CHUNK) as f64, "rss {rss}");

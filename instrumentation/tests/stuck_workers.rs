@@ -110,7 +110,15 @@ fn runtime(hooks: bool) -> tokio::runtime::Runtime {
 
 /// Runs the scenario; returns what was seen during the block, the blocked thread, the guard's
 /// exported points at the end of the block, and the spawn line of the blocking task.
-fn scenario(hooks: bool) -> (During, std::thread::ThreadId, Points, u32, Vec<Option<std::thread::ThreadId>>) {
+fn scenario(
+    hooks: bool,
+) -> (
+    During,
+    std::thread::ThreadId,
+    Points,
+    u32,
+    Vec<Option<std::thread::ThreadId>>,
+) {
     let rt = runtime(hooks);
     let (provider, capture) = provider();
     let guard = start(&rt, provider.clone());
@@ -121,7 +129,11 @@ fn scenario(hooks: bool) -> (During, std::thread::ThreadId, Points, u32, Vec<Opt
     // Healthy phase: load running, nobody stuck.
     let calm_until = Instant::now() + Duration::from_millis(600);
     while Instant::now() < calm_until {
-        assert_eq!(guard.stuck_workers(), vec![], "false stuck report under light load");
+        assert_eq!(
+            guard.stuck_workers(),
+            vec![],
+            "false stuck report under light load"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(served.load(Ordering::Relaxed) > 0, "load never ran");
@@ -165,7 +177,11 @@ fn scenario(hooks: bool) -> (During, std::thread::ThreadId, Points, u32, Vec<Opt
     // After the block: the report clears and exactly one episode was counted.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !guard.stuck_workers().is_empty() {
-        assert!(Instant::now() < deadline, "stuck report never cleared: {:?}", guard.stuck_workers());
+        assert!(
+            Instant::now() < deadline,
+            "stuck report never cleared: {:?}",
+            guard.stuck_workers()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(guard.stuck_episodes(), 1, "{during:?}");
@@ -192,8 +208,17 @@ fn stuck_points(points: &Points) -> Vec<(Vec<String>, f64)> {
 }
 
 fn common_checks(d: &During, points: &Points) {
-    eprintln!("during: max {:?}, {} reports, served {}; first {:?}", d.max_stuck, d.reports.len(), d.served_during, d.reports.first());
-    assert!(!d.reports.is_empty(), "no stuck worker reported during the block");
+    eprintln!(
+        "during: max {:?}, {} reports, served {}; first {:?}",
+        d.max_stuck,
+        d.reports.len(),
+        d.served_during,
+        d.reports.first()
+    );
+    assert!(
+        !d.reports.is_empty(),
+        "no stuck worker reported during the block"
+    );
     assert!(d.max_stuck >= THRESHOLD, "{d:?}");
     let mut idx: Vec<usize> = d.reports.iter().map(|r| r.index).collect();
     idx.sort_unstable();
@@ -203,15 +228,24 @@ fn common_checks(d: &During, points: &Points) {
     // Never high: the reported duration never exceeds the real time since the block began
     // (plus the snapshot/sleep race of this loop, far below the threshold).
     assert!(
-        d.max_overshoot.is_none_or(|o| o < Duration::from_millis(20)),
+        d.max_overshoot
+            .is_none_or(|o| o < Duration::from_millis(20)),
         "reported stuck longer than the block: {:?}",
         d.max_overshoot
     );
     // The other workers kept serving (8 tasks × 2 ms ticks over 1 s would be ~4000).
-    assert!(d.served_during > 50, "others did not keep serving: {}", d.served_during);
+    assert!(
+        d.served_during > 50,
+        "others did not keep serving: {}",
+        d.served_during
+    );
 
     let stuck = stuck_points(points);
-    assert_eq!(stuck.len(), WORKERS, "one stuck gauge point per worker: {stuck:?}");
+    assert_eq!(
+        stuck.len(),
+        WORKERS,
+        "one stuck gauge point per worker: {stuck:?}"
+    );
     let key = format!("tokio.worker.index={}", idx[0]);
     let (_, v) = stuck
         .iter()
@@ -229,6 +263,13 @@ fn common_checks(d: &During, points: &Points) {
             .any(|(n, _, v)| n == "tokio.worker.stuck.episodes" && *v == 1.0),
         "episodes counter not exported"
     );
+    // A core spun for over half a second before this export: the process used CPU.
+    let cpu = points
+        .iter()
+        .find(|(n, _, _)| n == "process.cpu.utilization")
+        .map(|(_, _, v)| *v)
+        .expect("process.cpu.utilization exported");
+    assert!(cpu > 0.0 && cpu <= 1.0, "cpu utilization {cpu}");
 }
 
 #[test]
@@ -236,7 +277,12 @@ fn one_blocked_worker_among_four_is_reported_during_the_block() {
     let (d, _thread, points, _line, _threads) = scenario(false);
     common_checks(&d, &points);
     // Without hooks only runtime metrics are available: no location.
-    assert!(d.reports.iter().all(|r| r.source == StuckSource::RuntimeMetrics && r.location.is_none()), "{d:?}");
+    assert!(
+        d.reports
+            .iter()
+            .all(|r| r.source == StuckSource::RuntimeMetrics && r.location.is_none()),
+        "{d:?}"
+    );
 }
 
 #[cfg(tokio_unstable)]
@@ -249,7 +295,11 @@ fn poll_hooks_name_the_worker_and_the_spawn_location() {
         .iter()
         .find(|r| r.source == StuckSource::PollHooks)
         .expect("a report from the poll hooks");
-    assert_eq!(threads.get(r.index).copied().flatten(), Some(thread), "wrong worker named: {r:?}");
+    assert_eq!(
+        threads.get(r.index).copied().flatten(),
+        Some(thread),
+        "wrong worker named: {r:?}"
+    );
     let loc = r.location.expect("spawn location");
     assert!(loc.file().ends_with("stuck_workers.rs"), "{loc}");
     assert_eq!(loc.line(), line, "{loc}");
@@ -258,8 +308,16 @@ fn poll_hooks_name_the_worker_and_the_spawn_location() {
         .iter()
         .find(|(a, v)| *v > 0.0 && a.contains(&format!("tokio.worker.index={}", r.index)))
         .expect("stuck point");
-    assert!(attrs.contains(&format!("code.line.number={line}")), "{attrs:?}");
-    assert!(attrs.iter().any(|a| a.starts_with("code.file.path=") && a.ends_with("stuck_workers.rs")), "{attrs:?}");
+    assert!(
+        attrs.contains(&format!("code.line.number={line}")),
+        "{attrs:?}"
+    );
+    assert!(
+        attrs
+            .iter()
+            .any(|a| a.starts_with("code.file.path=") && a.ends_with("stuck_workers.rs")),
+        "{attrs:?}"
+    );
     // Unstable runtime metrics are exported too.
     for name in [
         "tokio.worker.poll.count",
@@ -270,7 +328,10 @@ fn poll_hooks_name_the_worker_and_the_spawn_location() {
         "tokio.runtime.blocking.threads",
         "tokio.runtime.forced_yield.count",
     ] {
-        assert!(points.iter().any(|(n, _, _)| n == name), "{name} not exported");
+        assert!(
+            points.iter().any(|(n, _, _)| n == name),
+            "{name} not exported"
+        );
     }
     let polls: f64 = points
         .iter()

@@ -23,7 +23,8 @@ impl PushMetricExporter for Capture {
                 let name = m.name().to_owned();
                 let mut push = |attrs: Vec<String>, v: f64| out.push((name.clone(), attrs, v));
                 let render = |it: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
-                    let mut v: Vec<String> = it.map(|kv| format!("{}={}", kv.key, kv.value)).collect();
+                    let mut v: Vec<String> =
+                        it.map(|kv| format!("{}={}", kv.key, kv.value)).collect();
                     v.sort();
                     v
                 };
@@ -81,4 +82,3 @@ pub fn provider() -> (SdkMeterProvider, Capture) {
         capture,
     )
 }
-
