@@ -55,7 +55,9 @@ fn churn(seed: u64, rounds: usize) {
                 std::hint::black_box(&b);
             }
             4 => {
-                let s: String = (0..(next() % 300)).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+                let s: String = (0..(next() % 300))
+                    .map(|i| char::from(b'a' + (i % 26) as u8))
+                    .collect();
                 std::hint::black_box(s);
                 let empty: Vec<u64> = Vec::new(); // zero-sized: no allocation
                 std::hint::black_box(empty);
@@ -104,6 +106,9 @@ fn main() {
     // thread's own unpublished remainder.
     let bound = 6 * alloc::BATCH as i64;
     println!("counted live bytes: baseline {baseline}, end {end}, bound ±{bound}");
-    assert!((end - baseline).abs() <= bound, "count drifted: {baseline} -> {end}");
+    assert!(
+        (end - baseline).abs() <= bound,
+        "count drifted: {baseline} -> {end}"
+    );
     println!("alloc-sanitizer driver: ok");
 }
