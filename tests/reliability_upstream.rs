@@ -69,20 +69,36 @@ fn upstream_down_queue_bounded_drops_counted_recovers() {
         "outage {outage:?}: max queue depth {max_depth}, dropped {dropped}, errors {errors}, \
          RSS baseline {baseline_rss} KiB, first half max {rss_first_half} KiB, second half max {rss_second_half} KiB"
     );
-    assert!(max_depth <= queue as f64, "queue bounded: {max_depth} > {queue}");
-    assert!(dropped > 0.0, "drops are counted while the upstream is down");
+    assert!(
+        max_depth <= queue as f64,
+        "queue bounded: {max_depth} > {queue}"
+    );
+    assert!(
+        dropped > 0.0,
+        "drops are counted while the upstream is down"
+    );
     assert!(errors > 0.0, "failed attempts are counted");
     assert!(rss_first_half <= baseline_rss + 64 * 1024, "memory bounded");
     assert!(
         rss_second_half <= rss_first_half + 16 * 1024,
         "memory flat: {rss_first_half} KiB -> {rss_second_half} KiB"
     );
-    assert_eq!(agent.get(&format!("/readyz?service={}", service.name)).0, 200);
+    assert_eq!(
+        agent.get(&format!("/readyz?service={}", service.name)).0,
+        200
+    );
 
     // The collector comes back: delivery resumes and the queue drains.
     let sent_before = gauge(&agent, "loopwatch_agent_export_sent_total");
     let upstream = Agent::start_args(
-        &["--grpc-listen", &upstream_addr, "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[
+            "--grpc-listen",
+            &upstream_addr,
+            "--http-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
         &[],
     );
     wait_for(
@@ -97,5 +113,8 @@ fn upstream_down_queue_bounded_drops_counted_recovers() {
         Duration::from_millis(200),
         || (gauge(&agent, "loopwatch_agent_export_sent_total") > sent_before).then_some(()),
     );
-    assert!(upstream.counter("loopwatch_agent_spans_received_total", "") > 0.0, "spans forwarded");
+    assert!(
+        upstream.counter("loopwatch_agent_spans_received_total", "") > 0.0,
+        "spans forwarded"
+    );
 }
