@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use loopwatch_agent::config::{Config, KEYS};
 
+/// mimalloc instead of the system allocator: OTLP decoding and the series store allocate many
+/// small strings per datapoint, and glibc malloc made allocation ~30% of the receive path
+/// (BENCHMARKS.md, agent ingest: +50% datapoints per CPU-second with mimalloc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The loopwatch sidecar: OTLP in, event-loop health out.
 #[derive(Debug, Parser)]
 #[command(name = "loopwatch-agent", version, about)]
