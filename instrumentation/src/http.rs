@@ -3,8 +3,8 @@
 //! Hot path (per request): one lock-free route lookup (hash + compare against a fixed table),
 //! a few relaxed atomics, two clock reads per poll, and one push of a 16-byte record into a
 //! bounded lock-free ring. No lock, no allocation (after a route's first request), no syscall
-//! beyond the clock. A background `loopwatch-http` thread (every 100 ms, and every export)
-//! drains the ring into the SDK histogram and the per-route sliding windows; when the ring is
+//! beyond the clock. A background `loopwatch-http` thread (every 100 ms, every 2 ms while the
+//! ring fills fast, and at every export) drains the ring into the SDK histogram and the per-route sliding windows; when the ring is
 //! full the record is dropped and counted (`loopwatch.http.dropped`).
 
 use std::collections::HashMap;
@@ -47,6 +47,10 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// Drain period while requests arrive fast (the last drain moved over [`BUSY_RECORDS`]).
+const DRAIN_BUSY: Duration = Duration::from_millis(2);
+/// Records per drain above which the drain thread switches to [`DRAIN_BUSY`] (~2.5k req/s).
+const BUSY_RECORDS: usize = 256;
 const WINDOW_BUCKETS: usize = 10;
 const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
@@ -95,9 +99,11 @@ fn fnv1a(s: &str) -> u64 {
 
 struct RingSlot {
     seq: AtomicUsize,
-    a: AtomicU64,
-    b: AtomicU64,
+    words: [AtomicU64; 4],
 }
+
+/// One request record: duration, packed ids (see [`pack`]), poll time, waited time (ns).
+type Record = [u64; 4];
 
 struct Ring {
     slots: Box<[RingSlot]>,
@@ -113,8 +119,7 @@ impl Ring {
         let slots = (0..cap)
             .map(|i| RingSlot {
                 seq: AtomicUsize::new(i),
-                a: AtomicU64::new(0),
-                b: AtomicU64::new(0),
+                words: Default::default(),
             })
             .collect();
         Ring {
@@ -127,7 +132,7 @@ impl Ring {
     }
 
     /// Lock-free push; false (and counted) when full.
-    fn push(&self, a: u64, b: u64) -> bool {
+    fn push(&self, rec: Record) -> bool {
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[pos & self.mask];
@@ -141,8 +146,9 @@ impl Ring {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        slot.a.store(a, Ordering::Relaxed);
-                        slot.b.store(b, Ordering::Relaxed);
+                        for (w, v) in slot.words.iter().zip(rec) {
+                            w.store(v, Ordering::Relaxed);
+                        }
                         slot.seq.store(pos.wrapping_add(1), Ordering::Release);
                         return true;
                     }
@@ -158,33 +164,37 @@ impl Ring {
     }
 
     /// Pops one record. Callers serialize consumers (the drain state mutex).
-    fn pop(&self) -> Option<(u64, u64)> {
+    fn pop(&self) -> Option<Record> {
         let pos = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[pos & self.mask];
         let seq = slot.seq.load(Ordering::Acquire);
         if seq != pos.wrapping_add(1) {
             return None;
         }
-        let a = slot.a.load(Ordering::Relaxed);
-        let b = slot.b.load(Ordering::Relaxed);
+        let rec = [0, 1, 2, 3].map(|i| slot.words[i].load(Ordering::Relaxed));
         slot.seq
             .store(pos.wrapping_add(self.mask + 1), Ordering::Release);
         self.head.store(pos.wrapping_add(1), Ordering::Relaxed);
-        Some((a, b))
+        Some(rec)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Route table and per-route counters.
 
-#[derive(Default)]
-struct RouteCounters {
-    active: AtomicI64,
-    polls: AtomicU64,
-    poll_ns: AtomicU64,
-    slow_polls: AtomicU64,
-    waited_ns: AtomicU64,
+/// Packs the identity of a record: route (16 bits), method (4), status (12), kind (4), then
+/// polls (14, saturating) and slow polls (14, saturating). The low 36 bits name the series.
+fn pack(route: usize, method: usize, status: u16, kind: u64, polls: u64, slow: u64) -> u64 {
+    const SAT: u64 = (1 << 14) - 1;
+    (route as u64 & 0xffff)
+        | ((method as u64 & 0xf) << 16)
+        | ((u64::from(status) & 0xfff) << 20)
+        | ((kind & 0xf) << 32)
+        | (polls.min(SAT) << 36)
+        | (slow.min(SAT) << 50)
 }
+
+const SERIES_MASK: u64 = (1 << 36) - 1;
 
 /// Route ids: 0 = unmatched, 1 = overflow, 2.. = table slots.
 const ID_UNMATCHED: usize = 0;
@@ -198,7 +208,6 @@ struct Inner {
     table_mask: usize,
     used: AtomicUsize,
     max_routes: usize,
-    counters: Box<[RouteCounters]>,
     active_by_method: [AtomicI64; 10],
     ring: Ring,
     drain: Mutex<DrainState>,
@@ -259,14 +268,15 @@ impl Inner {
     fn drain(&self) -> MutexGuard<'_, DrainState> {
         let mut st = lock(&self.drain);
         let now = self.now_ns();
-        while let Some((a, b)) = self.ring.pop() {
+        let mut drained = 0usize;
+        while let Some([dur_ns, b, poll_ns, waited_ns]) = self.ring.pop() {
+            drained += 1;
             let route = (b & 0xffff) as usize;
             let method = ((b >> 16) & 0xf) as usize;
             let status = ((b >> 20) & 0xfff) as u16;
             let kind = (b >> 32) & 0xf;
-            let dur_ns = a;
             if let Some(h) = &self.histogram {
-                let key = b;
+                let key = b & SERIES_MASK;
                 let attrs = st
                     .attrs
                     .entry(key)
@@ -276,7 +286,12 @@ impl Inner {
             let bucket_ns = st.bucket_ns;
             let w = st.windows.entry(route).or_default();
             w.record(now / bucket_ns, dur_ns, kind != KIND_OK);
+            w.polls += (b >> 36) & 0x3fff;
+            w.slow_polls += (b >> 50) & 0x3fff;
+            w.poll_ns = w.poll_ns.saturating_add(poll_ns);
+            w.waited_ns = w.waited_ns.saturating_add(waited_ns);
         }
+        st.last_drained = drained;
         st
     }
 
@@ -307,17 +322,16 @@ impl Inner {
         let st = self.drain();
         let now_bucket = self.now_ns() / st.bucket_ns;
         let mut out = Vec::new();
-        for id in 0..self.counters.len() {
+        let mut ids: Vec<usize> = st.windows.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
             let Some(name) = self.route_name(id) else {
                 continue;
             };
-            let c = &self.counters[id];
-            let w = st.windows.get(&id);
-            let active = c.active.load(Ordering::Relaxed);
-            if w.is_none() && active == 0 && c.polls.load(Ordering::Relaxed) == 0 {
+            let Some(w) = st.windows.get(&id) else {
                 continue;
-            }
-            let agg = w.map(|w| w.aggregate(now_bucket)).unwrap_or_default();
+            };
+            let agg = w.aggregate(now_bucket);
             let ratio = if agg.count > 0 {
                 agg.errors as f64 / agg.count as f64
             } else {
@@ -332,11 +346,11 @@ impl Inner {
                 latency_p50: agg.quantile(0.50),
                 latency_p99: agg.quantile(0.99),
                 latency_max: Duration::from_nanos(agg.max_ns),
-                active,
-                polls: c.polls.load(Ordering::Relaxed),
-                poll_time: Duration::from_nanos(c.poll_ns.load(Ordering::Relaxed)),
-                slow_polls: c.slow_polls.load(Ordering::Relaxed),
-                waited: Duration::from_nanos(c.waited_ns.load(Ordering::Relaxed)),
+                total_requests: w.total,
+                polls: w.polls,
+                poll_time: Duration::from_nanos(w.poll_ns),
+                slow_polls: w.slow_polls,
+                waited: Duration::from_nanos(w.waited_ns),
             });
         }
         out
@@ -344,6 +358,8 @@ impl Inner {
 }
 
 struct DrainState {
+    /// Records moved by the last drain (paces the drain thread).
+    last_drained: usize,
     attrs: HashMap<u64, Vec<KeyValue>>,
     windows: HashMap<usize, RouteWindow>,
     bucket_ns: u64,
@@ -359,9 +375,15 @@ struct WindowBucket {
     hist: [u64; 15],
 }
 
+/// A route's sliding window plus its cumulative totals (owned by the drain).
 #[derive(Default)]
 struct RouteWindow {
     buckets: [WindowBucket; WINDOW_BUCKETS],
+    total: u64,
+    polls: u64,
+    slow_polls: u64,
+    poll_ns: u64,
+    waited_ns: u64,
 }
 
 #[derive(Default)]
@@ -405,6 +427,7 @@ impl RouteWindow {
             };
         }
         b.count += 1;
+        self.total += 1;
         b.errors += u64::from(error);
         b.sum_ns = b.sum_ns.saturating_add(dur_ns);
         b.max_ns = b.max_ns.max(dur_ns);
@@ -437,7 +460,8 @@ impl RouteWindow {
 // ---------------------------------------------------------------------------------------------
 // Public API.
 
-/// Per-route statistics: sliding window values plus cumulative task timing.
+/// Per-route statistics: sliding window values plus cumulative task timing. Routes appear once
+/// a request on them has completed.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RouteStats {
@@ -457,8 +481,8 @@ pub struct RouteStats {
     pub latency_p99: Duration,
     /// Largest request duration over the window.
     pub latency_max: Duration,
-    /// Requests in progress now.
-    pub active: i64,
+    /// Requests completed since start (drained so far).
+    pub total_requests: u64,
     /// Polls of this route's request futures since start.
     pub polls: u64,
     /// Time spent inside those polls since start.
@@ -552,12 +576,10 @@ impl RouteMetricsBuilder {
             table_mask: table_size - 1,
             used: AtomicUsize::new(0),
             max_routes,
-            counters: (0..table_size + 2)
-                .map(|_| RouteCounters::default())
-                .collect(),
             active_by_method: Default::default(),
             ring: Ring::new(self.ring_capacity.unwrap_or(DEFAULT_RING_CAPACITY)),
             drain: Mutex::new(DrainState {
+                last_drained: 0,
                 attrs: HashMap::new(),
                 windows: HashMap::new(),
                 bucket_ns: (nanos(window) / WINDOW_BUCKETS as u64).max(1),
@@ -587,10 +609,12 @@ fn spawn_drain(weak: Weak<Inner>) {
     let spawned = std::thread::Builder::new()
         .name("loopwatch-http".into())
         .spawn(move || {
+            let mut pause = DRAIN_EVERY;
             loop {
-                std::thread::sleep(DRAIN_EVERY);
+                std::thread::sleep(pause);
                 let Some(inner) = weak.upgrade() else { break };
-                drop(inner.drain());
+                let busy = inner.drain().last_drained > BUSY_RECORDS;
+                pause = if busy { DRAIN_BUSY } else { DRAIN_EVERY };
             }
         });
     if let Err(e) = spawned {
@@ -818,7 +842,6 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let start = Instant::now();
         let inner = &self.inner;
         let route = inner.route_id(
             req.extensions()
@@ -826,7 +849,6 @@ where
                 .map(MatchedPath::as_str),
         );
         let method = method_code(req.method());
-        inner.counters[route].active.fetch_add(1, Ordering::Relaxed);
         inner.active_by_method[method].fetch_add(1, Ordering::Relaxed);
         let span = if inner.trace_spans {
             let route_name = inner.route_name(route).unwrap_or(OVERFLOW_ROUTE);
@@ -851,11 +873,6 @@ where
         } else {
             Span::none()
         };
-        let delayed_at_start = inner
-            .pressure
-            .as_ref()
-            .map(Pressure::delayed_clock_us)
-            .unwrap_or(0);
         let fut = {
             let _e = span.enter();
             self.service.call(req)
@@ -866,8 +883,8 @@ where
                 inner: Arc::clone(&self.inner),
                 route,
                 method,
-                start,
-                delayed_at_start,
+                start: None,
+                delayed_at_start: 0,
                 poll_ns: 0,
                 polls: 0,
                 slow: 0,
@@ -882,7 +899,8 @@ struct Rec {
     inner: Arc<Inner>,
     route: usize,
     method: usize,
-    start: Instant,
+    /// First poll (the request's start as far as the layer can tell: right after `call`).
+    start: Option<Instant>,
     delayed_at_start: u64,
     poll_ns: u64,
     polls: u64,
@@ -893,34 +911,25 @@ struct Rec {
 impl Rec {
     fn finish(&mut self, end: Instant, status: u16, kind: u64) {
         let inner = &*self.inner;
-        let dur = end.saturating_duration_since(self.start);
-        let dur_ns = nanos(dur);
-        let c = &inner.counters[self.route];
-        c.active.fetch_sub(1, Ordering::Relaxed);
+        let dur_ns = self
+            .start
+            .map(|s| nanos(end.saturating_duration_since(s)))
+            .unwrap_or(0);
         inner.active_by_method[self.method].fetch_sub(1, Ordering::Relaxed);
-        c.polls.fetch_add(self.polls, Ordering::Relaxed);
-        c.poll_ns.fetch_add(self.poll_ns, Ordering::Relaxed);
-        if self.slow > 0 {
-            c.slow_polls.fetch_add(self.slow, Ordering::Relaxed);
-        }
         // Runtime lateness during the request: probe-measured delay between start and end,
         // at most the time the request spent outside its own polls.
-        let waited_ns = match &inner.pressure {
-            Some(p) => {
-                let us = p.delayed_clock_us().saturating_sub(self.delayed_at_start);
+        let waited_ns = match (&inner.pressure, self.start) {
+            (Some(p), Some(_)) => {
+                let us = p
+                    .delayed_clock_us_at(end)
+                    .saturating_sub(self.delayed_at_start);
                 us.saturating_mul(1000)
                     .min(dur_ns.saturating_sub(self.poll_ns))
             }
-            None => 0,
+            _ => 0,
         };
-        if waited_ns > 0 {
-            c.waited_ns.fetch_add(waited_ns, Ordering::Relaxed);
-        }
-        let b = (self.route as u64 & 0xffff)
-            | ((self.method as u64 & 0xf) << 16)
-            | ((u64::from(status) & 0xfff) << 20)
-            | (kind << 32);
-        inner.ring.push(dur_ns, b);
+        let b = pack(self.route, self.method, status, kind, self.polls, self.slow);
+        inner.ring.push([dur_ns, b, self.poll_ns, waited_ns]);
         if !self.span.is_disabled() {
             if status != 0 {
                 self.span.record("http.response.status_code", status);
@@ -973,6 +982,12 @@ where
             return this.fut.poll(cx);
         };
         let t0 = Instant::now();
+        if rec.start.is_none() {
+            rec.start = Some(t0);
+            if let Some(p) = &rec.inner.pressure {
+                rec.delayed_at_start = p.delayed_clock_us_at(t0);
+            }
+        }
         let res = {
             let _e = rec.span.enter();
             this.fut.poll(cx)
@@ -1020,16 +1035,16 @@ mod tests {
     fn ring_push_pop_and_full() {
         let r = Ring::new(4);
         for i in 0..4 {
-            assert!(r.push(i, i * 10));
+            assert!(r.push([i, i * 10, i, i]));
         }
-        assert!(!r.push(9, 9));
+        assert!(!r.push([9; 4]));
         assert_eq!(r.dropped.load(Ordering::Relaxed), 1);
         for i in 0..4 {
-            assert_eq!(r.pop(), Some((i, i * 10)));
+            assert_eq!(r.pop(), Some([i, i * 10, i, i]));
         }
         assert_eq!(r.pop(), None);
-        assert!(r.push(5, 50));
-        assert_eq!(r.pop(), Some((5, 50)));
+        assert!(r.push([5, 50, 0, 0]));
+        assert_eq!(r.pop(), Some([5, 50, 0, 0]));
     }
 
     #[test]
@@ -1040,7 +1055,7 @@ mod tests {
                 let r = Arc::clone(&r);
                 std::thread::spawn(move || {
                     for i in 0..500u64 {
-                        assert!(r.push(t, i));
+                        assert!(r.push([t, i, 0, 0]));
                     }
                 })
             })
@@ -1049,7 +1064,7 @@ mod tests {
             t.join().expect("producer");
         }
         let mut per = [0u64; 4];
-        while let Some((t, _)) = r.pop() {
+        while let Some([t, ..]) = r.pop() {
             per[t as usize] += 1;
         }
         assert_eq!(per, [500; 4]);

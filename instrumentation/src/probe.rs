@@ -141,9 +141,14 @@ impl Shared {
 
     /// Scheduling delay accumulated since start, µs: completed probe delays plus the age of the
     /// outstanding probe. Monotonic up to a transient overcount of one probe (readers clamp).
-    pub(crate) fn delayed_clock_us(&self) -> u64 {
+    /// As of `now` (callers pass the clock reading they already have).
+    pub(crate) fn delayed_clock_us_at(&self, now: Instant) -> u64 {
         let done = self.delayed_total_us.load(Ordering::Acquire);
-        done.saturating_add(us(self.current_stall()))
+        let stall = match self.outstanding.load(Ordering::Acquire) {
+            0 => 0,
+            t0 => us(now.saturating_duration_since(self.base)).saturating_sub(t0 - 1),
+        };
+        done.saturating_add(stall)
     }
 
     pub(crate) fn window(&self) -> WindowStats {

@@ -100,9 +100,9 @@ impl Pressure {
     /// Scheduling delay accumulated since start, µs (completed probe delays plus the
     /// outstanding probe's age). The difference between two reads is the runtime lateness
     /// measured between them. A manual source returns 0.
-    pub(crate) fn delayed_clock_us(&self) -> u64 {
+    pub(crate) fn delayed_clock_us_at(&self, now: std::time::Instant) -> u64 {
         match &self.src {
-            Src::Probe(s) => s.delayed_clock_us(),
+            Src::Probe(s) => s.delayed_clock_us_at(now),
             Src::Manual(_) => 0,
         }
     }

@@ -28,9 +28,12 @@ use tracing_subscriber::registry::LookupSpan;
 /// The injected block.
 const BLOCK: Duration = Duration::from_millis(400);
 
+/// A received span: name and numeric attributes.
+type ReceivedSpan = (String, HashMap<String, f64>);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    spans: Arc<Mutex<Vec<(String, HashMap<String, f64>)>>>,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
 }
 
 #[tonic::async_trait]
@@ -189,8 +192,14 @@ fn waiting_behind_a_block_is_on_the_request_span_and_reaches_otlp() {
         waited >= BLOCK.as_secs_f64() * 1e3 / 2.0,
         "waited {waited} ms behind a {BLOCK:?} block"
     );
-    assert!(waited <= elapsed.as_secs_f64() * 1e3, "{waited} <= {elapsed:?}");
-    assert!(poll < waited, "the request itself hardly ran: poll {poll} ms");
+    assert!(
+        waited <= elapsed.as_secs_f64() * 1e3,
+        "{waited} <= {elapsed:?}"
+    );
+    assert!(
+        poll < waited,
+        "the request itself hardly ran: poll {poll} ms"
+    );
     let warnings = capture.warnings.lock().expect("lock").clone();
     assert!(
         warnings
