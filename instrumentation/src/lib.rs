@@ -110,7 +110,7 @@
 //! | cargo feature / cfg | adds |
 //! |---|---|
 //! | (default) | stuck workers from runtime metrics; `CountingAllocator`; process RSS/CPU via `sysinfo` |
-//! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc (e.g. `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
+//! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc: `#[global_allocator] static A: loopwatch::Jemalloc = loopwatch::Jemalloc;` (re-exported `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
 //! | `RUSTFLAGS="--cfg tokio_unstable"` | [`install_poll_hooks`], [`before_task_poll`], [`after_task_poll`]; the unstable runtime metrics below |
 //!
 //! | name | instrument | unit | meaning |
@@ -206,6 +206,8 @@ pub use shutdown::{
 pub use tasks::{DEFAULT_MAX_TASK_FAMILIES, OVERFLOW_FAMILY, TaskFamily, instrument_family};
 pub use trace::OtlpTracing;
 pub use workers::{DEFAULT_STUCK_THRESHOLD, StuckSource, StuckWorker};
+#[cfg(feature = "jemalloc")]
+pub use heap::Jemalloc;
 #[cfg(tokio_unstable)]
 pub use workers::{after_task_poll, before_task_poll, install_poll_hooks};
 
