@@ -19,6 +19,11 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
 pub use alloc::{BATCH as COUNTING_BATCH_BYTES, CountingAllocator, counted_heap_bytes};
+/// jemalloc as a global allocator (feature `jemalloc`), re-exported from `tikv-jemallocator`:
+/// `#[global_allocator] static A: loopwatch::Jemalloc = loopwatch::Jemalloc;` feeds
+/// `loopwatch.heap.*` from jemalloc's own statistics.
+#[cfg(feature = "jemalloc")]
+pub use tikv_jemallocator::Jemalloc;
 
 use crate::config::LoopwatchBuilder;
 use crate::probe::Shared;
