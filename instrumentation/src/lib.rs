@@ -152,6 +152,51 @@
 //! Each export attempt is bounded by [`DEFAULT_EXPORT_TIMEOUT`] and not retried (every export
 //! carries the full cumulative state); the SDK aggregates by series, so nothing buffers without
 //! bound; the probe never waits for an export.
+//!
+//! ## Service side: routes, task families, shedding, health, graceful shutdown, traces
+//!
+//! (Full reference with metric tables: `instrumentation/README.md`.)
+//!
+//! | piece | API |
+//! |---|---|
+//! | per-route HTTP metrics (`http.server.request.duration`, `http.server.active_requests`, route error ratio / latency windows, poll timing) | [`LoopwatchGuard::route_metrics`] → [`RouteMetrics::layer`] |
+//! | per-request waiting on the `tracing` span (`loopwatch.waited_ms`, `loopwatch.poll_ms`) and OTLP traces | [`RouteLayer`], [`OtlpTracing`] |
+//! | named task families (`tokio.task.family.*`) | [`TaskFamily`], [`instrument_family`] |
+//! | 503 + `Retry-After` while overloaded | [`ShedLayer`] reading [`LoopwatchGuard::pressure`] |
+//! | local `/livez`, `/readyz` | [`Health::router`] |
+//! | SIGTERM → drain → stop accepting → wait → final export; `loopwatch.lifecycle.state` (0 running, 1 draining, 2 stopped) | [`GracefulShutdown`], [`LoopwatchGuard::lifecycle`] |
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, body::Body, http::Request, routing::get};
+//! use loopwatch::{Health, Lifecycle, LifecycleState, Pressure, RouteMetrics, ShedLayer};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // From a running loopwatch: guard.route_metrics(), guard.pressure(), guard.lifecycle().
+//! let routes = RouteMetrics::builder().build();
+//! let pressure = Pressure::manual();
+//! let lifecycle = Lifecycle::new();
+//! let health = Health::builder().pressure(pressure.clone()).lifecycle(lifecycle.clone()).build();
+//! let app = Router::new()
+//!     .route("/items/{id}", get(|| async { "item" }))
+//!     .merge(health.router())
+//!     .layer(ShedLayer::builder(pressure.clone()).max_delay(Duration::from_millis(100)).build())
+//!     .layer(routes.layer());
+//! let get = |uri: &'static str| app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap());
+//!
+//! assert_eq!(get("/items/7").await.unwrap().status(), 200);
+//! pressure.set_delay(Duration::from_millis(150)); // the runtime is late: shed
+//! assert_eq!(get("/items/8").await.unwrap().status(), 503);
+//! assert_eq!(get("/livez").await.unwrap().status(), 200); // health routes are exempt
+//! lifecycle.set(LifecycleState::Draining);
+//! assert_eq!(get("/readyz").await.unwrap().status(), 503);
+//!
+//! let items = routes.route("/items/{id}").unwrap();
+//! assert_eq!((items.requests, items.errors), (2, 1)); // the shed 503 counts as an error
+//! # }
+//! ```
 #![doc(html_no_source)]
 
 mod config;
@@ -205,6 +250,11 @@ pub use shutdown::{
 };
 pub use tasks::{DEFAULT_MAX_TASK_FAMILIES, OVERFLOW_FAMILY, TaskFamily, instrument_family};
 pub use trace::OtlpTracing;
+
+/// The examples of `instrumentation/README.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use workers::{DEFAULT_STUCK_THRESHOLD, StuckSource, StuckWorker};
 #[cfg(feature = "jemalloc")]
 pub use heap::Jemalloc;
