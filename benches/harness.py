@@ -240,10 +240,14 @@ def start_rotel(out_dir, name, cpu=None):
     return p, ports
 
 
-def start_service(args, out_dir, name, loopwatch, agent_grpc=None, cpu=None, workers=0):
+def start_service(args, out_dir, name, loopwatch, agent_grpc=None, cpu=None, workers=0,
+                  bare=False):
+    """example-service; `bare` uses the build without the CountingAllocator when present."""
     port = free_port()
-    cmd = [bin_path(args, "example-service"), "--listen", f"127.0.0.1:{port}",
-           "--workers", str(workers)]
+    exe = bin_path(args, "example-service")
+    if bare and os.path.exists(exe + "-bare"):
+        exe += "-bare"
+    cmd = [exe, "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
     env = {"RUST_LOG": "warn", "OTEL_SERVICE_NAME": f"bench-{name}"}
     if loopwatch:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{agent_grpc}"
@@ -289,7 +293,7 @@ def cmd_e2e(args):
             for variant in ("A", "B"):
                 lw = variant == "B"
                 svc, port = start_service(args, args.out, f"e2e-{variant}{i}", lw,
-                                          aports["grpc"], cpu=0)
+                                          aports["grpc"], cpu=0, bare=not lw)
                 try:
                     url = f"http://127.0.0.1:{port}/"
                     wrk = ["wrk", f"-t{args.threads}", f"-c{args.conns}", "--latency"]
@@ -319,8 +323,15 @@ def cmd_e2e(args):
     dp50 = med([x['p50_ms'] for x in b]) - med([x['p50_ms'] for x in a])
     dp99 = med([x['p99_ms'] for x in b]) - med([x['p99_ms'] for x in a])
     pair_ratios = [y["rps"] / x["rps"] for x, y in zip(a, b) if x["rps"]]
+    bare = os.path.exists(bin_path(args, "example-service") + "-bare")
+    desc = (f"A = `example-service{'-bare' if bare else ''} --no-loopwatch`"
+            + (" (built without the CountingAllocator)" if bare
+               else " (CountingAllocator still installed)")
+            + "; B = `example-service` with loopwatch (probe, sampler, route layer, counting "
+            "allocator, OTLP export to the agent).")
     text = (f"### End-to-end overhead (wrk -t{args.threads} -c{args.conns} -d{args.duration}s, "
             f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} A/B pairs, medians)\n\n"
+            + desc + "\n\n"
             + md_table(["variant", "req/s", "p50 ms", "p99 ms", "runs"], rows)
             + f"\n\nthroughput ratio B/A = **{ratio:.4f}** (target >= 0.985; per pair: "
             + ", ".join(f"{r:.3f}" for r in pair_ratios)
@@ -505,7 +516,7 @@ def cmd_idle(args):
             for variant in ("without", "with"):
                 lw = variant == "with"
                 svc, _ = start_service(args, args.out, f"idle-{variant}{i}", lw,
-                                       aports["grpc"], workers=args.workers)
+                                       aports["grpc"], workers=args.workers, bare=not lw)
                 try:
                     time.sleep(args.warmup)
                     c0, th0 = cpu_seconds(svc.pid), sched_threads(svc.pid)

@@ -24,6 +24,9 @@ for tool in wrk taskset python3; do
 done
 
 echo "== build (release)" >&2
+# The uninstrumented baseline of benchmark 2: no CountingAllocator (and run with --no-loopwatch).
+cargo build --release -p loopwatch-examples --no-default-features >&2
+cp "$BIN/example-service" "$BIN/example-service-bare"
 cargo build --release -p loopwatch-agent -p loopwatch-examples >&2
 cargo build --release --manifest-path benches/Cargo.toml --bins >&2
 

@@ -5,7 +5,11 @@
 //! - `bare`: the router without any layer;
 //! - `floor_passthrough`: an empty pass-through tower layer attached with `Router::layer` (what
 //!   attaching any layer costs in axum itself: the floor);
-//! - `loopwatch`: loopwatch's full route layer (when the `loopwatch-layer` feature is on);
+//! - `loopwatch`: loopwatch's full route layer from a running loopwatch
+//!   (`guard.route_metrics_builder()`: duration histogram, errors, active requests, task
+//!   timing, runtime lateness), on the same SDK provider; its record ring is 2^20 so that the
+//!   drain thread keeps up at bench rates (drops are printed: a dropped record would make it
+//!   look cheaper than it is);
 //! - `task_monitor`: a plain `tokio-metrics` `TaskMonitor` wrap of the response future;
 //! - `otel_tower_metrics`: `opentelemetry-instrumentation-tower` 0.19, metrics only (tracing
 //!   off), on an SDK meter provider with a manual reader;
@@ -17,6 +21,7 @@
 
 use std::hint::black_box;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -102,27 +107,39 @@ impl<S: Service<R>, R> Service<R> for TaskMonitorService<S> {
     }
 }
 
-fn cases() -> Vec<(&'static str, Router)> {
+fn cases(
+    rt: &tokio::runtime::Runtime,
+) -> (
+    Vec<(&'static str, Router)>,
+    loopwatch::LoopwatchGuard,
+    loopwatch::RouteMetrics,
+) {
     // OTel: metrics only, on a real SDK pipeline (manual reader: aggregation without export).
     let provider = SdkMeterProvider::builder()
         .with_reader(ManualReader::builder().build())
         .build();
-    opentelemetry::global::set_meter_provider(provider);
+    opentelemetry::global::set_meter_provider(provider.clone());
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(provider)
+        .export_interval(Duration::from_secs(3600))
+        .start_with_handle(rt.handle().clone())
+        .expect("loopwatch");
+    let lw = guard.route_metrics_builder().ring_capacity(1 << 20).build();
     let otel = opentelemetry_instrumentation_tower::http::server::LayerBuilder::builder()
         .with_tracing(false)
         .build()
         .expect("otel layer");
     let (prom, _handle) = axum_prometheus::PrometheusMetricLayer::pair();
 
-    #[allow(unused_mut)]
-    let mut v = vec![
+    let v = vec![
         ("bare", app()),
         ("floor_passthrough", app().layer(PassThroughLayer)),
+        ("loopwatch", app().layer(lw.layer())),
         ("task_monitor", app().layer(TaskMonitorLayer(TaskMonitor::new()))),
         ("otel_tower_metrics", app().layer(otel)),
         ("axum_prometheus", app().layer(prom)),
     ];
-    v
+    (v, guard, lw)
 }
 
 fn route_layers(c: &mut Criterion) {
@@ -131,7 +148,8 @@ fn route_layers(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let mut g = c.benchmark_group("route_layer");
-    for (name, router) in cases() {
+    let (cases, guard, lw) = cases(&rt);
+    for (name, router) in cases {
         // Warm up routing tables and metric series once.
         let _ = rt.block_on(router.clone().oneshot(request()));
         g.bench_function(name, |b| {
@@ -142,6 +160,8 @@ fn route_layers(c: &mut Criterion) {
         });
     }
     g.finish();
+    eprintln!("loopwatch ring drops (would flatter it): {}", lw.dropped());
+    drop(guard);
 }
 
 criterion_group!(benches, route_layers);

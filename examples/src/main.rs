@@ -45,6 +45,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 /// Counts live heap bytes for `loopwatch.heap.*`.
+#[cfg(feature = "counting-alloc")]
 #[global_allocator]
 static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
 
