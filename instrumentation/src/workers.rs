@@ -9,17 +9,21 @@
 //!   (neither its park/unpark count nor its busy time changed) for `stuck_threshold` has either
 //!   been inside one poll for that long, or its last 61 polls averaged more than
 //!   `stuck_threshold / 61` each. Either way it is not serving its queue. The reported duration
-//!   is the time since loopwatch *saw* the last change: a lower bound (at most one check
-//!   interval low), never high. Limits: the task is unknown; a worker blocked in
+//!   is the time since loopwatch *saw* the worker's last published change: up to one check
+//!   interval less than the time since that publish, which may include a few short polls (fewer
+//!   than 61) before the long one. Limits: the task is unknown; a worker blocked in
 //!   `block_in_place` hands its core away and is not reported; a worker that keeps finishing
-//!   slow polls faster than the threshold is not reported.
+//!   slow polls faster than the threshold is not reported. `multi_thread` runtimes only: the one
+//!   worker of a `current_thread` runtime stuck is a stall, which the probe reports (and an
+//!   undriven `current_thread` runtime would look awake). After the watched runtime shut down
+//!   nothing is reported.
 //! * **Poll hooks (`--cfg tokio_unstable`).** With [`install_poll_hooks`] on the runtime
 //!   builder, every worker stamps the start of each poll and the spawn location of the task it
 //!   polls into its own slot (two relaxed atomic stores and one clock read per poll; no lock, no
 //!   allocation). The duration is then exact and the report names the task's spawn location.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -140,8 +144,23 @@ pub(crate) struct WorkerWatch {
     episodes: Counter<u64>,
     attrs: Vec<KeyValue>,
     runtime_name: String,
+    /// Whether the metrics signal applies: `multi_thread` runtimes only (a `current_thread`
+    /// runtime's one worker stuck is a stall, which the probe reports; and a `current_thread`
+    /// runtime nobody drives with `block_on` would look awake).
+    metrics_signal: bool,
+    /// Cleared when the watched runtime shuts down (a sentinel task is dropped).
+    alive: Arc<AtomicBool>,
     #[cfg(tokio_unstable)]
     hooks: hooks::SlotMap,
+}
+
+/// Dropped with the watched runtime's tasks at shutdown: marks the runtime gone.
+struct Sentinel(Arc<AtomicBool>);
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl WorkerWatch {
@@ -155,6 +174,18 @@ impl WorkerWatch {
         runtime_name: String,
     ) -> Self {
         let n = shared.cells.len();
+        let alive = Arc::new(AtomicBool::new(true));
+        let sentinel = Sentinel(Arc::clone(&alive));
+        // One task that never wakes (no cost): after the runtime shuts down, workers' metrics
+        // freeze at whatever parity they had, which must not read as stuck.
+        drop(handle.spawn(async move {
+            let _sentinel = sentinel;
+            std::future::pending::<()>().await;
+        }));
+        let metrics_signal = matches!(
+            handle.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
         WorkerWatch {
             handle,
             shared,
@@ -165,6 +196,8 @@ impl WorkerWatch {
             episodes,
             attrs,
             runtime_name,
+            metrics_signal,
+            alive,
             #[cfg(tokio_unstable)]
             hooks: hooks::SlotMap::new(n),
         }
@@ -173,7 +206,13 @@ impl WorkerWatch {
     /// One check of every worker.
     pub(crate) fn check(&mut self, now: Instant) {
         let m = self.handle.metrics();
-        let n = m.num_workers().min(self.shared.cells.len());
+        let mut n = m.num_workers().min(self.shared.cells.len());
+        if !self.alive.load(Ordering::Acquire) {
+            for c in self.shared.cells.iter() {
+                c.stuck_us.store(0, Ordering::Release);
+            }
+            n = 0;
+        }
         #[cfg(tokio_unstable)]
         self.hooks.refresh(&m, now);
         for w in 0..n {
@@ -188,7 +227,7 @@ impl WorkerWatch {
                 },
             };
             self.seen[w] = Some(seen);
-            let awake = park_unpark.is_multiple_of(2);
+            let awake = self.metrics_signal && park_unpark.is_multiple_of(2);
             let metrics_stuck = awake
                 .then(|| now.saturating_duration_since(seen.since))
                 .filter(|d| *d >= self.threshold);

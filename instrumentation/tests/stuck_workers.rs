@@ -340,3 +340,28 @@ fn poll_hooks_name_the_worker_and_the_spawn_location() {
         .sum();
     assert!(polls > 0.0, "poll-time histogram empty");
 }
+
+#[test]
+fn no_stuck_report_after_shutdown_or_on_an_undriven_current_thread_runtime() {
+    // multi_thread runtime shut down while loopwatch still watches it: its workers' metrics
+    // freeze, which must not read as stuck.
+    let rt = runtime(false);
+    let guard = start(&rt, SdkMeterProvider::builder().build());
+    std::thread::sleep(Duration::from_millis(100));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    // current_thread runtime nobody drives: its one "worker" never parks.
+    let ct = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("current_thread runtime");
+    let ct_guard = start(&ct, SdkMeterProvider::builder().build());
+    let until = Instant::now() + THRESHOLD * 3;
+    while Instant::now() < until {
+        assert_eq!(guard.stuck_workers(), vec![]);
+        assert_eq!(ct_guard.stuck_workers(), vec![]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(guard.stuck_episodes() + ct_guard.stuck_episodes(), 0);
+    ct_guard.shutdown();
+    guard.shutdown();
+}
