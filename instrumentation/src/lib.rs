@@ -255,9 +255,9 @@ pub use trace::OtlpTracing;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-pub use workers::{DEFAULT_STUCK_THRESHOLD, StuckSource, StuckWorker};
 #[cfg(feature = "jemalloc")]
 pub use heap::Jemalloc;
+pub use workers::{DEFAULT_STUCK_THRESHOLD, StuckSource, StuckWorker};
 #[cfg(tokio_unstable)]
 pub use workers::{after_task_poll, before_task_poll, install_poll_hooks};
 
