@@ -148,7 +148,11 @@ fn route_layers(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let mut g = c.benchmark_group("route_layer");
-    let (cases, guard, lw) = cases(&rt);
+    // axum-prometheus spawns its upkeep task at construction: needs the runtime context.
+    let (cases, guard, lw) = {
+        let _ctx = rt.enter();
+        cases(&rt)
+    };
     for (name, router) in cases {
         // Warm up routing tables and metric series once.
         let _ = rt.block_on(router.clone().oneshot(request()));
