@@ -135,7 +135,10 @@ fn cases(
         ("bare", app()),
         ("floor_passthrough", app().layer(PassThroughLayer)),
         ("loopwatch", app().layer(lw.layer())),
-        ("task_monitor", app().layer(TaskMonitorLayer(TaskMonitor::new()))),
+        (
+            "task_monitor",
+            app().layer(TaskMonitorLayer(TaskMonitor::new())),
+        ),
         ("otel_tower_metrics", app().layer(otel)),
         ("axum_prometheus", app().layer(prom)),
     ];

@@ -21,9 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, InstrumentationScope, KeyValue, any_value,
-};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
@@ -108,7 +106,13 @@ fn int_point(v: i64, attrs: Vec<KeyValue>, start: u64, t: u64) -> NumberDataPoin
     }
 }
 
-fn hist_point(attrs: Vec<KeyValue>, bounds: &[f64], seed: u64, start: u64, t: u64) -> HistogramDataPoint {
+fn hist_point(
+    attrs: Vec<KeyValue>,
+    bounds: &[f64],
+    seed: u64,
+    start: u64,
+    t: u64,
+) -> HistogramDataPoint {
     let counts: Vec<u64> = (0..=bounds.len() as u64)
         .map(|i| (seed * 7919 + i * 104_729) % 120)
         .collect();
@@ -129,23 +133,66 @@ fn hist_point(attrs: Vec<KeyValue>, bounds: &[f64], seed: u64, start: u64, t: u6
 fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usize) {
     let rt = [kv("tokio.runtime.name", "main")];
     let mut metrics = Vec::new();
-    for (i, q) in ["min", "max", "mean", "p50", "p90", "p99"].iter().enumerate() {
-        metrics.push(gauge(&format!("tokio.eventloop.delay.{q}"), "s", 0.0001 * (i + 1) as f64, &rt, t));
+    for (i, q) in ["min", "max", "mean", "p50", "p90", "p99"]
+        .iter()
+        .enumerate()
+    {
+        metrics.push(gauge(
+            &format!("tokio.eventloop.delay.{q}"),
+            "s",
+            0.0001 * (i + 1) as f64,
+            &rt,
+            t,
+        ));
     }
     metrics.push(gauge("tokio.eventloop.stall.duration", "s", 0.0, &rt, t));
     metrics.push(gauge("tokio.eventloop.utilization", "1", 0.42, &rt, t));
     metrics.push(gauge("tokio.runtime.workers", "{thread}", 2.0, &rt, t));
     metrics.push(gauge("tokio.runtime.tasks.alive", "{task}", 37.0, &rt, t));
-    metrics.push(gauge("tokio.runtime.global_queue.depth", "{task}", 0.0, &rt, t));
+    metrics.push(gauge(
+        "tokio.runtime.global_queue.depth",
+        "{task}",
+        0.0,
+        &rt,
+        t,
+    ));
     metrics.push(gauge("process.memory.usage", "By", 31_457_280.0, &[], t));
     metrics.push(gauge("process.cpu.utilization", "1", 0.12, &[], t));
-    metrics.push(gauge("loopwatch.heap.allocated", "By", 12_582_912.0, &[], t));
+    metrics.push(gauge(
+        "loopwatch.heap.allocated",
+        "By",
+        12_582_912.0,
+        &[],
+        t,
+    ));
     metrics.push(gauge("loopwatch.heap.growth_rate", "By/s", 1024.0, &[], t));
     metrics.push(gauge("process.thread.count", "{thread}", 9.0, &[], t));
-    metrics.push(gauge("process.open_file_descriptor.count", "{fd}", 23.0, &[], t));
-    metrics.push(gauge("tokio.runtime.blocking.threads", "{thread}", 1.0, &rt, t));
-    metrics.push(sum_points(vec![int_point(123_456, rt.to_vec(), start, t)], "tokio.worker.park.count", "{park}", true));
-    metrics.push(sum_points(vec![int_point(3, rt.to_vec(), start, t)], "tokio.eventloop.stalls", "{stall}", true));
+    metrics.push(gauge(
+        "process.open_file_descriptor.count",
+        "{fd}",
+        23.0,
+        &[],
+        t,
+    ));
+    metrics.push(gauge(
+        "tokio.runtime.blocking.threads",
+        "{thread}",
+        1.0,
+        &rt,
+        t,
+    ));
+    metrics.push(sum_points(
+        vec![int_point(123_456, rt.to_vec(), start, t)],
+        "tokio.worker.park.count",
+        "{park}",
+        true,
+    ));
+    metrics.push(sum_points(
+        vec![int_point(3, rt.to_vec(), start, t)],
+        "tokio.eventloop.stalls",
+        "{stall}",
+        true,
+    ));
     metrics.push(Metric {
         name: "tokio.worker.busy.duration".into(),
         unit: "s".into(),
@@ -162,7 +209,10 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
         })),
         ..Default::default()
     });
-    let sched_bounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let sched_bounds = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
     metrics.push(Metric {
         name: "tokio.schedule.duration".into(),
         unit: "s".into(),
@@ -188,7 +238,12 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
                 t,
             ));
         }
-        active.push(int_point(i as i64 % 3, vec![kv("http.request.method", "GET"), kv("http.route", r)], start, t));
+        active.push(int_point(
+            i as i64 % 3,
+            vec![kv("http.request.method", "GET"), kv("http.route", r)],
+            start,
+            t,
+        ));
     }
     metrics.push(Metric {
         name: "http.server.request.duration".into(),
@@ -199,7 +254,12 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
         })),
         ..Default::default()
     });
-    metrics.push(sum_points(active, "http.server.active_requests", "{request}", false));
+    metrics.push(sum_points(
+        active,
+        "http.server.active_requests",
+        "{request}",
+        false,
+    ));
     for (name, unit) in [
         ("tokio.task.polls", "{poll}"),
         ("tokio.task.poll.duration", "us"),
@@ -208,13 +268,31 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
         let pts = FAMILIES
             .iter()
             .enumerate()
-            .map(|(i, f)| int_point(1000 * (i as i64 + 1), vec![kv("tokio.task.family", f), rt[0].clone()], start, t))
+            .map(|(i, f)| {
+                int_point(
+                    1000 * (i as i64 + 1),
+                    vec![kv("tokio.task.family", f), rt[0].clone()],
+                    start,
+                    t,
+                )
+            })
             .collect();
         metrics.push(sum_points(pts, name, unit, true));
     }
-    for name in ["tokio.worker.polls", "tokio.worker.steals", "tokio.worker.noops"] {
+    for name in [
+        "tokio.worker.polls",
+        "tokio.worker.steals",
+        "tokio.worker.noops",
+    ] {
         let pts = (0..WORKERS)
-            .map(|w| int_point(5000 + w * 17, vec![rt[0].clone(), kvi("tokio.worker.index", w)], start, t))
+            .map(|w| {
+                int_point(
+                    5000 + w * 17,
+                    vec![rt[0].clone(), kvi("tokio.worker.index", w)],
+                    start,
+                    t,
+                )
+            })
             .collect();
         metrics.push(sum_points(pts, name, "{event}", true));
     }
@@ -232,8 +310,14 @@ fn payload(svc: usize, start: u64, t: u64) -> (ExportMetricsServiceRequest, usiz
             resource: Some(Resource {
                 attributes: vec![
                     kv("service.name", &format!("bench-service-{svc}")),
-                    kv("service.instance.id", &format!("bench-host-{svc}-4242-18a2b3c4d5e6f708")),
-                    kv("k8s.pod.name", &format!("bench-service-{svc}-7d9f8b6c5-x2x9z")),
+                    kv(
+                        "service.instance.id",
+                        &format!("bench-host-{svc}-4242-18a2b3c4d5e6f708"),
+                    ),
+                    kv(
+                        "k8s.pod.name",
+                        &format!("bench-service-{svc}-7d9f8b6c5-x2x9z"),
+                    ),
                     kv("telemetry.sdk.language", "rust"),
                     kv("telemetry.sdk.name", "opentelemetry"),
                     kv("telemetry.sdk.version", "0.33.1"),
@@ -414,7 +498,10 @@ fn main() -> std::process::ExitCode {
     let (req, dps) = payload(0, start_ns, now_ns());
     let size = req.encoded_len();
     if o.print_size {
-        println!("{}", serde_json::json!({"payload_bytes": size, "datapoints": dps}));
+        println!(
+            "{}",
+            serde_json::json!({"payload_bytes": size, "datapoints": dps})
+        );
         return std::process::ExitCode::SUCCESS;
     }
     let (host, path) = match split_url(&o.url) {
@@ -432,7 +519,9 @@ fn main() -> std::process::ExitCode {
         // Saturation: each connection sends its service's fixed body back to back.
         for c in 0..o.conns.max(1) {
             let (host, path, counts) = (host.clone(), path.clone(), Arc::clone(&counts));
-            let body = payload(c % o.services.max(1), start_ns, now_ns()).0.encode_to_vec();
+            let body = payload(c % o.services.max(1), start_ns, now_ns())
+                .0
+                .encode_to_vec();
             threads.push(thread::spawn(move || {
                 let mut conn = None;
                 while Instant::now() < deadline {

@@ -69,7 +69,10 @@ fn ms(d: Duration) -> f64 {
 
 /// Max of a `Duration` stored as µs.
 fn fetch_max(a: &AtomicU64, d: Duration) {
-    a.fetch_max(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    a.fetch_max(
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
 }
 
 fn load_ms(a: &AtomicU64) -> f64 {
@@ -193,7 +196,10 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
                 }
             }
             if times.len() != n_block {
-                return Err(format!("{flavor}: {} of {n_block} block tasks ran", times.len()));
+                return Err(format!(
+                    "{flavor}: {} of {n_block} block tasks ran",
+                    times.len()
+                ));
             }
             // The runtime is fully blocked from the last block start to the first block end.
             let all_start = times.iter().map(|t| t.block_start).max();
@@ -228,7 +234,10 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
                 (Some(a), Some(b)) => b.saturating_duration_since(a),
                 _ => Duration::ZERO,
             };
-            let monitored_poll_ms = times.iter().map(|t| ms(t.monitored_poll)).fold(0.0, f64::max);
+            let monitored_poll_ms = times
+                .iter()
+                .map(|t| ms(t.monitored_poll))
+                .fold(0.0, f64::max);
             let line = serde_json::json!({
                 "bench": "probe_accuracy",
                 "flavor": flavor,
