@@ -1161,6 +1161,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn route_layer_counts_matched_routes_only() {
+        let m = RouteMetrics::builder().build();
+        let app = Router::new()
+            .route("/x", get(|| async { "x" }).post(|| async { "posted" }))
+            .route_layer(m.layer());
+        assert_eq!(get_path(&app, "/x").await, 200);
+        assert_eq!(get_path(&app, "/nope").await, 404);
+        let post = app
+            .clone()
+            .oneshot(Request::post("/x").body(Body::empty()).expect("req"))
+            .await
+            .expect("infallible");
+        assert_eq!(post.status(), 200);
+        let x = m.route("/x").expect("x");
+        assert_eq!(x.requests, 2);
+        assert_eq!(x.total_requests, 2);
+        assert!(m.route(UNMATCHED_ROUTE).is_none(), "route_layer skips the fallback");
+    }
+
+    #[tokio::test]
     async fn cancelled_requests_count_as_errors_and_release_active() {
         let m = RouteMetrics::builder().build();
         let app = Router::new()
