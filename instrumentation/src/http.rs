@@ -1177,7 +1177,10 @@ mod tests {
         let x = m.route("/x").expect("x");
         assert_eq!(x.requests, 2);
         assert_eq!(x.total_requests, 2);
-        assert!(m.route(UNMATCHED_ROUTE).is_none(), "route_layer skips the fallback");
+        assert!(
+            m.route(UNMATCHED_ROUTE).is_none(),
+            "route_layer skips the fallback"
+        );
     }
 
     #[tokio::test]
