@@ -21,7 +21,15 @@ fn per_route_metrics_reach_the_agent() {
     let agent = Agent::start(&[]);
     let service = Service::start(&agent, "routes-e2e");
     service.wait_ready_at(&agent);
-    for path in ["/", "/items/1", "/items/2", "/items/3", "/fail", "/fail", "/no/such/route"] {
+    for path in [
+        "/",
+        "/items/1",
+        "/items/2",
+        "/items/3",
+        "/fail",
+        "/fail",
+        "/no/such/route",
+    ] {
         let (code, _) = http_get(&format!("{}{path}", service.url));
         assert_ne!(code, 0, "{path} answered");
     }
@@ -40,18 +48,37 @@ fn per_route_metrics_reach_the_agent() {
     let fails = value(
         &agent,
         count,
-        &[&svc, "http_route=\"/fail\"", "error_type=\"500\"", "http_response_status_code=\"500\""],
+        &[
+            &svc,
+            "http_route=\"/fail\"",
+            "error_type=\"500\"",
+            "http_response_status_code=\"500\"",
+        ],
     );
     assert_eq!(fails, Some(2.0), "5xx carry error.type");
     let unmatched = value(&agent, count, &[&svc, "http_route=\"(unmatched)\""]);
-    assert_eq!(unmatched, Some(1.0), "unmatched requests share one route value");
-    let ok_root = value(&agent, count, &[&svc, "http_route=\"/\"", "http_request_method=\"GET\""]);
+    assert_eq!(
+        unmatched,
+        Some(1.0),
+        "unmatched requests share one route value"
+    );
+    let ok_root = value(
+        &agent,
+        count,
+        &[&svc, "http_route=\"/\"", "http_request_method=\"GET\""],
+    );
     assert_eq!(ok_root, Some(1.0));
     let ratio = wait_for(
         "error ratio of /fail exported",
         Duration::from_secs(15),
         Duration::from_millis(100),
-        || value(&agent, "loopwatch_http_route_error_ratio", &[&svc, "http_route=\"/fail\""]),
+        || {
+            value(
+                &agent,
+                "loopwatch_http_route_error_ratio",
+                &[&svc, "http_route=\"/fail\""],
+            )
+        },
     );
     assert_eq!(ratio, 1.0);
     let items_ratio = value(
@@ -67,7 +94,11 @@ fn shedding_after_a_stall_with_health_routes_exempt() {
     let agent = Agent::start(&[]);
     let service = Service::start_with(&agent, "shed-e2e", &["--shed-delay-ms", "200"]);
     service.wait_ready_at(&agent);
-    assert_eq!(http_get(&format!("{}/", service.url)).0, 200, "not shedding when idle");
+    assert_eq!(
+        http_get(&format!("{}/", service.url)).0,
+        200,
+        "not shedding when idle"
+    );
 
     // Block the (current_thread) runtime; right after, the window p99 holds the block.
     let block = service.block_in_background(800);
@@ -108,7 +139,11 @@ fn shedding_after_a_stall_with_health_routes_exempt() {
             value(
                 &agent,
                 "http_server_request_duration_seconds_count",
-                &[&svc, "http_route=\"/\"", "http_response_status_code=\"503\""],
+                &[
+                    &svc,
+                    "http_route=\"/\"",
+                    "http_response_status_code=\"503\"",
+                ],
             )
         },
     );

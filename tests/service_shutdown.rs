@@ -124,5 +124,8 @@ fn sigterm_drains_refuses_new_connections_and_final_metrics_reach_the_agent() {
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
-    assert!(n >= 1.0, "the slow request is in the final export: {slow_line}");
+    assert!(
+        n >= 1.0,
+        "the slow request is in the final export: {slow_line}"
+    );
 }
