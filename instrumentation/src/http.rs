@@ -894,6 +894,7 @@ where
                 http.route = route_name,
                 http.response.status_code = Empty,
                 loopwatch.waited_ms = Empty,
+                loopwatch.stall_before_ms = Empty,
                 loopwatch.poll_ms = Empty,
                 loopwatch.polls = Empty,
             );
@@ -925,6 +926,7 @@ where
                 method,
                 start: None,
                 delayed_at_start: 0,
+                stall_before_us: 0,
                 poll_ns: 0,
                 polls: 0,
                 slow: 0,
@@ -942,6 +944,8 @@ struct Rec {
     /// First poll (the request's start as far as the layer can tell: right after `call`).
     start: Option<Instant>,
     delayed_at_start: u64,
+    /// Runtime stall that ended right before the first poll (only read with an enabled span).
+    stall_before_us: u64,
     poll_ns: u64,
     polls: u64,
     slow: u64,
@@ -976,6 +980,17 @@ impl Rec {
             }
             let ms = |ns: u64| ns as f64 / 1e6;
             self.span.record("loopwatch.waited_ms", ms(waited_ns));
+            let before_ns = self.stall_before_us.saturating_mul(1000);
+            self.span.record("loopwatch.stall_before_ms", ms(before_ns));
+            if before_ns >= inner.wait_event_ns && before_ns > 0 {
+                tracing::warn!(
+                    parent: &self.span,
+                    stall_before_ms = before_ns / 1_000_000,
+                    duration_ms = dur_ns / 1_000_000,
+                    "request started right after a {} ms runtime stall: it may have waited up to that long before it was polled",
+                    before_ns / 1_000_000
+                );
+            }
             self.span.record("loopwatch.poll_ms", ms(self.poll_ns));
             self.span.record("loopwatch.polls", self.polls);
             if waited_ns >= inner.wait_event_ns && waited_ns > 0 {
@@ -1045,6 +1060,9 @@ where
             rec.start = Some(t0);
             if let Some(p) = &rec.inner.pressure {
                 rec.delayed_at_start = p.delayed_clock_us_at(t0);
+                if !rec.span.is_disabled() {
+                    rec.stall_before_us = p.stall_before_us(t0);
+                }
             }
         }
         let res = {

@@ -87,6 +87,10 @@ pub(crate) struct Shared {
     /// Sum of all completed probe delays, µs (probes are sequential, so their delay intervals
     /// are disjoint): a clock of "time the runtime was late" read by the route layer.
     delayed_total_us: AtomicU64,
+    /// Delay of the most recently completed probe, µs, and when it completed (µs since
+    /// `base`, + 1; 0 = none): lets a request that starts right after a block see it.
+    last_delay_us: AtomicU64,
+    last_delay_end_us: AtomicU64,
     window: Mutex<WindowStats>,
     runtime: Mutex<RuntimeSnapshot>,
 }
@@ -112,6 +116,8 @@ impl Shared {
             windows: AtomicU64::new(0),
             last_stall_us: AtomicU64::new(0),
             delayed_total_us: AtomicU64::new(0),
+            last_delay_us: AtomicU64::new(0),
+            last_delay_end_us: AtomicU64::new(0),
             window: Mutex::new(WindowStats::default()),
             runtime: Mutex::new(RuntimeSnapshot::default()),
         }
@@ -141,6 +147,25 @@ impl Shared {
 
     /// Scheduling delay accumulated since start, µs: completed probe delays plus the age of the
     /// outstanding probe. Monotonic up to a transient overcount of one probe (readers clamp).
+    /// How late the runtime was just before `now`: the age of the outstanding probe, or the
+    /// delay of a probe that completed within `recent` before `now`. A request whose first
+    /// poll sees a large value was (very likely) queued behind that block, from some time
+    /// during it: an upper bound of its unseen wait.
+    pub(crate) fn stall_before_us(&self, now: Instant, recent: Duration) -> u64 {
+        let now_us = us(now.saturating_duration_since(self.base));
+        let outstanding = match self.outstanding.load(Ordering::Acquire) {
+            0 => 0,
+            t0 => now_us.saturating_sub(t0 - 1),
+        };
+        let end = self.last_delay_end_us.load(Ordering::Acquire);
+        let last = if end != 0 && now_us.saturating_sub(end - 1) <= us(recent) {
+            self.last_delay_us.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        outstanding.max(last)
+    }
+
     /// As of `now` (callers pass the clock reading they already have).
     pub(crate) fn delayed_clock_us_at(&self, now: Instant) -> u64 {
         let done = self.delayed_total_us.load(Ordering::Acquire);
@@ -340,9 +365,12 @@ impl ProbeTask {
                 };
                 if let Some(t1) = t1_us {
                     // Before clearing `outstanding`: readers may overcount, never undercount.
+                    let d = t1.saturating_sub(t0_us);
+                    self.shared.delayed_total_us.fetch_add(d, Ordering::AcqRel);
+                    self.shared.last_delay_us.store(d, Ordering::Release);
                     self.shared
-                        .delayed_total_us
-                        .fetch_add(t1.saturating_sub(t0_us), Ordering::AcqRel);
+                        .last_delay_end_us
+                        .store(t1 + 1, Ordering::Release);
                 }
                 self.shared.outstanding.store(0, Ordering::Release);
                 let Some(t1_us) = t1_us else { break };

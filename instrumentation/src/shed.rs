@@ -19,6 +19,9 @@ use crate::probe::Shared;
 pub const DEFAULT_SHED_MAX_DELAY: Duration = Duration::from_millis(200);
 /// Default `Retry-After` of a shed response: 1 s.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How recently a probe must have completed for a request starting now to count its delay as
+/// "just before" it (see `RouteStats::stalled_before`).
+const STALL_BEFORE_RECENT: Duration = Duration::from_millis(20);
 /// Paths never shed by default (the local health router's routes).
 pub const DEFAULT_EXEMPT_PATHS: [&str; 2] = ["/livez", "/readyz"];
 
@@ -100,6 +103,14 @@ impl Pressure {
     /// Scheduling delay accumulated since start, µs (completed probe delays plus the
     /// outstanding probe's age). The difference between two reads is the runtime lateness
     /// measured between them. A manual source returns 0.
+    /// See `Shared::stall_before_us`; 0 for a manual source.
+    pub(crate) fn stall_before_us(&self, now: std::time::Instant) -> u64 {
+        match &self.src {
+            Src::Probe(s) => s.stall_before_us(now, STALL_BEFORE_RECENT),
+            Src::Manual(_) => 0,
+        }
+    }
+
     pub(crate) fn delayed_clock_us_at(&self, now: std::time::Instant) -> u64 {
         match &self.src {
             Src::Probe(s) => s.delayed_clock_us_at(now),

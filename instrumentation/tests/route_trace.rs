@@ -237,6 +237,64 @@ fn waiting_behind_a_block_is_on_the_request_span_and_reaches_otlp() {
 }
 
 #[test]
+fn a_request_queued_behind_a_block_sees_the_stall_before_it() {
+    let capture = Capture::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(SdkMeterProvider::builder().build())
+        .probe_interval(Duration::from_millis(10))
+        .start_with_handle(rt.handle().clone())
+        .expect("loopwatch");
+    let routes = guard.route_metrics();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(routes.layer());
+    let handle = rt.handle().clone();
+    let status = rt.block_on(async move {
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        tokio::spawn(async move {
+            let _ = started_tx.send(());
+            std::thread::sleep(BLOCK);
+        });
+        // The request arrives while the runtime is blocked (spawned from another thread), so
+        // its first poll comes only after the block: the layer never saw it wait.
+        let req = std::thread::spawn(move || {
+            let _ = started_rx.recv_timeout(Duration::from_secs(10));
+            std::thread::sleep(BLOCK / 4);
+            handle.spawn(app.oneshot(Request::get("/").body(Body::empty()).expect("req")))
+        });
+        tokio::task::yield_now().await; // lets the blocker run
+        let join = req.join().expect("spawner thread");
+        join.await.expect("join").expect("infallible").status()
+    });
+    assert_eq!(status, 200);
+    let fields = capture.fields.lock().expect("lock").clone();
+    let before = fields
+        .get("loopwatch.stall_before_ms")
+        .copied()
+        .expect("stall_before_ms recorded");
+    // An upper bound of the unseen wait: the stall the request was queued behind (the probe
+    // samples, so it may read up to an interval plus a late wake-up low; half is generous).
+    assert!(
+        before >= BLOCK.as_secs_f64() * 1e3 / 2.0,
+        "stall before the request: {before} ms ({fields:?})"
+    );
+    let warnings = capture.warnings.lock().expect("lock").clone();
+    assert!(
+        warnings.iter().any(|w| w.contains("started right after a")),
+        "{warnings:?}"
+    );
+    drop(_default);
+    guard.shutdown();
+    drop(rt);
+}
+
+#[test]
 fn task_family_times_spawned_tasks() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
