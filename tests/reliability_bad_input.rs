@@ -13,6 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
+use loopwatch_agent::receiver::budget::BYTES_PER_NODE;
 use loopwatch_e2e::{Agent, Service, host_port, http_post, raw_http};
 
 /// Default `receiver.max_body_bytes` (8 MiB).
@@ -187,8 +188,9 @@ fn bad_input_table() {
     );
     assert_eq!(agent.refused("too_large"), before + 2.0);
     rss = after_case("decode amplification", &mut agent, &well, rss);
-    // Just under the budget (receiver.max_body_bytes / 8 elements): accepted, memory bounded.
-    let under: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], CAP / 8 - 1024)
+    // Just under the budget (receiver.max_body_bytes / BYTES_PER_NODE elements): accepted,
+    // memory bounded.
+    let under: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], CAP / BYTES_PER_NODE - 1024)
         .flatten()
         .collect();
     let code = http_post(&metrics_url, PB, None, under).0;

@@ -6,12 +6,16 @@
 //! peaked higher). Before decoding, [`estimate_nodes`] counts an upper bound of the
 //! allocations the body decodes into; a body over [`max_nodes`] is refused like a body over
 //! the cap (413, `requests_refused_total{reason="too_large"}`). Legitimate OTLP carries
-//! about one allocation per 10 wire bytes, so the budget of one per [`BYTES_PER_NODE`]
-//! bytes of the cap leaves room while bounding the decoded size to roughly
-//! `max_body_bytes / BYTES_PER_NODE * ~128` bytes.
+//! about one allocation per 10–15 wire bytes. The budget is one allocation per
+//! [`BYTES_PER_NODE`] bytes of the cap: with the default 8 MiB cap that is 131,072
+//! allocations, enough for ~1.5 MiB of dense real OTLP per request (one service's export is
+//! KiBs), and it bounds what one request can decode into to roughly
+//! `max_body_bytes / BYTES_PER_NODE * ~130` bytes (~17 MiB at the default cap) instead of
+//! ~140 MiB with a budget of one per 8 bytes — the allocator keeps freed pages for a while, so
+//! that peak would become resident memory.
 
-/// One allocation is allowed per this many bytes of `receiver.max_body_bytes` (8).
-pub const BYTES_PER_NODE: usize = 8;
+/// One allocation is allowed per this many bytes of `receiver.max_body_bytes` (64).
+pub const BYTES_PER_NODE: usize = 64;
 /// Nesting levels scanned (OTLP metrics nest about 8 deep).
 const MAX_DEPTH: u32 = 24;
 
