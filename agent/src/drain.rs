@@ -7,8 +7,9 @@
 //!
 //! It marks the agent draining (`/readyz` answers 503 with reason `draining` from then on),
 //! then waits until every tracked, non-stale service reports `http.server.active_requests`
-//! summing to 0 (services that never sent it count as 0), or the deadline passes, and answers
-//! 200 with
+//! summing to 0 in an export that arrived *after* the drain began (a value from before may be
+//! up to one export interval old and miss a request that started since; services that never
+//! sent the metric count as 0 at once), or the deadline passes, and answers 200 with
 //! `{"drained":true|false,"waited_seconds":S,"timeout_seconds":T,"active_requests":N,
 //! "services":[{"service","instance","active_requests":N|null,"lifecycle":..|null}]}`.
 
@@ -128,6 +129,16 @@ pub fn active(views: &[ServiceView]) -> (u64, Vec<Value>) {
     (total, services)
 }
 
+/// Whether every non-stale service that reports `http.server.active_requests` has exported
+/// within the last `since` (that is, after the drain began), so its count is current.
+fn all_reported_since(views: &[ServiceView], since: Duration) -> bool {
+    views.iter().all(|v| {
+        v.state == HealthState::Stale
+            || v.active_requests.is_none()
+            || v.last_seen_age_seconds < since.as_secs_f64()
+    })
+}
+
 /// The `POST /drain` handler.
 pub async fn handler(
     State(state): State<Arc<AgentState>>,
@@ -153,8 +164,9 @@ pub async fn handler(
     let deadline = start + timeout;
     let (drained, total, services) = loop {
         let changed = state.changed();
-        let (total, services) = active(&state.evaluate(Instant::now()));
-        if total == 0 {
+        let views = state.evaluate(Instant::now());
+        let (total, services) = active(&views);
+        if total == 0 && all_reported_since(&views, start.elapsed()) {
             break (true, total, services);
         }
         let now = Instant::now();

@@ -114,6 +114,39 @@ fn drain_waits_for_zero_active_requests() {
     );
 }
 
+/// A count of 0 from before the drain began may be one export interval old: the drain waits
+/// for the service's next export, which here reports a request that started since.
+#[test]
+fn drain_waits_for_an_export_from_after_it_began() {
+    let agent = TestAgent::start(Config::builder().stale_after(Duration::from_secs(600)));
+    assert_eq!(agent.post_metrics(&active("web", &[("/a", 0)])), 200);
+    std::thread::scope(|s| {
+        let drain = s.spawn(|| post_drain(&agent, "?timeout=60s"));
+        assert!(eventually(Duration::from_secs(30), || {
+            agent.get_json("/v1/status").1["draining"] == true
+        }));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !drain.is_finished(),
+            "drain answered on a count from before it began"
+        );
+        assert_eq!(agent.post_metrics(&active("web", &[("/a", 1)])), 200);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !drain.is_finished(),
+            "drain answered while 1 request was active"
+        );
+        assert_eq!(agent.post_metrics(&active("web", &[("/a", 0)])), 200);
+        let (code, body) = drain.join().expect("drain thread");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["drained"], true, "{body}");
+        assert!(
+            body["waited_seconds"].as_f64().is_some_and(|w| w >= 0.6),
+            "{body}"
+        );
+    });
+}
+
 #[test]
 fn drain_deadline_method_and_bad_timeout() {
     let agent = TestAgent::start(
