@@ -533,10 +533,10 @@ fn main() -> std::process::ExitCode {
                             continue;
                         }
                     }
-                    if let Some(cn) = conn.as_mut() {
-                        if !counts.record(cn.post(&body)) {
-                            conn = None;
-                        }
+                    if let Some(cn) = conn.as_mut()
+                        && !counts.record(cn.post(&body))
+                    {
+                        conn = None;
                     }
                 }
             }));
