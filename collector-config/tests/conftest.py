@@ -4,6 +4,7 @@ and exports their locations; every tool is required (a missing tool fails, it is
 from __future__ import annotations
 
 import os
+import threading
 import shutil
 import time
 from pathlib import Path
@@ -93,6 +94,7 @@ def stack(tmp_path_factory, deployment) -> Stack:
     pods = [f"{deployment['metadata']['name']}-5d8f7c9b4-{s}" for s in ("a1b2c", "d3e4f", "g5h6k")]
 
     procs = []
+    procs_stop_hooks = []
     replicas: list[Replica] = []
     try:
         for i, pod in enumerate(pods):
@@ -128,6 +130,24 @@ def stack(tmp_path_factory, deployment) -> Stack:
                 r.get("/")
             for _ in range(2):
                 r.get("/fail")
+        # Then a steady trickle for the whole session, so per-route rates over any window the
+        # dashboard uses are real numbers (not 0/0): one request per replica every 250 ms,
+        # bounded to 10 minutes / 2400 rounds, stopped at teardown.
+        stop_traffic = threading.Event()
+
+        def trickle():
+            for i in range(2400):
+                if stop_traffic.wait(0.25):
+                    return
+                for r in replicas:
+                    try:
+                        r.get("/fail" if i % 25 == 0 else "/", timeout=2)
+                    except Exception:  # noqa: BLE001 - a blocked replica is part of some tests
+                        pass
+
+        traffic = threading.Thread(target=trickle, name="traffic", daemon=True)
+        traffic.start()
+        procs_stop_hooks.append(lambda: (stop_traffic.set(), traffic.join(timeout=5)))
 
         stack = Stack(ns, app_env["OTEL_SERVICE_NAME"], replicas, prom, log_dir, procs)
 
@@ -145,6 +165,8 @@ def stack(tmp_path_factory, deployment) -> Stack:
                    what=f"loopwatch_pressure for all 3 pods in Prometheus {stack.logs_hint()}")
         yield stack
     finally:
+        for hook in procs_stop_hooks:
+            hook()
         # Services first (their final export goes to a live agent), then agents, then Prometheus.
         for p in sorted(procs, key=lambda p: (not p.name.startswith("example"), p.name.startswith("prometheus"))):
             p.stop()
