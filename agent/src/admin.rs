@@ -1,6 +1,6 @@
 //! Admin HTTP server: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`, the
 //! status page `/` and `POST /drain` ([`crate::drain`]; the only endpoint that changes state).
-//! The exact shapes are in `agent/ENDPOINTS.md`.
+//! The exact shapes are in the README, section "The agent".
 //!
 //! - `GET /livez` -> 200 `{"status":"ok"}`.
 //! - `GET /readyz[?service=NAME]` -> 200 `{"status":"ready","services":N}`, or 503

@@ -7,7 +7,7 @@
 //! ## Guide to the modules
 //!
 //! - [`config`]: configuration keys, defaults, TOML/env/flag loading, duration parsing.
-//!   The key table lives there (and in `agent/CONFIG.md`).
+//!   The key table lives there (and in the README, section "Configuration").
 //! - [`receiver`]: OTLP receivers, [`receiver::grpc`] (tonic, port 4317) and
 //!   [`receiver::http`] (axum, port 4318; protobuf, JSON, gzip, chunked).
 //!   Traces and logs are counted and forwarded upstream through [`export`].
@@ -19,7 +19,7 @@
 //!   `POST /drain` ([`drain`]); the status page assets are in [`status_page`].
 //! - [`export`]: upstream OTLP exporter (interval batching, bounded queue, retry).
 //! - SIGTERM: [`RunningAgent::wait_for_final_exports`] then [`RunningAgent::shutdown`]
-//!   (flushes upstream). Endpoints and JSON shapes: `agent/ENDPOINTS.md`.
+//!   (flushes upstream). Endpoints and JSON shapes: the README, section "The agent".
 //! - [`prometheus`]: the text exposition and OTel -> Prometheus naming.
 //! - [`deadline`]: header/idle deadlines and body timeouts for the HTTP servers.
 //!
