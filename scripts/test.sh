@@ -13,13 +13,12 @@ cargo build --workspace --bins
 echo "== cargo test (stable tokio)"
 cargo test --workspace
 
-echo "== cargo test -p loopwatch (--cfg tokio_unstable)"
+echo "== cargo test -p loopwatch, and the example built, with --cfg tokio_unstable"
 RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/unstable cargo test -p loopwatch
+RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/unstable cargo build -p loopwatch-examples
 
 echo "== CountingAllocator under AddressSanitizer and valgrind (~20 s)"
 instrumentation/tests/alloc-sanitizer.sh
 
-if [ -x collector-config/tests/run.sh ]; then
-  echo "== collector-config validation"
-  collector-config/tests/run.sh
-fi
+echo "== collector-config validation (manifests, dashboard, live PromQL, HPA decision)"
+collector-config/tests/run.sh
