@@ -290,7 +290,8 @@ def cmd_e2e(args):
     results = {"A": [], "B": []}
     try:
         for i in range(args.pairs):
-            for variant in ("A", "B"):
+            # A B, B A, A B, ...: a slot bias (warm caches, neighbours) cancels out over pairs.
+            for variant in (("A", "B") if i % 2 == 0 else ("B", "A")):
                 lw = variant == "B"
                 svc, port = start_service(args, args.out, f"e2e-{variant}{i}", lw,
                                           aports["grpc"], cpu=0, bare=not lw)
@@ -330,7 +331,8 @@ def cmd_e2e(args):
             + "; B = `example-service` with loopwatch (probe, sampler, route layer, counting "
             "allocator, OTLP export to the agent).")
     text = (f"### End-to-end overhead (wrk -t{args.threads} -c{args.conns} -d{args.duration}s, "
-            f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} A/B pairs, medians)\n\n"
+            f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} pairs in order "
+            f"AB BA AB ..., fresh process per run, 2 s warm-up, medians)\n\n"
             + desc + "\n\n"
             + md_table(["variant", "req/s", "p50 ms", "p99 ms", "runs"], rows)
             + f"\n\nthroughput ratio B/A = **{ratio:.4f}** (target >= 0.985; per pair: "
