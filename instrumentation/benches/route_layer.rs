@@ -45,7 +45,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use tower::{Layer, Service, ServiceExt};
 
@@ -57,6 +57,16 @@ fn app() -> Router {
     Router::new()
         .route("/users/{id}", get(user))
         .route("/", get(|| async { "hello\n" }))
+}
+
+/// The router as `axum::serve` runs it: `with_state(())` turns every handler into a `Route`
+/// once (axum does this per connection "rather than doing that per request"). Without it, an
+/// unfinalized `Router` re-applies its layers to the handler on every request, which clones
+/// each layer into a fresh box: an allocation per request for any layer that is not
+/// zero-sized (the pass-through is; loopwatch's layer holds an `Arc`), and not what a served
+/// router does.
+fn serve_ready(router: Router) -> Router {
+    router.with_state(())
 }
 
 fn request() -> Request<Body> {
@@ -112,9 +122,15 @@ fn route_layer(c: &mut Criterion) {
         .build();
     let exported = guard.route_metrics_builder().ring_capacity(ring).build();
     let cases = [
-        ("floor_passthrough", app().layer(PassThroughLayer)),
-        ("loopwatch_local", app().layer(local.layer())),
-        ("loopwatch_guard", app().layer(exported.layer())),
+        (
+            "floor_passthrough",
+            serve_ready(app().layer(PassThroughLayer)),
+        ),
+        ("loopwatch_local", serve_ready(app().layer(local.layer()))),
+        (
+            "loopwatch_guard",
+            serve_ready(app().layer(exported.layer())),
+        ),
     ];
     let mut g = c.benchmark_group("route_layer");
     for (name, router) in cases {
@@ -136,5 +152,67 @@ fn route_layer(c: &mut Criterion) {
     drop(guard);
 }
 
+/// Instruction-count mode for callgrind (not a criterion run): with `ROUTE_LAYER_COUNT` set to
+/// `floor`, `local` or `guard`, sends `ROUTE_LAYER_N` (default 10000) requests through that case
+/// inside [`measured_requests`] and exits. Run under
+/// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_requests*'`
+/// so only the request loop on the calling thread is counted (not setup, not the drain thread).
+fn count_mode(case: &str) {
+    let n: u64 = std::env::var("ROUTE_LAYER_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let provider = SdkMeterProvider::builder().build();
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(provider)
+        .export_interval(Duration::from_secs(3600))
+        .start_with_handle(rt.handle().clone())
+        .expect("loopwatch");
+    let ring = 1 << 20;
+    let local = loopwatch::RouteMetrics::builder()
+        .ring_capacity(ring)
+        .build();
+    let exported = guard.route_metrics_builder().ring_capacity(ring).build();
+    let unfinalized = std::env::var_os("ROUTE_LAYER_UNFINALIZED").is_some();
+    let ready = |r: Router| if unfinalized { r } else { serve_ready(r) };
+    let router = match case {
+        "floor" => ready(app().layer(PassThroughLayer)),
+        "local" => ready(app().layer(local.layer())),
+        "guard" => ready(app().layer(exported.layer())),
+        other => panic!("ROUTE_LAYER_COUNT={other}: expected floor, local or guard"),
+    };
+    // Warm up (route slot, series, lazy statics), then the counted loop.
+    for _ in 0..100 {
+        let _ = rt.block_on(router.clone().oneshot(request()));
+    }
+    measured_requests(&rt, &router, n);
+    eprintln!(
+        "{case}: {n} requests; ring drops local {}, guard {}",
+        local.dropped(),
+        exported.dropped()
+    );
+    drop(guard);
+}
+
+#[inline(never)]
+fn measured_requests(rt: &tokio::runtime::Runtime, router: &Router, n: u64) {
+    for _ in 0..n {
+        let r = router.clone();
+        black_box(rt.block_on(r.oneshot(request())).ok());
+    }
+}
+
 criterion_group!(benches, route_layer);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(case) = std::env::var("ROUTE_LAYER_COUNT") {
+        count_mode(&case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -87,14 +87,34 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// FNV-1a: cheap, good enough to spread route templates over the table.
-fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// Nanoseconds from `a` to `b` (0 if `b` is earlier), saturating.
+fn ns_between(a: Instant, b: Instant) -> u64 {
+    let d = b.saturating_duration_since(a);
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+/// Route template hash for the table: length and three 8-byte words (start, middle, end),
+/// multiplied once. Constant time whatever the template's length; collisions only cost a
+/// further probe (every candidate is compared in full).
+fn route_hash(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let n = b.len();
+    let word = |at: usize| -> u64 {
+        b.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let (a, m, z) = if n >= 8 {
+        (word(0), word(n / 2 - 4), word(n - 8))
+    } else {
+        let short = b.iter().fold(0u64, |h, &c| (h << 8) | u64::from(c));
+        (short, 0, 0)
+    };
+    let h =
+        (a ^ m.rotate_left(21) ^ z.rotate_left(42) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,7 +231,12 @@ struct Inner {
     table_mask: usize,
     used: AtomicUsize,
     max_routes: usize,
-    active_by_method: [AtomicI64; 10],
+    /// Requests started, by method (one relaxed add per request). Active requests are
+    /// `started - finished`: finished ones are counted by the drain from the records it moves,
+    /// plus [`Inner::unrecorded_by_method`]; no second atomic per request.
+    started_by_method: [AtomicU64; 10],
+    /// Requests finished whose record the full ring dropped (rare path), by method.
+    unrecorded_by_method: [AtomicU64; 10],
     ring: Ring,
     drain: Mutex<DrainState>,
     histogram: Option<Histogram<f64>>,
@@ -229,7 +254,7 @@ impl Inner {
         let Some(route) = route else {
             return ID_UNMATCHED;
         };
-        let hash = fnv1a(route);
+        let hash = route_hash(route);
         for i in 0..=self.table_mask {
             let idx = (hash as usize).wrapping_add(i) & self.table_mask;
             let slot = self.table[idx].get_or_init(|| {
@@ -264,6 +289,19 @@ impl Inner {
         }
     }
 
+    /// Requests in progress by method: started minus finished (drains the ring first).
+    /// `finished` is read before `started`: a finished request's start is visible by then
+    /// (its increment precedes its record's release into the ring), so no negative values.
+    fn active_by_method(&self) -> [i64; 10] {
+        let finished = self.drain().finished_by_method;
+        std::array::from_fn(|i| {
+            let done =
+                finished[i].saturating_add(self.unrecorded_by_method[i].load(Ordering::Acquire));
+            let started = self.started_by_method[i].load(Ordering::Acquire);
+            i64::try_from(started.saturating_sub(done)).unwrap_or(i64::MAX)
+        })
+    }
+
     fn now_ns(&self) -> u64 {
         nanos(self.base.elapsed())
     }
@@ -277,6 +315,9 @@ impl Inner {
             drained += 1;
             let route = (b & 0xffff) as usize;
             let method = ((b >> 16) & 0xf) as usize;
+            if let Some(f) = st.finished_by_method.get_mut(method) {
+                *f += 1;
+            }
             let status = ((b >> 20) & 0xfff) as u16;
             let kind = (b >> 32) & 0xf;
             if let Some(h) = &self.histogram {
@@ -370,6 +411,8 @@ impl Inner {
 struct DrainState {
     /// Records moved by the last drain (paces the drain thread).
     last_drained: usize,
+    /// Requests finished by method, counted from drained records.
+    finished_by_method: [u64; 10],
     attrs: HashMap<u64, Vec<KeyValue>>,
     windows: HashMap<usize, RouteWindow>,
     bucket_ns: u64,
@@ -600,10 +643,12 @@ impl RouteMetricsBuilder {
             table_mask: table_size - 1,
             used: AtomicUsize::new(0),
             max_routes,
-            active_by_method: Default::default(),
+            started_by_method: Default::default(),
+            unrecorded_by_method: Default::default(),
             ring: Ring::new(self.ring_capacity.unwrap_or(DEFAULT_RING_CAPACITY)),
             drain: Mutex::new(DrainState {
                 last_drained: 0,
+                finished_by_method: [0; 10],
                 attrs: HashMap::new(),
                 windows: HashMap::new(),
                 bucket_ns: (nanos(window) / WINDOW_BUCKETS as u64).max(1),
@@ -659,9 +704,9 @@ fn register(meter: &Meter, inner: &Arc<Inner>) {
         .with_description("Number of active HTTP server requests")
         .with_unit("{request}")
         .with_callback(move |obs| {
-            let inner = &w;
+            let active = w.active_by_method();
             for (i, m) in METHODS.iter().enumerate() {
-                let v = inner.active_by_method[i].load(Ordering::Relaxed);
+                let v = active[i];
                 if v != 0 || i == 0 {
                     obs.observe(v, &[KeyValue::new("http.request.method", *m)]);
                 }
@@ -815,11 +860,7 @@ impl RouteMetrics {
 
     /// Requests in progress, all routes.
     pub fn active_requests(&self) -> i64 {
-        self.inner
-            .active_by_method
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .sum()
+        self.inner.active_by_method().iter().sum()
     }
 
     /// Records dropped because the ring was full.
@@ -876,142 +917,193 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = &self.inner;
+        let inner = &*self.inner;
         let route = inner.route_id(
             req.extensions()
                 .get::<MatchedPath>()
                 .map(MatchedPath::as_str),
         );
         let method = method_code(req.method());
-        inner.active_by_method[method].fetch_add(1, Ordering::Relaxed);
-        let span = if inner.trace_spans {
-            let route_name = inner.route_name(route).unwrap_or(OVERFLOW_ROUTE);
-            let span = tracing::info_span!(
-                target: "loopwatch::http",
-                "http.request",
-                otel.name = Empty,
-                http.request.method = METHODS[method],
-                http.route = route_name,
-                http.response.status_code = Empty,
-                loopwatch.waited_ms = Empty,
-                loopwatch.stall_before_ms = Empty,
-                loopwatch.poll_ms = Empty,
-                loopwatch.polls = Empty,
-            );
-            if !span.is_disabled() {
-                span.record(
-                    "otel.name",
-                    tracing::field::display(format_args!("{} {route_name}", METHODS[method])),
-                );
-            }
-            span
+        inner.started_by_method[method].fetch_add(1, Ordering::Relaxed);
+        let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::INFO) {
+            request_span(inner, route, method)
         } else {
             Span::none()
         };
-        let fut = {
-            let _e = span.enter();
-            self.service.call(req)
+        let monitor = inner
+            .monitors
+            .as_ref()
+            .and_then(|m| m.get(route))
+            .map(|m| m.get_or_init(TaskMonitor::new));
+        let rec = Rec {
+            inner: Arc::clone(&self.inner),
+            start: None,
+            delayed_at_start: 0,
+            stall_before_us: 0,
+            poll_ns: 0,
+            polls: 0,
+            slow: 0,
+            route: route as u16,
+            method: method as u8,
+            done: false,
+            span,
         };
-        let fut = match inner.monitors.as_ref().and_then(|m| m.get(route)) {
-            Some(m) => MaybeMonitored::Monitored {
-                fut: m.get_or_init(TaskMonitor::new).instrument(fut),
-            },
-            None => MaybeMonitored::Plain { fut },
-        };
-        RouteFuture {
-            fut,
-            rec: Some(Rec {
-                inner: Arc::clone(&self.inner),
-                route,
-                method,
-                start: None,
-                delayed_at_start: 0,
-                stall_before_us: 0,
-                poll_ns: 0,
-                polls: 0,
-                slow: 0,
-                span,
-            }),
+        if let Some(m) = monitor {
+            let fut = call_in_span(&mut self.service, req, &rec.span);
+            return RouteFuture {
+                fut: MaybeMonitored::Monitored {
+                    fut: Box::pin(m.instrument(fut)),
+                },
+                rec,
+            };
+        }
+        // Built as the tail expression, so the inner future is written in place (a local
+        // would cost a copy of the whole future).
+        if rec.span.is_disabled() {
+            RouteFuture {
+                fut: MaybeMonitored::Plain {
+                    fut: self.service.call(req),
+                },
+                rec,
+            }
+        } else {
+            RouteFuture {
+                fut: MaybeMonitored::Plain {
+                    fut: call_in_span(&mut self.service, req, &rec.span),
+                },
+                rec,
+            }
         }
     }
+}
+
+/// Calls the inner service with the request's span entered.
+fn call_in_span<S: Service<R>, R>(service: &mut S, req: R, span: &Span) -> S::Future {
+    let _e = span.enter();
+    service.call(req)
+}
+
+/// The request's `http.request` span (disabled, and nothing formatted, unless a subscriber
+/// enables `loopwatch::http` at INFO).
+#[cold]
+fn request_span(inner: &Inner, route: usize, method: usize) -> Span {
+    let span = tracing::info_span!(
+        target: "loopwatch::http",
+        "http.request",
+        otel.name = Empty,
+        http.request.method = METHODS[method],
+        http.route = inner.route_name(route).unwrap_or(OVERFLOW_ROUTE),
+        http.response.status_code = Empty,
+        loopwatch.waited_ms = Empty,
+        loopwatch.stall_before_ms = Empty,
+        loopwatch.poll_ms = Empty,
+        loopwatch.polls = Empty,
+    );
+    if !span.is_disabled() {
+        let route_name = inner.route_name(route).unwrap_or(OVERFLOW_ROUTE);
+        span.record(
+            "otel.name",
+            tracing::field::display(format_args!("{} {route_name}", METHODS[method])),
+        );
+    }
+    span
 }
 
 /// Per-request state; recording as cancelled on drop if the request never completed.
 struct Rec {
     inner: Arc<Inner>,
-    route: usize,
-    method: usize,
     /// First poll (the request's start as far as the layer can tell: right after `call`).
     start: Option<Instant>,
+    /// Probe's delay clock (µs) at the end of the first poll; only read for requests that
+    /// needed more than one poll (a one-poll request spent no time outside its polls).
     delayed_at_start: u64,
     /// Runtime stall that ended right before the first poll (only read with an enabled span).
     stall_before_us: u64,
     poll_ns: u64,
-    polls: u64,
-    slow: u64,
+    polls: u32,
+    slow: u32,
+    route: u16,
+    method: u8,
+    /// Recorded (completed, or cancelled on drop).
+    done: bool,
     span: Span,
 }
 
 impl Rec {
-    fn finish(&mut self, end: Instant, status: u16, kind: u64) {
+    /// Records the request once: `dur_ns` from the first poll to `end`.
+    fn finish(&mut self, end: Instant, dur_ns: u64, status: u16, kind: u64) {
+        self.done = true;
         let inner = &*self.inner;
-        let dur_ns = self
-            .start
-            .map(|s| nanos(end.saturating_duration_since(s)))
-            .unwrap_or(0);
-        inner.active_by_method[self.method].fetch_sub(1, Ordering::Relaxed);
-        // Runtime lateness during the request: probe-measured delay between start and end,
-        // at most the time the request spent outside its own polls.
-        let waited_ns = match (&inner.pressure, self.start) {
-            (Some(p), Some(_)) => {
+        let method = usize::from(self.method);
+        // Runtime lateness during the request: probe-measured delay between the end of the
+        // first poll and the end, at most the time the request spent outside its own polls
+        // (zero for a request done in one poll: the probe is not consulted).
+        let outside_ns = dur_ns.saturating_sub(self.poll_ns);
+        let waited_ns = match &inner.pressure {
+            Some(p) if outside_ns > 0 => {
                 let us = p
                     .delayed_clock_us_at(end)
                     .saturating_sub(self.delayed_at_start);
-                us.saturating_mul(1000)
-                    .min(dur_ns.saturating_sub(self.poll_ns))
+                us.saturating_mul(1000).min(outside_ns)
             }
             _ => 0,
         };
-        let b = pack(self.route, self.method, status, kind, self.polls, self.slow);
-        inner.ring.push([dur_ns, b, self.poll_ns, waited_ns]);
-        if !self.span.is_disabled() {
-            if status != 0 {
-                self.span.record("http.response.status_code", status);
-            }
-            let ms = |ns: u64| ns as f64 / 1e6;
-            self.span.record("loopwatch.waited_ms", ms(waited_ns));
-            let before_ns = self.stall_before_us.saturating_mul(1000);
-            self.span.record("loopwatch.stall_before_ms", ms(before_ns));
-            if before_ns >= inner.wait_event_ns && before_ns > 0 {
-                tracing::warn!(
-                    parent: &self.span,
-                    stall_before_ms = before_ns / 1_000_000,
-                    duration_ms = dur_ns / 1_000_000,
-                    "request started right after a {} ms runtime stall: it may have waited up to that long before it was polled",
-                    before_ns / 1_000_000
-                );
-            }
-            self.span.record("loopwatch.poll_ms", ms(self.poll_ns));
-            self.span.record("loopwatch.polls", self.polls);
-            if waited_ns >= inner.wait_event_ns && waited_ns > 0 {
-                tracing::warn!(
-                    parent: &self.span,
-                    waited_ms = waited_ns / 1_000_000,
-                    duration_ms = dur_ns / 1_000_000,
-                    poll_ms = self.poll_ns / 1_000_000,
-                    "request waited {} ms behind a blocked runtime",
-                    waited_ns / 1_000_000
-                );
-            }
+        let b = pack(
+            usize::from(self.route),
+            method,
+            status,
+            kind,
+            u64::from(self.polls),
+            u64::from(self.slow),
+        );
+        if !inner.ring.push([dur_ns, b, self.poll_ns, waited_ns]) {
+            inner.unrecorded_by_method[method].fetch_add(1, Ordering::Release);
         }
-        self.polls = u64::MAX; // finished marker
+        if !self.span.is_disabled() {
+            self.record_span(dur_ns, status, waited_ns);
+        }
+    }
+
+    #[cold]
+    fn record_span(&self, dur_ns: u64, status: u16, waited_ns: u64) {
+        let inner = &*self.inner;
+        if status != 0 {
+            self.span.record("http.response.status_code", status);
+        }
+        let ms = |ns: u64| ns as f64 / 1e6;
+        self.span.record("loopwatch.waited_ms", ms(waited_ns));
+        let before_ns = self.stall_before_us.saturating_mul(1000);
+        self.span.record("loopwatch.stall_before_ms", ms(before_ns));
+        if before_ns >= inner.wait_event_ns && before_ns > 0 {
+            tracing::warn!(
+                parent: &self.span,
+                stall_before_ms = before_ns / 1_000_000,
+                duration_ms = dur_ns / 1_000_000,
+                "request started right after a {} ms runtime stall: it may have waited up to that long before it was polled",
+                before_ns / 1_000_000
+            );
+        }
+        self.span.record("loopwatch.poll_ms", ms(self.poll_ns));
+        self.span.record("loopwatch.polls", self.polls);
+        if waited_ns >= inner.wait_event_ns && waited_ns > 0 {
+            tracing::warn!(
+                parent: &self.span,
+                waited_ms = waited_ns / 1_000_000,
+                duration_ms = dur_ns / 1_000_000,
+                poll_ms = self.poll_ns / 1_000_000,
+                "request waited {} ms behind a blocked runtime",
+                waited_ns / 1_000_000
+            );
+        }
     }
 }
 
 impl Drop for Rec {
     fn drop(&mut self) {
-        if self.polls != u64::MAX {
-            self.finish(Instant::now(), 0, KIND_CANCELLED);
+        if !self.done {
+            let end = Instant::now();
+            let dur_ns = self.start.map(|s| ns_between(s, end)).unwrap_or(0);
+            self.finish(end, dur_ns, 0, KIND_CANCELLED);
         }
     }
 }
@@ -1021,16 +1113,17 @@ pin_project_lite::pin_project! {
     pub struct RouteFuture<F> {
         #[pin]
         fut: MaybeMonitored<F>,
-        rec: Option<Rec>,
+        rec: Rec,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The inner future, wrapped in the route's `TaskMonitor` when enabled.
+    /// The inner future, wrapped in the route's `TaskMonitor` when enabled (boxed: that mode
+    /// allocates per task anyway, and the plain future stays as small as the inner one).
     #[project = MaybeProj]
     enum MaybeMonitored<F> {
         Plain { #[pin] fut: F },
-        Monitored { #[pin] fut: Instrumented<F> },
+        Monitored { fut: Pin<Box<Instrumented<F>>> },
     }
 }
 
@@ -1039,7 +1132,7 @@ impl<F: Future> Future for MaybeMonitored<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             MaybeProj::Plain { fut } => fut.poll(cx),
-            MaybeProj::Monitored { fut } => fut.poll(cx),
+            MaybeProj::Monitored { fut } => fut.as_mut().poll(cx),
         }
     }
 }
@@ -1052,40 +1145,60 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Some(rec) = this.rec.as_mut() else {
+        let rec = this.rec;
+        if rec.done {
             return this.fut.poll(cx);
-        };
+        }
         let t0 = Instant::now();
-        if rec.start.is_none() {
-            rec.start = Some(t0);
-            if let Some(p) = &rec.inner.pressure {
-                rec.delayed_at_start = p.delayed_clock_us_at(t0);
-                if !rec.span.is_disabled() {
+        let start = match rec.start {
+            Some(s) => s,
+            None => {
+                rec.start = Some(t0);
+                if !rec.span.is_disabled()
+                    && let Some(p) = &rec.inner.pressure
+                {
                     rec.stall_before_us = p.stall_before_us(t0);
                 }
+                t0
             }
-        }
-        let res = {
+        };
+        let res = if rec.span.is_disabled() {
+            this.fut.poll(cx)
+        } else {
             let _e = rec.span.enter();
             this.fut.poll(cx)
         };
         let t1 = Instant::now();
-        let d = nanos(t1.saturating_duration_since(t0));
+        let d = ns_between(t0, t1);
         rec.poll_ns = rec.poll_ns.saturating_add(d);
-        rec.polls += 1;
+        rec.polls = rec.polls.saturating_add(1);
         if d >= rec.inner.slow_poll_ns {
-            rec.slow += 1;
+            rec.slow = rec.slow.saturating_add(1);
         }
-        if let Poll::Ready(r) = &res {
-            let (status, kind) = match r {
-                Ok(resp) => {
-                    let s = resp.status().as_u16();
-                    (s, if s >= 500 { KIND_5XX } else { KIND_OK })
+        match &res {
+            Poll::Ready(r) => {
+                let (status, kind) = match r {
+                    Ok(resp) => {
+                        let s = resp.status().as_u16();
+                        (s, if s >= 500 { KIND_5XX } else { KIND_OK })
+                    }
+                    Err(_) => (0, KIND_SERVICE_ERROR),
+                };
+                // One poll: the request's duration is that poll's (no second subtraction).
+                let dur_ns = if rec.polls == 1 {
+                    d
+                } else {
+                    ns_between(start, t1)
+                };
+                rec.finish(t1, dur_ns, status, kind);
+            }
+            Poll::Pending if rec.polls == 1 => {
+                // Lateness is counted from here: the request now waits outside its polls.
+                if let Some(p) = &rec.inner.pressure {
+                    rec.delayed_at_start = p.delayed_clock_us_at(t1);
                 }
-                Err(_) => (0, KIND_SERVICE_ERROR),
-            };
-            rec.finish(t1, status, kind);
-            *this.rec = None;
+            }
+            Poll::Pending => {}
         }
         res
     }
