@@ -59,6 +59,14 @@ fn app() -> Router {
         .route("/", get(|| async { "hello\n" }))
 }
 
+/// Ring capacity of the measured layers: `ROUTE_LAYER_RING` or 2^20 (see the header).
+fn ring_capacity() -> usize {
+    std::env::var("ROUTE_LAYER_RING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20)
+}
+
 /// The router as `axum::serve` runs it: `with_state(())` turns every handler into a `Route`
 /// once (axum does this per connection "rather than doing that per request"). Without it, an
 /// unfinalized `Router` re-applies its layers to the handler on every request, which clones
@@ -116,7 +124,7 @@ fn route_layer(c: &mut Criterion) {
         .expect("loopwatch");
     // A ring big enough that the drain thread (which competes for the same 2 cores) keeps up
     // with a million requests a second, so every measured request really pushes its record.
-    let ring = 1 << 20;
+    let ring = ring_capacity();
     let local = loopwatch::RouteMetrics::builder()
         .ring_capacity(ring)
         .build();
@@ -172,7 +180,7 @@ fn count_mode(case: &str) {
         .export_interval(Duration::from_secs(3600))
         .start_with_handle(rt.handle().clone())
         .expect("loopwatch");
-    let ring = 1 << 20;
+    let ring = ring_capacity();
     let local = loopwatch::RouteMetrics::builder()
         .ring_capacity(ring)
         .build();

@@ -224,11 +224,20 @@ const ID_UNMATCHED: usize = 0;
 const ID_OVERFLOW: usize = 1;
 
 /// A route table slot: unset, dead (past the cap), or (hash, template).
-type RouteSlot = OnceLock<Option<(u64, Box<str>)>>;
+/// The slot keeps the request's `MatchedPath` (axum's shared `Arc<str>` for that route), so
+/// the template's address stays valid and unique for the table's lifetime: the pointer cache
+/// below may then identify a route by address alone.
+type RouteSlot = OnceLock<Option<(u64, MatchedPath)>>;
+
+/// Entries of the route pointer cache (direct-mapped, by template address).
+const PTR_CACHE: usize = 128;
 
 struct Inner {
     table: Box<[RouteSlot]>,
     table_mask: usize,
+    /// `address << 16 | route id` of templates held by the table (0 = empty). axum hands every
+    /// request of a route the same `Arc<str>`, so a hit skips hashing and comparing.
+    ptr_cache: Box<[AtomicU64]>,
     used: AtomicUsize,
     max_routes: usize,
     /// Requests started, by method (one relaxed add per request). Active requests are
@@ -250,16 +259,40 @@ struct Inner {
 
 impl Inner {
     /// Lock-free lookup; the first request of a route claims a slot (one allocation).
-    fn route_id(&self, route: Option<&str>) -> usize {
-        let Some(route) = route else {
+    fn route_id(&self, path: Option<&MatchedPath>) -> usize {
+        let Some(path) = path else {
             return ID_UNMATCHED;
         };
+        let route = path.as_str();
+        let addr = route.as_ptr() as usize as u64;
+        let cache = &self.ptr_cache[((addr >> 3) ^ (addr >> 11)) as usize % PTR_CACHE];
+        let cached = cache.load(Ordering::Relaxed);
+        if cached != 0 && cached >> 16 == addr {
+            return (cached & 0xffff) as usize;
+        }
+        let id = self.route_id_slow(path);
+        // Cache only addresses the table itself holds (never freed or reused while cached).
+        let held = self
+            .table
+            .get(id.wrapping_sub(2))
+            .and_then(|s| s.get())
+            .and_then(|o| o.as_ref())
+            .is_some_and(|(_, p)| p.as_str().as_ptr() == route.as_ptr());
+        if held && addr >> 48 == 0 {
+            cache.store(addr << 16 | id as u64, Ordering::Relaxed);
+        }
+        id
+    }
+
+    /// Lock-free lookup; the first request of a route claims a slot (keeps its `MatchedPath`).
+    fn route_id_slow(&self, path: &MatchedPath) -> usize {
+        let route = path.as_str();
         let hash = route_hash(route);
         for i in 0..=self.table_mask {
             let idx = (hash as usize).wrapping_add(i) & self.table_mask;
             let slot = self.table[idx].get_or_init(|| {
                 if self.used.fetch_add(1, Ordering::AcqRel) < self.max_routes {
-                    Some((hash, route.into()))
+                    Some((hash, path.clone()))
                 } else {
                     // Past the cap: this slot stays dead; lookups probe past it.
                     self.used.fetch_sub(1, Ordering::AcqRel);
@@ -268,7 +301,7 @@ impl Inner {
             });
             if let Some((h, name)) = slot
                 && *h == hash
-                && &**name == route
+                && name.as_str() == route
             {
                 return 2 + idx;
             }
@@ -285,7 +318,7 @@ impl Inner {
                 .get(id - 2)
                 .and_then(|s| s.get())
                 .and_then(|o| o.as_ref())
-                .map(|(_, n)| &**n),
+                .map(|(_, n)| n.as_str()),
         }
     }
 
@@ -640,6 +673,7 @@ impl RouteMetricsBuilder {
         });
         let inner = Arc::new(Inner {
             table: (0..table_size).map(|_| OnceLock::new()).collect(),
+            ptr_cache: (0..PTR_CACHE).map(|_| AtomicU64::new(0)).collect(),
             table_mask: table_size - 1,
             used: AtomicUsize::new(0),
             max_routes,
@@ -918,11 +952,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = &*self.inner;
-        let route = inner.route_id(
-            req.extensions()
-                .get::<MatchedPath>()
-                .map(MatchedPath::as_str),
-        );
+        let route = inner.route_id(req.extensions().get::<MatchedPath>());
         let method = method_code(req.method());
         inner.started_by_method[method].fetch_add(1, Ordering::Relaxed);
         let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::INFO) {
@@ -1289,6 +1319,35 @@ mod tests {
         assert!(m.route("/c").is_none());
         assert_eq!(m.active_requests(), 0);
         assert_eq!(m.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn routers_built_apart_share_series_and_the_pointer_cache_stays_exact() {
+        // Two routers built separately hold different `Arc<str>` for the same template; the
+        // table keeps the first one, the cache maps addresses it holds, and every template
+        // still lands on its own series.
+        let m = RouteMetrics::builder().build();
+        let build = || {
+            Router::new()
+                .route("/items/{id}", get(|| async { "i" }))
+                .route("/items/{id}/tags", get(|| async { "t" }))
+                .route("/users/{id}", get(|| async { "u" }))
+                .layer(m.layer())
+                .with_state(())
+        };
+        let (a, b) = (build(), build());
+        for _ in 0..3 {
+            assert_eq!(get_path(&a, "/items/1").await, 200);
+            assert_eq!(get_path(&b, "/items/2").await, 200);
+            assert_eq!(get_path(&a, "/items/1/tags").await, 200);
+            assert_eq!(get_path(&b, "/users/7").await, 200);
+        }
+        drop(a); // its templates may be freed; b's still resolve by comparison
+        assert_eq!(get_path(&b, "/items/3").await, 200);
+        assert_eq!(m.route("/items/{id}").expect("items").requests, 7);
+        assert_eq!(m.route("/items/{id}/tags").expect("tags").requests, 3);
+        assert_eq!(m.route("/users/{id}").expect("users").requests, 3);
+        assert_eq!(m.active_requests(), 0);
     }
 
     #[tokio::test]
