@@ -1,12 +1,16 @@
 //! Per-route HTTP metrics: a tower layer for axum, labelled by the matched route template.
 //!
-//! Hot path (per request): one lock-free route lookup (hash + compare against a fixed table),
-//! two relaxed atomics (active requests), one `Arc` clone, two clock reads per poll, and one
-//! push of a 32-byte record into a bounded lock-free ring. No lock, no allocation (after a
-//! route's first request), no syscall beyond the clock. A background `loopwatch-http` thread
-//! (every 100 ms, every 2 ms while requests arrive fast, and at every export) drains the ring
-//! into the SDK histogram and the per-route sliding windows; when the ring is full the record
-//! is dropped and counted (`loopwatch.http.dropped`).
+//! Hot path (per request): a route lookup (by the address of axum's shared template string in
+//! a small direct-mapped cache; else a constant-time hash into a fixed table and a string
+//! compare), one relaxed atomic add (requests started; finished ones are counted by the drain
+//! from the records, so active = started - finished), one `Arc` clone, two clock reads per
+//! poll, and one push of a 32-byte record into a bounded lock-free ring. The probe (runtime
+//! lateness) is read only for requests that needed more than one poll: a request done in one
+//! poll spent no time outside it. No lock, no allocation (after a route's first request), no
+//! syscall beyond the clock. A background `loopwatch-http` thread (every 100 ms, every 2 ms
+//! while requests arrive fast, and at every export) drains the ring into the SDK histogram and
+//! the per-route sliding windows; when the ring is full the record is dropped and counted
+//! (`loopwatch.http.dropped`).
 
 use std::collections::HashMap;
 use std::future::Future;
