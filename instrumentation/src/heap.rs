@@ -1,7 +1,7 @@
 //! Heap growth: live heap bytes from the opt-in [`CountingAllocator`] (or, with the `jemalloc`
 //! feature, from jemalloc's `stats.allocated`), and their growth rate over a sliding window.
 //!
-//! The `loopwatch-sampler` thread samples the live bytes every `heap_window / 30` and fits a
+//! The `loopwatch-probe` thread samples the live bytes every `heap_window / 30` and fits a
 //! least-squares line through the samples of the last `heap_window`: its slope is
 //! `loopwatch.heap.growth_rate` (By/s). A steady leak shows as a steady positive rate; a
 //! sawtooth of allocate/free cycles averages out.
@@ -194,7 +194,7 @@ impl GrowthWindow {
     }
 }
 
-/// Samples the heap on the `loopwatch-sampler` thread.
+/// Samples the heap on the `loopwatch-probe` thread (see `process::Sampler`).
 pub(crate) struct HeapSampler {
     shared: Arc<HeapShared>,
     window: GrowthWindow,

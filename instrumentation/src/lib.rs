@@ -74,8 +74,9 @@
 //! ## Stuck workers, heap growth, process (`--cfg tokio_unstable` adds the poll hooks)
 //!
 //! A worker of a `multi_thread` runtime blocked in one long poll hides behind the healthy
-//! ones: the probe lands on a healthy worker and reads no delay. The `loopwatch-sampler` thread
-//! checks every worker once per probe interval (at most every `stuck_threshold / 5`):
+//! ones: the probe lands on a healthy worker and reads no delay. The `loopwatch-probe` thread
+//! also checks every worker once per probe interval (at most every `stuck_threshold / 5`), on
+//! the wake-ups it has anyway:
 //!
 //! | signal | when | what it tells | limits |
 //! |---|---|---|---|
@@ -339,19 +340,11 @@ impl LoopwatchBuilder {
             let s = Arc::clone(&shared);
             tasks::register(&meter, &attrs, Arc::new(move || s.live()));
         }
-        let extras =
+        let (extras, sampler) =
             process::Extras::start(&handle, &provider, &shared, &attrs, flush.clone(), sampler);
         drop(provider);
         // Cannot fail: the flush thread waits for exactly this message.
         let _ = target_tx.send(target);
-        let mut extras = match extras {
-            Ok(e) => e,
-            Err(e) => {
-                shared.stop.store(true, Ordering::Release);
-                flush.request();
-                return Err(e);
-            }
-        };
 
         let task = ProbeTask {
             shared: Arc::clone(&shared),
@@ -362,6 +355,7 @@ impl LoopwatchBuilder {
             runtime_name: settings.runtime_name.clone(),
             window,
             flush: flush.clone(),
+            sampler,
             schedule: instruments.schedule,
             stalls: instruments.stalls,
             attrs,
@@ -376,7 +370,6 @@ impl LoopwatchBuilder {
                 }) {
                 Ok(t) => t,
                 Err(source) => {
-                    extras.stop();
                     shared.stop.store(true, Ordering::Release);
                     flush.request();
                     drop(flush);
@@ -469,7 +462,6 @@ impl LoopwatchGuard {
 
     fn shutdown_inner(&mut self) {
         self.lifecycle.set(LifecycleState::Stopped);
-        self.extras.stop();
         self.shared.stop.store(true, Ordering::Release);
         if let Some((t, done)) = self.probe.take() {
             t.thread().unpark();

@@ -11,6 +11,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram as OtelHistogram};
 
 use crate::export::FlushTrigger;
+use crate::process::Sampler;
 use crate::runtime::{RuntimeSampler, RuntimeSnapshot};
 
 /// Highest delay the window histogram tracks exactly: 1 hour in µs. Longer delays are clamped.
@@ -281,6 +282,8 @@ pub(crate) struct ProbeTask {
     pub(crate) runtime_name: String,
     pub(crate) window: Window,
     pub(crate) flush: FlushTrigger,
+    /// Stuck-worker checks and heap samples, run on this thread's wake-ups.
+    pub(crate) sampler: Sampler,
     pub(crate) schedule: OtelHistogram<f64>,
     pub(crate) stalls: Counter<u64>,
     pub(crate) attrs: Vec<KeyValue>,
@@ -337,9 +340,11 @@ impl ProbeTask {
                         }
                         self.shared.outstanding.store(0, Ordering::Release);
                         tracing::debug!(runtime = %self.runtime_name, "watched runtime shut down; loopwatch probe stops");
+                        self.sample_until_stop();
                         return;
                     }
                     let now = Instant::now();
+                    self.sampler.run_due(now);
                     let age = now.saturating_duration_since(t0);
                     if !stalled && age >= self.stall_threshold {
                         stalled = true;
@@ -357,7 +362,9 @@ impl ProbeTask {
                         self.roll(&mut sampler, Some(age));
                         next_roll = now + self.export_interval;
                     }
-                    let mut wait = MAX_PARK.min(next_roll.saturating_duration_since(now));
+                    let mut wait = MAX_PARK
+                        .min(next_roll.saturating_duration_since(now))
+                        .min(self.sampler.next_check_due().saturating_duration_since(now));
                     if !stalled {
                         wait = wait.min(self.stall_threshold.saturating_sub(age));
                     }
@@ -408,14 +415,28 @@ impl ProbeTask {
                 if now >= due {
                     break;
                 }
+                self.sampler.run_due(now);
                 if now >= next_roll {
                     self.roll(&mut sampler, None);
                     next_roll = now + self.export_interval;
                 }
-                thread::park_timeout(due.saturating_duration_since(now));
+                let until = due.min(self.sampler.next_check_due());
+                thread::park_timeout(until.saturating_duration_since(now));
             }
         }
         self.shared.outstanding.store(0, Ordering::Release);
+    }
+
+    /// After the watched runtime shut down: keeps the heap samples (and the stuck-worker
+    /// check, which then clears its state) going until loopwatch stops, as they did on a
+    /// thread of their own.
+    fn sample_until_stop(&mut self) {
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            self.sampler.run_due(now);
+            let wait = self.sampler.next_due().saturating_duration_since(now);
+            thread::park_timeout(wait.max(Duration::from_micros(100)));
+        }
     }
 
     /// Whether every worker of the watched runtime is parked right now

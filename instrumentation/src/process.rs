@@ -1,9 +1,10 @@
 //! Process metrics from `sysinfo` (`process.memory.usage`, `process.cpu.utilization`), and the
-//! `loopwatch-sampler` thread that drives the stuck-worker checks and the heap samples.
+//! [`Sampler`] that drives the stuck-worker checks and the heap samples on the `loopwatch-probe`
+//! thread's wake-ups (no thread of its own: an idle service pays one wake-up per probe interval,
+//! not two).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
@@ -11,12 +12,12 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
+use crate::LoopwatchGuard;
 use crate::error::StartError;
 use crate::export::FlushTrigger;
 use crate::heap::{self, HeapSampler, HeapShared, HeapSnapshot};
 use crate::probe::Shared;
 use crate::workers::{self, StuckWorker, WorkerShared, WorkerWatch};
-use crate::{LoopwatchGuard, join_bounded};
 
 /// Process RSS and CPU read through `sysinfo` at collection time.
 struct ProcessReader {
@@ -40,7 +41,11 @@ impl ProcessReader {
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::Some(&[self.pid]),
             false,
-            ProcessRefreshKind::nothing().with_memory().with_cpu(),
+            // Without tasks: listing /proc/PID/task on every refresh was most of its cost.
+            ProcessRefreshKind::nothing()
+                .with_memory()
+                .with_cpu()
+                .without_tasks(),
         );
     }
 
@@ -141,17 +146,56 @@ pub(crate) fn sampler_settings(
     })
 }
 
-/// Stuck-worker, heap and process monitoring: shared state plus the `loopwatch-sampler` thread.
+/// Stuck-worker, heap and process monitoring: the shared state read by the guard and the
+/// metric callbacks. The periodic work is a [`Sampler`], run on the `loopwatch-probe` thread.
 #[derive(Debug)]
 pub(crate) struct Extras {
     workers: Arc<WorkerShared>,
     heap: Arc<HeapShared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+}
+
+/// The per-tick work of stuck-worker checks and heap samples. It has no thread of its own: the
+/// `loopwatch-probe` thread, which wakes every probe interval anyway, calls
+/// [`Sampler::run_due`] on each wake-up and never sleeps past [`Sampler::next_due`].
+pub(crate) struct Sampler {
+    watch: WorkerWatch,
+    heap: HeapSampler,
+    check_every: Duration,
+    /// A check due within this is run now: absorbs the probe tick's wake-up jitter, so that
+    /// the checks ride on the probe's wake-ups instead of adding their own.
+    slack: Duration,
+    next_check: Instant,
+    next_heap: Instant,
+}
+
+impl Sampler {
+    /// Runs the stuck-worker check and the heap sample if due (or due within the slack).
+    pub(crate) fn run_due(&mut self, now: Instant) {
+        if now + self.slack >= self.next_check {
+            self.watch.check(now);
+            self.next_check = now + self.check_every;
+        }
+        if now + self.slack >= self.next_heap {
+            self.heap.sample(now);
+            self.next_heap = now + self.heap.period;
+        }
+    }
+
+    /// When the next stuck-worker check is due: the latest the probe thread sleeps until. Heap
+    /// samples are not waited for: they ride on the next wake-up (at most one probe interval
+    /// late, out of a period of `heap_window / 30`).
+    pub(crate) fn next_check_due(&self) -> Instant {
+        self.next_check
+    }
+
+    /// When the next check or heap sample is due (for a thread that has no other wake-ups).
+    pub(crate) fn next_due(&self) -> Instant {
+        self.next_check.min(self.next_heap)
+    }
 }
 
 impl Extras {
-    /// Registers the instruments and starts the `loopwatch-sampler` thread.
+    /// Registers the instruments and builds the [`Sampler`] the probe thread runs.
     pub(crate) fn start(
         handle: &tokio::runtime::Handle,
         provider: &SdkMeterProvider,
@@ -159,7 +203,7 @@ impl Extras {
         attrs: &[KeyValue],
         flush: FlushTrigger,
         s: SamplerSettings,
-    ) -> Result<Self, StartError> {
+    ) -> (Self, Sampler) {
         let scope = InstrumentationScope::builder("loopwatch")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
@@ -173,7 +217,7 @@ impl Extras {
         heap::register(&meter, live, &heap_shared, attrs);
         register_process(&meter, live);
 
-        let mut watch = WorkerWatch::new(
+        let watch = WorkerWatch::new(
             handle.clone(),
             Arc::clone(&worker_shared),
             s.stuck_threshold,
@@ -182,49 +226,27 @@ impl Extras {
             attrs.to_vec(),
             s.runtime_name,
         );
-        let mut heap_sampler = HeapSampler::new(Arc::clone(&heap_shared), s.heap_window);
+        let heap_sampler = HeapSampler::new(Arc::clone(&heap_shared), s.heap_window);
         let check_every = s
             .probe_interval
             .min(s.stuck_threshold / 5)
             .max(Duration::from_millis(1));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
-        let (done_tx, done) = mpsc::channel();
-        let t = thread::Builder::new()
-            .name("loopwatch-sampler".into())
-            .spawn(move || {
-                let mut next_heap = Instant::now();
-                while !thread_stop.load(Ordering::Acquire) {
-                    let now = Instant::now();
-                    watch.check(now);
-                    if now >= next_heap {
-                        heap_sampler.sample(now);
-                        next_heap = now + heap_sampler.period;
-                    }
-                    let wait = check_every.min(next_heap.saturating_duration_since(now));
-                    thread::park_timeout(wait.max(Duration::from_micros(100)));
-                }
-                let _ = done_tx.send(());
-            })
-            .map_err(|source| StartError::Thread {
-                name: "loopwatch-sampler",
-                source,
-            })?;
-        Ok(Extras {
-            workers: worker_shared,
-            heap: heap_shared,
-            stop,
-            thread: Some((t, done)),
-        })
-    }
-
-    /// Stops the sampler thread (bounded wait).
-    pub(crate) fn stop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some((t, done)) = self.thread.take() {
-            t.thread().unpark();
-            join_bounded(t, &done, crate::DEFAULT_SHUTDOWN_TIMEOUT);
-        }
+        let now = Instant::now();
+        let sampler = Sampler {
+            watch,
+            heap: heap_sampler,
+            check_every,
+            slack: check_every / 4,
+            next_check: now,
+            next_heap: now,
+        };
+        (
+            Extras {
+                workers: worker_shared,
+                heap: heap_shared,
+            },
+            sampler,
+        )
     }
 }
 

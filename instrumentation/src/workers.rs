@@ -1,7 +1,7 @@
 //! Stuck workers: one worker of a `multi_thread` runtime blocked in a long poll while the other
 //! workers keep serving (the probe then lands on a healthy worker and sees no delay).
 //!
-//! Two sources, checked by the `loopwatch-sampler` thread every probe interval:
+//! Two sources, checked on the `loopwatch-probe` thread every probe interval:
 //!
 //! * **Runtime metrics (stable tokio).** A worker publishes its metrics when it parks and at
 //!   every maintenance tick (every 61 scheduler ticks), and its `worker_park_unpark_count` is
@@ -133,7 +133,7 @@ struct Seen {
     since: Instant,
 }
 
-/// Checks the workers of one runtime; runs on the `loopwatch-sampler` thread.
+/// Checks the workers of one runtime; runs on the `loopwatch-probe` thread (see `process::Sampler`).
 pub(crate) struct WorkerWatch {
     handle: tokio::runtime::Handle,
     shared: Arc<WorkerShared>,
