@@ -11,6 +11,8 @@
 //! [`MAX_HISTOGRAM_BUCKETS`]). A request that would exceed a cap is refused as a whole
 //! (nothing of it is applied), so a client's retry does not double-count deltas.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
@@ -154,26 +156,276 @@ pub enum CapError {
     Memory(usize),
 }
 
+/// The identity of a series as seen through the decoded request (no allocation) or as
+/// stored. Ordered exactly like [`SeriesKey`] (name, then the sorted attribute pairs), so a
+/// borrowed view can look up a `BTreeMap<SeriesKey, _>` without building an owned key.
+trait KeyView {
+    fn name(&self) -> &str;
+    fn attr_len(&self) -> usize;
+    fn attr(&self, i: usize) -> (&str, &str);
+}
+
+impl KeyView for SeriesKey {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn attr_len(&self) -> usize {
+        self.attributes.len()
+    }
+    fn attr(&self, i: usize) -> (&str, &str) {
+        let (k, v) = &self.attributes[i];
+        (k, v)
+    }
+}
+
+impl Ord for dyn KeyView + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Same order as the derived `Ord` of `SeriesKey`: name, then the attribute
+        // pairs lexicographically, then the number of attributes.
+        self.name().cmp(other.name()).then_with(|| {
+            let (a, b) = (self.attr_len(), other.attr_len());
+            for i in 0..a.min(b) {
+                match self.attr(i).cmp(&other.attr(i)) {
+                    Ordering::Equal => {}
+                    o => return o,
+                }
+            }
+            a.cmp(&b)
+        })
+    }
+}
+
+impl PartialOrd for dyn KeyView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl<'a> Borrow<dyn KeyView + 'a> for SeriesKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+/// A series identity borrowed from the request: string-valued attributes with distinct
+/// keys, visited in key order through `order` (indices into `attrs`).
+#[derive(Debug, Clone)]
+struct BorrowedKey<'a> {
+    name: &'a str,
+    attrs: &'a [KeyValue],
+    order: [u8; MAX_ATTRIBUTES],
+}
+
+impl KeyView for BorrowedKey<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn attr_len(&self) -> usize {
+        self.attrs.len()
+    }
+    fn attr(&self, i: usize) -> (&str, &str) {
+        let kv = &self.attrs[usize::from(self.order[i])];
+        (&kv.key, string_value(kv).unwrap_or(""))
+    }
+}
+
+/// The string value of an attribute, if it is a string.
+fn string_value(kv: &KeyValue) -> Option<&str> {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+impl<'a> BorrowedKey<'a> {
+    /// The borrowed identity, when every attribute is a string within the size limits and
+    /// the keys are distinct (the common case); `None` otherwise.
+    fn new(name: &'a str, attrs: &'a [KeyValue]) -> Option<Self> {
+        if attrs.len() > MAX_ATTRIBUTES {
+            return None;
+        }
+        let mut order = [0u8; MAX_ATTRIBUTES];
+        for (i, kv) in attrs.iter().enumerate() {
+            let v = string_value(kv)?;
+            if kv.key.len() > MAX_NAME_BYTES || v.len() > MAX_VALUE_BYTES {
+                return None;
+            }
+            // Insertion sort by key (already sorted input: one comparison per attribute).
+            let mut j = i;
+            while j > 0 && attrs[usize::from(order[j - 1])].key > kv.key {
+                order[j] = order[j - 1];
+                j -= 1;
+            }
+            if j > 0 && attrs[usize::from(order[j - 1])].key == kv.key {
+                return None;
+            }
+            // `i < MAX_ATTRIBUTES <= 256`.
+            order[j] = i as u8;
+        }
+        Some(BorrowedKey { name, attrs, order })
+    }
+
+    fn to_owned_key(&self) -> SeriesKey {
+        SeriesKey {
+            name: self.name.to_owned(),
+            attributes: (0..self.attrs.len())
+                .map(|i| {
+                    let (k, v) = self.attr(i);
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The identity of an update: borrowed from the request, or owned when attributes needed
+/// rendering (non-string values, duplicate keys).
+#[derive(Debug, Clone)]
+enum UpdateKey<'a> {
+    Borrowed(BorrowedKey<'a>),
+    Owned(SeriesKey),
+}
+
+impl UpdateKey<'_> {
+    fn view(&self) -> &dyn KeyView {
+        match self {
+            UpdateKey::Borrowed(k) => k,
+            UpdateKey::Owned(k) => k,
+        }
+    }
+
+    fn into_owned(self) -> SeriesKey {
+        match self {
+            UpdateKey::Borrowed(k) => k.to_owned_key(),
+            UpdateKey::Owned(k) => k,
+        }
+    }
+
+    /// Approximate bytes of the identity, as counted by [`approx_bytes`].
+    fn approx_bytes(&self) -> usize {
+        let v = self.view();
+        v.name().len()
+            + (0..v.attr_len())
+                .map(|i| {
+                    let (k, v) = v.attr(i);
+                    k.len() + v.len() + 48
+                })
+                .sum::<usize>()
+    }
+}
+
+/// A decoded value borrowing histogram buckets from the request.
+#[derive(Debug, Clone, Copy)]
+enum ValueRef<'a> {
+    Number(f64),
+    Histogram {
+        bounds: &'a [f64],
+        /// `None`: no buckets were sent, everything is in the `+Inf` bucket.
+        counts: Option<&'a [u64]>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+impl ValueRef<'_> {
+    fn approx_bytes(&self) -> usize {
+        match self {
+            ValueRef::Number(_) => 0,
+            ValueRef::Histogram { bounds, .. } => (bounds.len() * 2 + 1) * 8,
+        }
+    }
+
+    fn to_owned_value(self) -> SeriesValue {
+        match self {
+            ValueRef::Number(v) => SeriesValue::Number(v),
+            ValueRef::Histogram {
+                bounds,
+                counts,
+                sum,
+                count,
+            } => {
+                let mut c = Vec::new();
+                fill_counts(&mut c, bounds.len(), counts, count);
+                SeriesValue::Histogram {
+                    bounds: bounds.to_vec(),
+                    counts: c,
+                    sum,
+                    count,
+                }
+            }
+        }
+    }
+
+    /// Overwrites `stored` with this value, reusing its allocations.
+    fn replace(self, stored: &mut SeriesValue) {
+        match (self, stored) {
+            (ValueRef::Number(v), SeriesValue::Number(s)) => *s = v,
+            (
+                ValueRef::Histogram {
+                    bounds: b2,
+                    counts: c2,
+                    sum: s2,
+                    count: n2,
+                },
+                SeriesValue::Histogram {
+                    bounds,
+                    counts,
+                    sum,
+                    count,
+                },
+            ) => {
+                bounds.clear();
+                bounds.extend_from_slice(b2);
+                fill_counts(counts, b2.len(), c2, n2);
+                *sum = s2;
+                *count = n2;
+            }
+            (v, stored) => *stored = v.to_owned_value(),
+        }
+    }
+}
+
+/// Sets `out` to the per-bucket counts (`bounds + 1` entries).
+fn fill_counts(out: &mut Vec<u64>, bounds: usize, counts: Option<&[u64]>, count: u64) {
+    out.clear();
+    match counts {
+        Some(c) => out.extend_from_slice(c),
+        None => {
+            out.resize(bounds, 0);
+            out.push(count);
+        }
+    }
+}
+
 /// One decoded update to a series.
 #[derive(Debug, Clone)]
-pub struct Update {
-    key: SeriesKey,
+pub struct Update<'a> {
+    key: UpdateKey<'a>,
     kind: SeriesKind,
-    unit: String,
-    description: String,
+    unit: &'a str,
+    /// Full description; truncated when a series is created.
+    description: &'a str,
     delta: bool,
-    value: SeriesValue,
+    value: ValueRef<'a>,
 }
 
 /// A request decoded into per-service updates, with dropped datapoints counted.
 #[derive(Debug, Default)]
-pub struct Prepared {
-    batches: Vec<(ServiceKey, Vec<Update>)>,
+pub struct Prepared<'a> {
+    batches: Vec<(ServiceKey, Vec<Update<'a>>)>,
     /// Datapoints dropped during decoding, by reason.
     pub dropped: Vec<(DropReason, u64)>,
 }
 
-impl Prepared {
+impl Prepared<'_> {
     /// Number of datapoints that will be applied.
     pub fn datapoints(&self) -> u64 {
         self.batches.iter().map(|(_, u)| u.len() as u64).sum()
@@ -252,7 +504,7 @@ pub fn service_key(resource_attrs: &[KeyValue]) -> ServiceKey {
 }
 
 /// Decodes a request into updates. Never fails: bad datapoints are dropped and counted.
-pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared {
+pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared<'_> {
     let mut prepared = Prepared::default();
     for rm in &req.resource_metrics {
         let key = service_key(
@@ -272,30 +524,47 @@ pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared {
     prepared
 }
 
-fn prepare_metric(
-    m: &opentelemetry_proto::tonic::metrics::v1::Metric,
-    updates: &mut Vec<Update>,
-    prepared: &mut Prepared,
+/// The first 512 characters of a description.
+fn truncate_description(d: &str) -> &str {
+    match d.char_indices().nth(512) {
+        Some((i, _)) => &d[..i],
+        None => d,
+    }
+}
+
+fn prepare_metric<'a>(
+    m: &'a opentelemetry_proto::tonic::metrics::v1::Metric,
+    updates: &mut Vec<Update<'a>>,
+    prepared: &mut Prepared<'a>,
 ) {
     let oversize_name = m.name.len() > MAX_NAME_BYTES || m.unit.len() > MAX_NAME_BYTES;
-    let description: String = m.description.chars().take(512).collect();
-    let mut push = |prepared: &mut Prepared,
-                    attrs: &[KeyValue],
+    let mut push = |prepared: &mut Prepared<'a>,
+                    attrs: &'a [KeyValue],
                     kind: SeriesKind,
                     delta: bool,
-                    value: SeriesValue| {
-        let Some(attributes) = attributes(attrs).filter(|_| !oversize_name) else {
+                    value: ValueRef<'a>| {
+        if oversize_name {
             prepared.drop(DropReason::Oversize);
             return;
+        }
+        let key = match BorrowedKey::new(&m.name, attrs) {
+            Some(k) => UpdateKey::Borrowed(k),
+            None => match attributes(attrs) {
+                Some(attributes) => UpdateKey::Owned(SeriesKey {
+                    name: m.name.clone(),
+                    attributes,
+                }),
+                None => {
+                    prepared.drop(DropReason::Oversize);
+                    return;
+                }
+            },
         };
         updates.push(Update {
-            key: SeriesKey {
-                name: m.name.clone(),
-                attributes,
-            },
+            key,
             kind,
-            unit: m.unit.clone(),
-            description: description.clone(),
+            unit: &m.unit,
+            description: &m.description,
             delta,
             value,
         });
@@ -316,7 +585,7 @@ fn prepare_metric(
                         &dp.attributes,
                         SeriesKind::Gauge,
                         false,
-                        SeriesValue::Number(v),
+                        ValueRef::Number(v),
                     ),
                 }
             }
@@ -332,13 +601,7 @@ fn prepare_metric(
                 match number(dp.value.as_ref()) {
                     None => prepared.drop(DropReason::Unsupported),
                     Some(v) if !v.is_finite() => prepared.drop(DropReason::NonFinite),
-                    Some(v) => push(
-                        prepared,
-                        &dp.attributes,
-                        kind,
-                        delta,
-                        SeriesValue::Number(v),
-                    ),
+                    Some(v) => push(prepared, &dp.attributes, kind, delta, ValueRef::Number(v)),
                 }
             }
         }
@@ -356,21 +619,15 @@ fn prepare_metric(
                 {
                     prepared.drop(DropReason::Invalid);
                 } else {
-                    let counts = if dp.bucket_counts.is_empty() {
-                        // No buckets: everything in the +Inf bucket.
-                        let mut c = vec![0; dp.explicit_bounds.len()];
-                        c.push(dp.count);
-                        c
-                    } else {
-                        dp.bucket_counts.clone()
-                    };
+                    // No buckets: everything in the +Inf bucket.
+                    let counts = (!dp.bucket_counts.is_empty()).then_some(&dp.bucket_counts[..]);
                     push(
                         prepared,
                         &dp.attributes,
                         SeriesKind::Histogram,
                         delta,
-                        SeriesValue::Histogram {
-                            bounds: dp.explicit_bounds.clone(),
+                        ValueRef::Histogram {
+                            bounds: &dp.explicit_bounds,
                             counts,
                             sum,
                             count: dp.count,
@@ -467,8 +724,13 @@ impl Store {
 
     /// Checks caps for the whole request, then applies it. On error nothing is applied.
     /// Returns the keys of the service instances touched.
-    pub fn apply(&mut self, prepared: Prepared, now: Instant) -> Result<Vec<ServiceKey>, CapError> {
-        // Pass 1: caps.
+    pub fn apply(
+        &mut self,
+        prepared: Prepared<'_>,
+        now: Instant,
+    ) -> Result<Vec<ServiceKey>, CapError> {
+        // Pass 1: caps. Existing series are found through the borrowed identity; owned keys
+        // are built only for series that would be new.
         let mut new_services: HashSet<&ServiceKey> = HashSet::new();
         let mut new_bytes = 0usize;
         for (skey, updates) in &prepared.batches {
@@ -480,26 +742,15 @@ impl Store {
                 return Err(CapError::TooManyServices(self.limits.max_services));
             }
             let current = existing.map_or(0, |s| s.series.len());
-            let mut new_series: HashSet<&SeriesKey> = HashSet::new();
+            let mut new_series: BTreeMap<SeriesKey, ()> = BTreeMap::new();
             for u in updates {
-                let exists = existing.is_some_and(|s| s.series.contains_key(&u.key));
-                if !exists && new_series.insert(&u.key) {
+                let exists = existing.is_some_and(|s| s.series.contains_key(u.key.view()));
+                if !exists && !new_series.contains_key(u.key.view()) {
+                    new_series.insert(u.key.clone().into_owned(), ());
                     if current + new_series.len() > self.limits.max_series_per_service {
                         return Err(CapError::TooManySeries(self.limits.max_series_per_service));
                     }
-                    new_bytes += 128
-                        + u.key.name.len()
-                        + u.key
-                            .attributes
-                            .iter()
-                            .map(|(k, v)| k.len() + v.len() + 48)
-                            .sum::<usize>()
-                        + match &u.value {
-                            SeriesValue::Number(_) => 0,
-                            SeriesValue::Histogram { bounds, counts, .. } => {
-                                (bounds.len() + counts.len()) * 8
-                            }
-                        };
+                    new_bytes += 128 + u.key.approx_bytes() + u.value.approx_bytes();
                 }
             }
         }
@@ -509,14 +760,17 @@ impl Store {
         // Pass 2: apply.
         let mut touched = Vec::with_capacity(prepared.batches.len());
         for (skey, updates) in prepared.batches {
-            let state = self
-                .services
-                .entry(skey.clone())
-                .or_insert_with(|| ServiceState {
-                    series: BTreeMap::new(),
-                    last_seen: now,
-                    health: Tracker::default(),
-                });
+            let state = match self.services.get_mut(&skey) {
+                Some(state) => state,
+                None => self
+                    .services
+                    .entry(skey.clone())
+                    .or_insert_with(|| ServiceState {
+                        series: BTreeMap::new(),
+                        last_seen: now,
+                        health: Tracker::default(),
+                    }),
+            };
             state.last_seen = now;
             for u in updates {
                 let Update {
@@ -527,27 +781,31 @@ impl Store {
                     delta,
                     value,
                 } = u;
-                match state.series.get_mut(&key) {
+                match state.series.get_mut(key.view()) {
                     Some(existing) => {
-                        let before = approx_bytes(&key, existing);
+                        // The identity is unchanged: only unit and value can change size.
+                        let before = value_bytes(existing);
                         if existing.kind != kind {
                             existing.kind = kind;
-                            existing.value = value;
+                            value.replace(&mut existing.value);
                         } else if delta {
                             accumulate(&mut existing.value, value);
                         } else {
-                            existing.value = value;
+                            value.replace(&mut existing.value);
                         }
-                        existing.unit = unit;
-                        let after = approx_bytes(&key, existing);
+                        if existing.unit != unit {
+                            unit.clone_into(&mut existing.unit);
+                        }
+                        let after = value_bytes(existing);
                         self.bytes = (self.bytes + after).saturating_sub(before);
                     }
                     None => {
+                        let key = key.into_owned();
                         let series = Series {
                             kind,
-                            unit,
-                            description,
-                            value,
+                            unit: unit.to_owned(),
+                            description: truncate_description(description).to_owned(),
+                            value: value.to_owned_value(),
                         };
                         self.bytes += approx_bytes(&key, &series);
                         state.series.insert(key, series);
@@ -560,10 +818,19 @@ impl Store {
     }
 }
 
+/// The part of [`approx_bytes`] that does not depend on the identity.
+fn value_bytes(series: &Series) -> usize {
+    let value = match &series.value {
+        SeriesValue::Number(_) => 0,
+        SeriesValue::Histogram { bounds, counts, .. } => bounds.len() * 8 + counts.len() * 8,
+    };
+    series.unit.len() + series.description.len() + value
+}
+
 /// Adds a delta onto the stored value. Histograms with different bounds are replaced.
-fn accumulate(stored: &mut SeriesValue, delta: SeriesValue) {
+fn accumulate(stored: &mut SeriesValue, delta: ValueRef<'_>) {
     match (stored, delta) {
-        (SeriesValue::Number(a), SeriesValue::Number(b)) => {
+        (SeriesValue::Number(a), ValueRef::Number(b)) => {
             let s = *a + b;
             *a = if s.is_finite() { s } else { b };
         }
@@ -574,21 +841,31 @@ fn accumulate(stored: &mut SeriesValue, delta: SeriesValue) {
                 sum,
                 count,
             },
-            SeriesValue::Histogram {
+            ValueRef::Histogram {
                 bounds: b2,
                 counts: c2,
                 sum: s2,
                 count: n2,
             },
-        ) if *bounds == b2 && counts.len() == c2.len() => {
-            for (c, d) in counts.iter_mut().zip(c2) {
-                *c = c.saturating_add(d);
+        ) if bounds[..] == *b2 && counts.len() == c2.map_or(b2.len() + 1, <[u64]>::len) => {
+            match c2 {
+                Some(c2) => {
+                    for (c, d) in counts.iter_mut().zip(c2) {
+                        *c = c.saturating_add(*d);
+                    }
+                }
+                // No buckets: everything in the +Inf bucket.
+                None => {
+                    if let Some(last) = counts.last_mut() {
+                        *last = last.saturating_add(n2);
+                    }
+                }
             }
             let s = *sum + s2;
             *sum = if s.is_finite() { s } else { s2 };
             *count = count.saturating_add(n2);
         }
-        (stored, delta) => *stored = delta,
+        (stored, delta) => delta.replace(stored),
     }
 }
 
@@ -727,5 +1004,133 @@ mod tests {
         let err = store.apply(prepare(&request("c", vec![])), now);
         assert_eq!(err, Err(CapError::TooManyServices(2)));
         assert_eq!(store.len(), 2);
+    }
+
+    fn kvi(k: &str, v: i64) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(v)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn gauge_with(attrs: Vec<KeyValue>, v: f64) -> Metric {
+        Metric {
+            name: "g".into(),
+            unit: "s".into(),
+            description: "d".repeat(600),
+            data: Some(metric::Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    attributes: attrs,
+                    value: Some(number_data_point::Value::AsDouble(v)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn attribute_order_and_value_types_share_one_series() {
+        let mut store = Store::new(limits());
+        let now = Instant::now();
+        let orders = [
+            vec![kv("b", "2"), kv("a", "1"), kv("c", "3")],
+            vec![kv("a", "1"), kv("b", "2"), kv("c", "3")],
+            vec![kv("c", "3"), kvi("a", 1), kv("b", "2")],
+            // Duplicate key: the smallest value wins, as when keys are sorted and deduplicated.
+            vec![kv("c", "3"), kv("a", "9"), kv("b", "2"), kv("a", "1")],
+        ];
+        for (i, attrs) in orders.into_iter().enumerate() {
+            store
+                .apply(
+                    prepare(&request("s", vec![gauge_with(attrs, i as f64)])),
+                    now,
+                )
+                .unwrap();
+        }
+        let (_, s) = store.services().next().unwrap();
+        assert_eq!(s.series.len(), 1);
+        let (key, series) = s.series.iter().next().unwrap();
+        let pairs: Vec<(&str, &str)> = key
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(pairs, [("a", "1"), ("b", "2"), ("c", "3")]);
+        assert_eq!(series.value, SeriesValue::Number(3.0));
+        assert_eq!(series.description.chars().count(), 512);
+        let expected = approx_bytes(key, series);
+        assert_eq!(
+            store.approx_bytes(),
+            expected,
+            "accounting stays exact on updates"
+        );
+    }
+
+    #[test]
+    fn delta_histograms_accumulate_and_replace_on_new_bounds() {
+        use opentelemetry_proto::tonic::metrics::v1::{Histogram, HistogramDataPoint};
+        let hist = |bounds: Vec<f64>, counts: Vec<u64>, count: u64| Metric {
+            name: "h".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    explicit_bounds: bounds,
+                    bucket_counts: counts,
+                    count,
+                    sum: Some(count as f64),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 1,
+            })),
+            ..Default::default()
+        };
+        let mut store = Store::new(limits());
+        let now = Instant::now();
+        let series = |store: &Store| {
+            let (_, s) = store.services().next().unwrap();
+            s.series.values().next().unwrap().value.clone()
+        };
+        store
+            .apply(
+                prepare(&request("s", vec![hist(vec![1.0], vec![1, 2], 3)])),
+                now,
+            )
+            .unwrap();
+        store
+            .apply(
+                prepare(&request("s", vec![hist(vec![1.0], vec![], 4)])),
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            series(&store),
+            SeriesValue::Histogram {
+                bounds: vec![1.0],
+                counts: vec![1, 6],
+                sum: 7.0,
+                count: 7
+            }
+        );
+        store
+            .apply(
+                prepare(&request("s", vec![hist(vec![1.0, 2.0], vec![1, 1, 1], 3)])),
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            series(&store),
+            SeriesValue::Histogram {
+                bounds: vec![1.0, 2.0],
+                counts: vec![1, 1, 1],
+                sum: 3.0,
+                count: 3
+            }
+        );
+        let (_, s) = store.services().next().unwrap();
+        let (k, v) = s.series.iter().next().unwrap();
+        assert_eq!(store.approx_bytes(), approx_bytes(k, v));
     }
 }
