@@ -4,7 +4,7 @@
 //! a small direct-mapped cache; else a constant-time hash into a fixed table and a string
 //! compare), one relaxed atomic add (requests started; finished ones are counted by the drain
 //! from the records, so active = started - finished), one `Arc` clone, two clock reads per
-//! poll, and one push of a 32-byte record into a bounded lock-free ring. The probe (runtime
+//! poll (the TSC through `quanta` where it is invariant: ~8 ns a read, no syscall), and one push of a 32-byte record into a bounded lock-free ring. The probe (runtime
 //! lateness) is read only for requests that needed more than one poll: a request done in one
 //! poll spent no time outside it. No lock, no allocation (after a route's first request), no
 //! syscall beyond the clock. A background `loopwatch-http` thread (every 100 ms, every 2 ms
@@ -89,14 +89,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Nanoseconds from `a` to `b` (0 if `b` is earlier), saturating.
-fn ns_between(a: Instant, b: Instant) -> u64 {
-    let d = b.saturating_duration_since(a);
-    d.as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// Route template hash for the table: length and three 8-byte words (start, middle, end),
@@ -259,6 +251,9 @@ struct Inner {
     trace_spans: bool,
     monitors: Option<Box<[OnceLock<TaskMonitor>]>>,
     base: Instant,
+    /// Per-poll timestamps: the TSC where it is invariant (~8 ns a read, no syscall), else
+    /// the OS monotonic clock. Raw readings, scaled to ns only for differences.
+    clock: quanta::Clock,
 }
 
 impl Inner {
@@ -707,6 +702,8 @@ impl RouteMetricsBuilder {
                 .unwrap_or(false)
                 .then(|| (0..table_size + 2).map(|_| OnceLock::new()).collect()),
             base: Instant::now(),
+            // Calibrated once per process (under 1 ms here, at most 200 ms by quanta's bound).
+            clock: quanta::Clock::new(),
         });
         if let Some(meter) = &self.meter {
             register(meter, &inner);
@@ -962,7 +959,7 @@ where
         let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::INFO) {
             request_span(inner, route, method)
         } else {
-            Span::none()
+            None
         };
         let monitor = inner
             .monitors
@@ -971,9 +968,8 @@ where
             .map(|m| m.get_or_init(TaskMonitor::new));
         let rec = Rec {
             inner: Arc::clone(&self.inner),
-            start: None,
+            start: 0,
             delayed_at_start: 0,
-            stall_before_us: 0,
             poll_ns: 0,
             polls: 0,
             slow: 0,
@@ -983,7 +979,7 @@ where
             span,
         };
         if let Some(m) = monitor {
-            let fut = call_in_span(&mut self.service, req, &rec.span);
+            let fut = call_in_span(&mut self.service, req, rec.span.as_deref());
             return RouteFuture {
                 fut: MaybeMonitored::Monitored {
                     fut: Box::pin(m.instrument(fut)),
@@ -993,7 +989,7 @@ where
         }
         // Built as the tail expression, so the inner future is written in place (a local
         // would cost a copy of the whole future).
-        if rec.span.is_disabled() {
+        if rec.span.is_none() {
             RouteFuture {
                 fut: MaybeMonitored::Plain {
                     fut: self.service.call(req),
@@ -1003,7 +999,7 @@ where
         } else {
             RouteFuture {
                 fut: MaybeMonitored::Plain {
-                    fut: call_in_span(&mut self.service, req, &rec.span),
+                    fut: call_in_span(&mut self.service, req, rec.span.as_deref()),
                 },
                 rec,
             }
@@ -1011,16 +1007,16 @@ where
     }
 }
 
-/// Calls the inner service with the request's span entered.
-fn call_in_span<S: Service<R>, R>(service: &mut S, req: R, span: &Span) -> S::Future {
-    let _e = span.enter();
+/// Calls the inner service with the request's span (if any) entered.
+fn call_in_span<S: Service<R>, R>(service: &mut S, req: R, span: Option<&SpanState>) -> S::Future {
+    let _e = span.map(|s| s.span.enter());
     service.call(req)
 }
 
-/// The request's `http.request` span (disabled, and nothing formatted, unless a subscriber
-/// enables `loopwatch::http` at INFO).
+/// The request's `http.request` span; `None` (nothing allocated or formatted) unless a
+/// subscriber enables `loopwatch::http` at INFO.
 #[cold]
-fn request_span(inner: &Inner, route: usize, method: usize) -> Span {
+fn request_span(inner: &Inner, route: usize, method: usize) -> Option<Box<SpanState>> {
     let span = tracing::info_span!(
         target: "loopwatch::http",
         "http.request",
@@ -1033,26 +1029,36 @@ fn request_span(inner: &Inner, route: usize, method: usize) -> Span {
         loopwatch.poll_ms = Empty,
         loopwatch.polls = Empty,
     );
-    if !span.is_disabled() {
-        let route_name = inner.route_name(route).unwrap_or(OVERFLOW_ROUTE);
-        span.record(
-            "otel.name",
-            tracing::field::display(format_args!("{} {route_name}", METHODS[method])),
-        );
+    if span.is_disabled() {
+        return None;
     }
-    span
+    let route_name = inner.route_name(route).unwrap_or(OVERFLOW_ROUTE);
+    span.record(
+        "otel.name",
+        tracing::field::display(format_args!("{} {route_name}", METHODS[method])),
+    );
+    Some(Box::new(SpanState {
+        span,
+        stall_before_us: 0,
+    }))
+}
+
+/// A request's enabled span, boxed so that requests without one carry a single pointer.
+struct SpanState {
+    span: Span,
+    /// Runtime stall that ended right before the first poll.
+    stall_before_us: u64,
 }
 
 /// Per-request state; recording as cancelled on drop if the request never completed.
 struct Rec {
     inner: Arc<Inner>,
-    /// First poll (the request's start as far as the layer can tell: right after `call`).
-    start: Option<Instant>,
+    /// Raw clock reading at the first poll (the request's start as far as the layer can
+    /// tell: right after `call`); 0 until then.
+    start: u64,
     /// Probe's delay clock (µs) at the end of the first poll; only read for requests that
     /// needed more than one poll (a one-poll request spent no time outside its polls).
     delayed_at_start: u64,
-    /// Runtime stall that ended right before the first poll (only read with an enabled span).
-    stall_before_us: u64,
     poll_ns: u64,
     polls: u32,
     slow: u32,
@@ -1060,12 +1066,12 @@ struct Rec {
     method: u8,
     /// Recorded (completed, or cancelled on drop).
     done: bool,
-    span: Span,
+    span: Option<Box<SpanState>>,
 }
 
 impl Rec {
-    /// Records the request once: `dur_ns` from the first poll to `end`.
-    fn finish(&mut self, end: Instant, dur_ns: u64, status: u16, kind: u64) {
+    /// Records the request once: `dur_ns` from the first poll to its end.
+    fn finish(&mut self, dur_ns: u64, status: u16, kind: u64) {
         self.done = true;
         let inner = &*self.inner;
         let method = usize::from(self.method);
@@ -1076,7 +1082,7 @@ impl Rec {
         let waited_ns = match &inner.pressure {
             Some(p) if outside_ns > 0 => {
                 let us = p
-                    .delayed_clock_us_at(end)
+                    .delayed_clock_us_now()
                     .saturating_sub(self.delayed_at_start);
                 us.saturating_mul(1000).min(outside_ns)
             }
@@ -1093,35 +1099,36 @@ impl Rec {
         if !inner.ring.push([dur_ns, b, self.poll_ns, waited_ns]) {
             inner.unrecorded_by_method[method].fetch_add(1, Ordering::Release);
         }
-        if !self.span.is_disabled() {
-            self.record_span(dur_ns, status, waited_ns);
+        if let Some(s) = &self.span {
+            self.record_span(s, dur_ns, status, waited_ns);
         }
     }
 
     #[cold]
-    fn record_span(&self, dur_ns: u64, status: u16, waited_ns: u64) {
+    fn record_span(&self, s: &SpanState, dur_ns: u64, status: u16, waited_ns: u64) {
         let inner = &*self.inner;
+        let span = &s.span;
         if status != 0 {
-            self.span.record("http.response.status_code", status);
+            span.record("http.response.status_code", status);
         }
         let ms = |ns: u64| ns as f64 / 1e6;
-        self.span.record("loopwatch.waited_ms", ms(waited_ns));
-        let before_ns = self.stall_before_us.saturating_mul(1000);
-        self.span.record("loopwatch.stall_before_ms", ms(before_ns));
+        span.record("loopwatch.waited_ms", ms(waited_ns));
+        let before_ns = s.stall_before_us.saturating_mul(1000);
+        span.record("loopwatch.stall_before_ms", ms(before_ns));
         if before_ns >= inner.wait_event_ns && before_ns > 0 {
             tracing::warn!(
-                parent: &self.span,
+                parent: span,
                 stall_before_ms = before_ns / 1_000_000,
                 duration_ms = dur_ns / 1_000_000,
                 "request started right after a {} ms runtime stall: it may have waited up to that long before it was polled",
                 before_ns / 1_000_000
             );
         }
-        self.span.record("loopwatch.poll_ms", ms(self.poll_ns));
-        self.span.record("loopwatch.polls", self.polls);
+        span.record("loopwatch.poll_ms", ms(self.poll_ns));
+        span.record("loopwatch.polls", self.polls);
         if waited_ns >= inner.wait_event_ns && waited_ns > 0 {
             tracing::warn!(
-                parent: &self.span,
+                parent: span,
                 waited_ms = waited_ns / 1_000_000,
                 duration_ms = dur_ns / 1_000_000,
                 poll_ms = self.poll_ns / 1_000_000,
@@ -1135,9 +1142,14 @@ impl Rec {
 impl Drop for Rec {
     fn drop(&mut self) {
         if !self.done {
-            let end = Instant::now();
-            let dur_ns = self.start.map(|s| ns_between(s, end)).unwrap_or(0);
-            self.finish(end, dur_ns, 0, KIND_CANCELLED);
+            let dur_ns = match self.start {
+                0 => 0,
+                start => self
+                    .inner
+                    .clock
+                    .delta_as_nanos(start, self.inner.clock.raw()),
+            };
+            self.finish(dur_ns, 0, KIND_CANCELLED);
         }
     }
 }
@@ -1183,27 +1195,26 @@ where
         if rec.done {
             return this.fut.poll(cx);
         }
-        let t0 = Instant::now();
-        let start = match rec.start {
-            Some(s) => s,
-            None => {
-                rec.start = Some(t0);
-                if !rec.span.is_disabled()
-                    && let Some(p) = &rec.inner.pressure
-                {
-                    rec.stall_before_us = p.stall_before_us(t0);
-                }
-                t0
+        let clock = &rec.inner.clock;
+        let t0 = clock.raw();
+        if rec.start == 0 {
+            // A raw reading of 0 would only mean "not started" again: harmless.
+            rec.start = t0;
+            if let Some(s) = &mut rec.span
+                && let Some(p) = &rec.inner.pressure
+            {
+                s.stall_before_us = p.stall_before_us(Instant::now());
+            }
+        }
+        let res = match &rec.span {
+            None => this.fut.poll(cx),
+            Some(s) => {
+                let _e = s.span.enter();
+                this.fut.poll(cx)
             }
         };
-        let res = if rec.span.is_disabled() {
-            this.fut.poll(cx)
-        } else {
-            let _e = rec.span.enter();
-            this.fut.poll(cx)
-        };
-        let t1 = Instant::now();
-        let d = ns_between(t0, t1);
+        let t1 = clock.raw();
+        let d = clock.delta_as_nanos(t0, t1);
         rec.poll_ns = rec.poll_ns.saturating_add(d);
         rec.polls = rec.polls.saturating_add(1);
         if d >= rec.inner.slow_poll_ns {
@@ -1222,14 +1233,14 @@ where
                 let dur_ns = if rec.polls == 1 {
                     d
                 } else {
-                    ns_between(start, t1)
+                    clock.delta_as_nanos(rec.start, t1)
                 };
-                rec.finish(t1, dur_ns, status, kind);
+                rec.finish(dur_ns, status, kind);
             }
             Poll::Pending if rec.polls == 1 => {
                 // Lateness is counted from here: the request now waits outside its polls.
                 if let Some(p) = &rec.inner.pressure {
-                    rec.delayed_at_start = p.delayed_clock_us_at(t1);
+                    rec.delayed_at_start = p.delayed_clock_us_now();
                 }
             }
             Poll::Pending => {}

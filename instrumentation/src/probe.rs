@@ -167,12 +167,13 @@ impl Shared {
         outstanding.max(last)
     }
 
-    /// As of `now` (callers pass the clock reading they already have).
-    pub(crate) fn delayed_clock_us_at(&self, now: Instant) -> u64 {
+    /// As of now. The clock is read only while a probe is outstanding (a stall in progress):
+    /// otherwise the total of ended delays is the answer.
+    pub(crate) fn delayed_clock_us_now(&self) -> u64 {
         let done = self.delayed_total_us.load(Ordering::Acquire);
         let stall = match self.outstanding.load(Ordering::Acquire) {
             0 => 0,
-            t0 => us(now.saturating_duration_since(self.base)).saturating_sub(t0 - 1),
+            t0 => us(Instant::now().saturating_duration_since(self.base)).saturating_sub(t0 - 1),
         };
         done.saturating_add(stall)
     }

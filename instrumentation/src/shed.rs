@@ -100,9 +100,6 @@ impl Pressure {
         }
     }
 
-    /// Scheduling delay accumulated since start, µs (completed probe delays plus the
-    /// outstanding probe's age). The difference between two reads is the runtime lateness
-    /// measured between them. A manual source returns 0.
     /// See `Shared::stall_before_us`; 0 for a manual source.
     pub(crate) fn stall_before_us(&self, now: std::time::Instant) -> u64 {
         match &self.src {
@@ -111,9 +108,12 @@ impl Pressure {
         }
     }
 
-    pub(crate) fn delayed_clock_us_at(&self, now: std::time::Instant) -> u64 {
+    /// Scheduling delay accumulated since start, µs (completed probe delays plus the
+    /// outstanding probe's age). The difference between two reads is the runtime lateness
+    /// measured between them. A manual source returns 0.
+    pub(crate) fn delayed_clock_us_now(&self) -> u64 {
         match &self.src {
-            Src::Probe(s) => s.delayed_clock_us_at(now),
+            Src::Probe(s) => s.delayed_clock_us_now(),
             Src::Manual(_) => 0,
         }
     }
