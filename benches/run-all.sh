@@ -47,11 +47,11 @@ cat "$OUT/machine.md"
 if [[ "${QUICK:-0}" == 1 ]]; then
   E2E=(--pairs 2 --duration 5); ACC=(--repeats 1); DET=(--repeats 2)
   IDLE=(--repeats 1 --duration 10); ING=(--repeats 1 --duration 5 --paced-duration 10)
-  CRIT=(--warm-up-time 1 --measurement-time 2)
+  CRIT=(--warm-up-time 1 --measurement-time 2); AB=10
 else
   E2E=(--pairs 5 --duration 10); ACC=(--repeats 3); DET=(--repeats 5)
   IDLE=(--repeats 3 --duration 30); ING=(--repeats 3 --duration 10 --paced-duration 30)
-  CRIT=(--warm-up-time 2 --measurement-time 5)
+  CRIT=(--warm-up-time 2 --measurement-time 5); AB=40
 fi
 
 echo "== 1. route layer cost (criterion)" >&2
@@ -84,6 +84,13 @@ if "loopwatch" in rows:
 else:
     print("\nloopwatch's route layer is not in this run (see BENCHMARKS.md).")
 EOF
+echo "== 1b. route layer cost, interleaved A/B (fastest of $AB rounds per case)" >&2
+{
+  echo
+  echo "### Route layer cost, interleaved A/B (fastest of $AB rounds of 20000 requests per case)"
+  echo
+  ROUTE_LAYER_AB="$AB" cargo bench --manifest-path benches/Cargo.toml --bench route_layers 2>/dev/null
+} | tee -a "$OUT/route_layers.md"
 
 echo "== 2. end-to-end overhead (wrk)" >&2
 "${H[@]}" e2e "${E2E[@]}"
