@@ -185,9 +185,9 @@ def md_table(headers, rows):
     return "\n".join(lines)
 
 
-def start_agent(args, out_dir, name, cpu=None):
+def start_agent(args, out_dir, name, cpu=None, binary=None):
     ports = {k: free_port() for k in ("grpc", "http", "admin")}
-    cmd = [bin_path(args, "loopwatch-agent"),
+    cmd = [binary or bin_path(args, "loopwatch-agent"),
            "--grpc-listen", f"127.0.0.1:{ports['grpc']}",
            "--http-listen", f"127.0.0.1:{ports['http']}",
            "--admin-listen", f"127.0.0.1:{ports['admin']}"]
@@ -570,12 +570,30 @@ def cmd_idle(args):
 
 # ---------------------------------------------------------------- item 6: ingest
 
+def agent_variants(args):
+    """[(receiver name, agent binary)]: `--agent-bin NAME=PATH` (repeatable) for A/B builds
+    alternated in one run; the default is the agent of --bin-dir, named `agent`."""
+    if not args.agent_bin:
+        return [("agent", None)]
+    out = []
+    for spec in args.agent_bin:
+        name, _, path = spec.partition("=")
+        if not path or not os.path.exists(path):
+            sys.exit(f"harness: --agent-bin {spec!r}: expected NAME=PATH to an existing binary")
+        out.append((name, path))
+    return out
+
+
+def start_receiver(args, kind, name, cpu=None):
+    """Starts `kind` (an agent variant name or `rotel`); returns (Proc, ports)."""
+    if kind == "rotel":
+        return start_rotel(args.out, name, cpu=cpu)
+    return start_agent(args, args.out, name, cpu=cpu, binary=dict(agent_variants(args))[kind])
+
+
 def one_ingest(args, kind, cpu_recv, cpu_load, tag):
     name = f"ingest-{kind}-{tag}"
-    if kind == "agent":
-        p, ports = start_agent(args, args.out, name, cpu=cpu_recv)
-    else:
-        p, ports = start_rotel(args.out, name, cpu=cpu_recv)
+    p, ports = start_receiver(args, kind, name, cpu=cpu_recv)
     try:
         time.sleep(2.0)
         idle_rss = rss_mib(p.pid)
@@ -603,10 +621,7 @@ def one_ingest(args, kind, cpu_recv, cpu_load, tag):
 
 def one_paced(args, kind, tag):
     name = f"paced-{kind}-{tag}"
-    if kind == "agent":
-        p, ports = start_agent(args, args.out, name)
-    else:
-        p, ports = start_rotel(args.out, name)
+    p, ports = start_receiver(args, kind, name)
     try:
         time.sleep(2.0)
         idle_rss = rss_mib(p.pid)
@@ -628,10 +643,11 @@ def one_paced(args, kind, tag):
 
 def cmd_ingest(args):
     out = Out(args, "agent_ingest")
+    kinds = [name for name, _ in agent_variants(args)] + ["rotel"]
     rows = []
     for mode in ("pinned", "unpinned"):
         for i in range(args.repeats):
-            for kind in ("agent", "rotel"):
+            for kind in kinds:
                 cr, cl = (0, 1) if mode == "pinned" else (None, None)
                 row = one_ingest(args, kind, cr, cl, f"{mode}{i}")
                 row["mode"] = mode
@@ -639,13 +655,13 @@ def cmd_ingest(args):
                 out.row(row)
     paced = []
     for i in range(args.paced_repeats):
-        for kind in ("agent", "rotel"):
+        for kind in kinds:
             row = one_paced(args, kind, str(i))
             paced.append(row)
             out.row(row)
     trows = []
     for mode in ("pinned", "unpinned"):
-        for kind in ("agent", "rotel"):
+        for kind in kinds:
             xs = [x for x in rows if x["mode"] == mode and x["receiver"] == kind]
             trows.append([mode, kind, f"{med([x['dp_per_cpu_s'] for x in xs]) / 1e6:.3f}",
                           f"{med([x['dp_per_s'] for x in xs]) / 1e3:.0f}",
@@ -654,7 +670,7 @@ def cmd_ingest(args):
                           f"{med([x['rss_after_mib'] for x in xs]):.1f}",
                           sum(x["errors"] for x in xs), len(xs)])
     prows = []
-    for kind in ("agent", "rotel"):
+    for kind in kinds:
         xs = [x for x in paced if x["receiver"] == kind]
         prows.append([kind, f"{med([x['cpu_pct_of_core'] for x in xs]):.3f}",
                       f"{med([x['idle_rss_mib'] for x in xs]):.1f}",
@@ -673,6 +689,15 @@ def cmd_ingest(args):
             + "schedstat run time):\n\n"
             + md_table(["receiver", "CPU % of a core", "idle RSS MiB", "RSS MiB after",
                         "errors"], prows))
+    ratios = []
+    for mode in ("pinned", "unpinned"):
+        rotel = med([x["dp_per_cpu_s"] for x in rows
+                     if x["mode"] == mode and x["receiver"] == "rotel"])
+        for kind in kinds[:-1]:
+            a = med([x["dp_per_cpu_s"] for x in rows
+                     if x["mode"] == mode and x["receiver"] == kind])
+            ratios.append(f"{mode} {kind}/rotel = {a / rotel:.3f}")
+    text += "\n\ndatapoints per CPU-second, receiver / Rotel (medians): " + "; ".join(ratios)
     out.table(text)
 
 
@@ -708,6 +733,9 @@ def main():
     g.add_argument("--conns", type=int, default=4)
     g.add_argument("--paced-repeats", type=int, default=1)
     g.add_argument("--paced-duration", type=float, default=30.0)
+    g.add_argument("--agent-bin", action="append", default=[], metavar="NAME=PATH",
+                   help="agent build to measure (repeatable: A/B builds alternated in one "
+                        "run); default: loopwatch-agent from --bin-dir")
     args = ap.parse_args()
     {"e2e": cmd_e2e, "accuracy": cmd_accuracy, "detect": cmd_detect, "idle": cmd_idle,
      "ingest": cmd_ingest}[args.cmd](args)

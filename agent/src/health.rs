@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::HealthConfig;
-use crate::store::{Series, SeriesKey, SeriesValue};
+use crate::store::{Series, SeriesKey, SeriesMap, SeriesValue};
 
 /// The runtime a service reports from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +204,7 @@ fn unit_scale(unit: &str) -> f64 {
 }
 
 /// Extracts [`Signals`] from a service's series using [`SIGNALS`].
-pub fn signals(series: &BTreeMap<SeriesKey, Series>) -> Signals {
+pub fn signals(series: &SeriesMap) -> Signals {
     let mut out = Signals {
         runtime: Runtime::Unknown,
         delay_p99: None,
@@ -232,14 +232,7 @@ pub fn signals(series: &BTreeMap<SeriesKey, Series>) -> Signals {
         }
     }
     for mapping in SIGNALS {
-        let start = SeriesKey {
-            name: mapping.metric.to_string(),
-            attributes: Vec::new(),
-        };
-        for (key, s) in series.range(start..) {
-            if key.name != mapping.metric {
-                break;
-            }
+        for (_, s) in named(series, mapping.metric) {
             let SeriesValue::Number(v) = s.value else {
                 continue;
             };
@@ -273,23 +266,18 @@ pub fn signals(series: &BTreeMap<SeriesKey, Series>) -> Signals {
     out
 }
 
-/// The series of metric `name` (a range of the ordered map).
+/// The series of metric `name`, in key order.
 fn named<'a>(
-    series: &'a BTreeMap<SeriesKey, Series>,
+    series: &'a SeriesMap,
     name: &'a str,
 ) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> + 'a {
-    let start = SeriesKey {
-        name: name.to_string(),
-        attributes: Vec::new(),
-    };
-    series
-        .range(start..)
-        .take_while(move |(k, _)| k.name == name)
+    series.named(name)
 }
 
-/// Requests and errors per route from `http.server.request.duration` (cumulative counts).
-pub fn route_counts(series: &BTreeMap<SeriesKey, Series>) -> BTreeMap<String, (u64, u64)> {
-    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+/// Requests and errors per route from `http.server.request.duration` (cumulative counts),
+/// borrowing the route names from the series keys.
+pub fn route_counts(series: &SeriesMap) -> BTreeMap<&str, (u64, u64)> {
+    let mut out: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for (key, s) in named(series, REQUEST_DURATION_METRIC) {
         let count = match &s.value {
             SeriesValue::Histogram { count, .. } => *count,
@@ -301,7 +289,7 @@ pub fn route_counts(series: &BTreeMap<SeriesKey, Series>) -> BTreeMap<String, (u
                 .find(|(a, _)| a == k)
                 .map(|(_, v)| v.as_str())
         };
-        let route = attr("http.route").unwrap_or("").to_string();
+        let route = attr("http.route").unwrap_or("");
         let error = attr("error.type").is_some()
             || attr("http.response.status_code")
                 .and_then(|c| c.parse::<f64>().ok())
@@ -316,7 +304,7 @@ pub fn route_counts(series: &BTreeMap<SeriesKey, Series>) -> BTreeMap<String, (u
 }
 
 /// Sum of the per-bucket counts of every `go.schedule.duration` series, with their bounds.
-fn go_schedule(series: &BTreeMap<SeriesKey, Series>) -> Option<(Vec<f64>, Vec<u64>, f64)> {
+fn go_schedule(series: &SeriesMap) -> Option<(Vec<f64>, Vec<u64>, f64)> {
     let mut acc: Option<(Vec<f64>, Vec<u64>, f64)> = None;
     for (_, s) in named(series, GO_SCHEDULE_METRIC) {
         if let SeriesValue::Histogram { bounds, counts, .. } = &s.value {
@@ -409,11 +397,16 @@ struct ErrorWindow {
 }
 
 impl ErrorWindow {
-    fn observe(&mut self, now: Instant, counts: BTreeMap<String, (u64, u64)>, window: Duration) {
-        if self.snapshots.back().is_some_and(|(_, c)| *c == counts) {
-            // Unchanged: the newest snapshot still describes now.
-        } else {
-            self.snapshots.push_back((now, counts));
+    fn observe(&mut self, now: Instant, counts: BTreeMap<&str, (u64, u64)>, window: Duration) {
+        let unchanged = self.snapshots.back().is_some_and(|(_, c)| {
+            c.len() == counts.len()
+                && c.iter()
+                    .zip(&counts)
+                    .all(|((r, n), (r2, n2))| r == r2 && n == n2)
+        });
+        if !unchanged {
+            let owned = counts.into_iter().map(|(r, n)| (r.to_owned(), n)).collect();
+            self.snapshots.push_back((now, owned));
         }
         self.prune(now, window);
     }
@@ -429,13 +422,13 @@ impl ErrorWindow {
         }
     }
 
-    /// (requests, errors) per route within the window.
-    fn in_window(&self) -> BTreeMap<String, (u64, u64)> {
-        let mut out = BTreeMap::new();
+    /// (requests, errors) per route within the window, ordered by route.
+    fn in_window(&self) -> Vec<(&str, (u64, u64))> {
         let (Some((_, base)), Some((_, last))) = (self.snapshots.front(), self.snapshots.back())
         else {
-            return out;
+            return Vec::new();
         };
+        let mut out = Vec::with_capacity(last.len());
         for (route, (t, e)) in last {
             let (bt, be) = base.get(route).copied().unwrap_or((0, 0));
             let (dt, de) = if *t < bt || *e < be {
@@ -443,7 +436,7 @@ impl ErrorWindow {
             } else {
                 (t - bt, e - be)
             };
-            out.insert(route.clone(), (dt, de));
+            out.push((route.as_str(), (dt, de)));
         }
         out
     }
@@ -510,12 +503,7 @@ impl Tracker {
 
     /// Records what a new export changed: route counts for the error window and the Go
     /// scheduling histogram delta. Call after every applied export.
-    pub fn observe(
-        &mut self,
-        cfg: &HealthConfig,
-        now: Instant,
-        series: &BTreeMap<SeriesKey, Series>,
-    ) {
+    pub fn observe(&mut self, cfg: &HealthConfig, now: Instant, series: &SeriesMap) {
         let counts = route_counts(series);
         if !counts.is_empty() || !self.errors.snapshots.is_empty() {
             self.errors.observe(now, counts, cfg.error_window);
@@ -540,7 +528,7 @@ impl Tracker {
     }
 
     /// [`signals`] plus what only the tracker knows (Go p99 from histogram deltas).
-    pub fn signals(&self, series: &BTreeMap<SeriesKey, Series>) -> Signals {
+    pub fn signals(&self, series: &SeriesMap) -> Signals {
         let mut s = signals(series);
         if s.delay_p99.is_none() && s.runtime == Runtime::Go {
             s.delay_p99 = self.go_p99;
@@ -563,10 +551,16 @@ impl Tracker {
         self.errors.prune(now, cfg.error_window);
         let mut rules = false;
         let window = self.errors.in_window();
+        let in_window = |route: &str| window.binary_search_by(|(r, _)| (*r).cmp(route)).is_ok();
         for (route, (total, errors)) in &window {
             let ratio = (*total >= cfg.error_min_requests as u64 && *total > 0)
                 .then(|| *errors as f64 / *total as f64);
-            let band = self.routes.entry(route.clone()).or_default();
+            if !self.routes.contains_key(*route) {
+                self.routes.insert((*route).to_owned(), Band::default());
+            }
+            let Some(band) = self.routes.get_mut(*route) else {
+                continue;
+            };
             let (active, holding) = band.update(
                 ratio,
                 cfg.error_ratio_enter,
@@ -598,7 +592,7 @@ impl Tracker {
         }
         // Routes that vanished from the window: let them recover through the hold.
         for (route, band) in self.routes.iter_mut() {
-            if !window.contains_key(route) {
+            if !in_window(route) {
                 let (active, _) = band.update(
                     None,
                     cfg.error_ratio_enter,
@@ -614,8 +608,7 @@ impl Tracker {
                 }
             }
         }
-        self.routes
-            .retain(|r, b| b.is_active() || window.contains_key(r));
+        self.routes.retain(|r, b| b.is_active() || in_window(r));
         let (heap, holding) = self.heap.update(
             sig.heap_growth,
             cfg.heap_growth_enter,
@@ -809,13 +802,13 @@ mod tests {
         let t0 = Instant::now();
         let w = Duration::from_secs(10);
         let mut e = ErrorWindow::default();
-        let counts = |t: u64, err: u64| BTreeMap::from([("/r".to_string(), (t, err))]);
+        let counts = |t: u64, err: u64| BTreeMap::from([("/r", (t, err))]);
         e.observe(t0, counts(100, 10), w);
         e.observe(t0 + Duration::from_secs(1), counts(150, 30), w);
-        assert_eq!(e.in_window()["/r"], (50, 20));
+        assert_eq!(e.in_window(), [("/r", (50, 20))]);
         // The process restarted: counts fell, the new values are the window.
         e.observe(t0 + Duration::from_secs(2), counts(5, 1), w);
-        assert_eq!(e.in_window()["/r"], (5, 1));
+        assert_eq!(e.in_window(), [("/r", (5, 1))]);
     }
 
     #[test]

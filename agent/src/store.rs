@@ -99,11 +99,83 @@ pub struct Series {
     pub value: SeriesValue,
 }
 
+/// The series of one service instance, kept sorted by key.
+///
+/// The receive path finds a datapoint's series with one comparison in the steady state:
+/// exporters send the same series in the same order on every export, so the position each
+/// datapoint of the last applied request matched is remembered, and the next request's
+/// datapoint at the same place is compared with that series first (a binary search only
+/// when it differs). The positions found while checking the caps are then used to apply the
+/// request without searching again.
+#[derive(Debug, Default)]
+pub struct SeriesMap {
+    entries: Vec<(SeriesKey, Series)>,
+    /// `entries` index matched by each datapoint of the last request applied without new
+    /// series, in request order.
+    hints: Vec<u32>,
+}
+
+impl SeriesMap {
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there is no series.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Series in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &Series)> {
+        self.entries.iter().map(|(k, s)| (k, s))
+    }
+
+    /// Series values in key order.
+    pub fn values(&self) -> impl Iterator<Item = &Series> {
+        self.entries.iter().map(|(_, s)| s)
+    }
+
+    /// The series of metric `name`, in key order.
+    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> {
+        let start = self
+            .entries
+            .partition_point(|(k, _)| k.name.as_str() < name);
+        let len = self.entries[start..].partition_point(|(k, _)| k.name == name);
+        self.entries[start..start + len].iter().map(|(k, s)| (k, s))
+    }
+
+    /// The index of `key` (`Ok`) or where it would be inserted (`Err`), trying the
+    /// position `hint` first.
+    fn find(&self, key: &dyn KeyView, hint: Option<u32>) -> Result<usize, usize> {
+        if let Some(h) = hint.map(|h| h as usize)
+            && let Some((k, _)) = self.entries.get(h)
+            && (k as &dyn KeyView).cmp(key) == Ordering::Equal
+        {
+            return Ok(h);
+        }
+        self.entries
+            .binary_search_by(|(k, _)| (k as &dyn KeyView).cmp(key))
+    }
+}
+
+impl<'a> IntoIterator for &'a SeriesMap {
+    type Item = (&'a SeriesKey, &'a Series);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (SeriesKey, Series)>,
+        fn(&'a (SeriesKey, Series)) -> (&'a SeriesKey, &'a Series),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(k, s)| (k, s))
+    }
+}
+
 /// Everything known about one service instance.
 #[derive(Debug)]
 pub struct ServiceState {
-    /// Series by identity.
-    pub series: BTreeMap<SeriesKey, Series>,
+    /// Series by identity, in key order.
+    pub series: SeriesMap,
     /// When the last export for this instance arrived.
     pub last_seen: Instant,
     /// Health hysteresis state.
@@ -159,11 +231,18 @@ pub enum CapError {
 /// The identity of a series as seen through the decoded request (no allocation) or as
 /// stored. Ordered exactly like [`SeriesKey`] (name, then the sorted attribute pairs), so a
 /// borrowed view can look up a `BTreeMap<SeriesKey, _>` without building an owned key.
-trait KeyView {
+pub(crate) trait KeyView {
     fn name(&self) -> &str;
     fn attr_len(&self) -> usize;
-    fn attr(&self, i: usize) -> (&str, &str);
+    /// Attribute `i` (in key order): key and the UTF-8 bytes of the value as rendered by
+    /// [`render_value`]; a value not held as a string (an integer, a boolean) is rendered
+    /// into `buf`. (Bytes compare in the same order as the strings.)
+    fn attr<'s>(&'s self, i: usize, buf: &'s mut ValueBuf) -> (&'s str, &'s [u8]);
 }
+
+/// Room to render an attribute value that is not a string: an `i64` (at most 20 bytes) or a
+/// boolean.
+pub(crate) type ValueBuf = [u8; 24];
 
 impl KeyView for SeriesKey {
     fn name(&self) -> &str {
@@ -172,9 +251,9 @@ impl KeyView for SeriesKey {
     fn attr_len(&self) -> usize {
         self.attributes.len()
     }
-    fn attr(&self, i: usize) -> (&str, &str) {
+    fn attr<'s>(&'s self, i: usize, _: &'s mut ValueBuf) -> (&'s str, &'s [u8]) {
         let (k, v) = &self.attributes[i];
-        (k, v)
+        (k, v.as_bytes())
     }
 }
 
@@ -184,8 +263,9 @@ impl Ord for dyn KeyView + '_ {
         // pairs lexicographically, then the number of attributes.
         self.name().cmp(other.name()).then_with(|| {
             let (a, b) = (self.attr_len(), other.attr_len());
+            let (mut x, mut y) = ([0u8; 24], [0u8; 24]);
             for i in 0..a.min(b) {
-                match self.attr(i).cmp(&other.attr(i)) {
+                match self.attr(i, &mut x).cmp(&other.attr(i, &mut y)) {
                     Ordering::Equal => {}
                     o => return o,
                 }
@@ -215,7 +295,7 @@ impl<'a> Borrow<dyn KeyView + 'a> for SeriesKey {
     }
 }
 
-/// A series identity borrowed from the request: string-valued attributes with distinct
+/// A series identity borrowed from the request: string, integer or boolean attributes with distinct
 /// keys, visited in key order through `order` (indices into `attrs`).
 #[derive(Debug, Clone)]
 struct BorrowedKey<'a> {
@@ -231,18 +311,42 @@ impl KeyView for BorrowedKey<'_> {
     fn attr_len(&self) -> usize {
         self.attrs.len()
     }
-    fn attr(&self, i: usize) -> (&str, &str) {
+    fn attr<'s>(&'s self, i: usize, buf: &'s mut ValueBuf) -> (&'s str, &'s [u8]) {
         let kv = &self.attrs[usize::from(self.order[i])];
-        (&kv.key, string_value(kv).unwrap_or(""))
+        (&kv.key, scalar_value(kv, buf).unwrap_or(b""))
     }
 }
 
-/// The string value of an attribute, if it is a string.
-fn string_value(kv: &KeyValue) -> Option<&str> {
+/// The value of a string, integer or boolean attribute, rendered like [`render_value`]
+/// (integers into `buf`); `None` for other kinds, which are rendered into an owned key.
+fn scalar_value<'s>(kv: &'s KeyValue, buf: &'s mut ValueBuf) -> Option<&'s [u8]> {
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => Some(s),
+        Some(any_value::Value::StringValue(s)) => Some(s.as_bytes()),
+        Some(any_value::Value::BoolValue(true)) => Some(b"true"),
+        Some(any_value::Value::BoolValue(false)) => Some(b"false"),
+        Some(any_value::Value::IntValue(i)) => Some(render_int(*i, buf)),
         _ => None,
     }
+}
+
+/// The bytes of `i.to_string()`, without allocating.
+fn render_int(i: i64, buf: &mut ValueBuf) -> &[u8] {
+    let mut n = i.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        // `n % 10 < 10`.
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 impl<'a> BorrowedKey<'a> {
@@ -253,8 +357,9 @@ impl<'a> BorrowedKey<'a> {
             return None;
         }
         let mut order = [0u8; MAX_ATTRIBUTES];
+        let mut buf = [0u8; 24];
         for (i, kv) in attrs.iter().enumerate() {
-            let v = string_value(kv)?;
+            let v = scalar_value(kv, &mut buf)?;
             if kv.key.len() > MAX_NAME_BYTES || v.len() > MAX_VALUE_BYTES {
                 return None;
             }
@@ -278,8 +383,10 @@ impl<'a> BorrowedKey<'a> {
             name: self.name.to_owned(),
             attributes: (0..self.attrs.len())
                 .map(|i| {
-                    let (k, v) = self.attr(i);
-                    (k.to_owned(), v.to_owned())
+                    let mut buf = [0u8; 24];
+                    let (k, v) = self.attr(i, &mut buf);
+                    // `v` is a string's bytes or ASCII digits: always valid UTF-8.
+                    (k.to_owned(), String::from_utf8_lossy(v).into_owned())
                 })
                 .collect(),
         }
@@ -315,7 +422,8 @@ impl UpdateKey<'_> {
         v.name().len()
             + (0..v.attr_len())
                 .map(|i| {
-                    let (k, v) = v.attr(i);
+                    let mut buf = [0u8; 24];
+                    let (k, v) = v.attr(i, &mut buf);
                     k.len() + v.len() + 48
                 })
                 .sum::<usize>()
@@ -680,6 +788,9 @@ pub struct Store {
     services: BTreeMap<ServiceKey, ServiceState>,
     limits: Limits,
     bytes: usize,
+    /// Scratch for [`Store::apply`]: the series index of each datapoint (kept to reuse its
+    /// allocation).
+    positions: Vec<u32>,
 }
 
 impl Store {
@@ -689,6 +800,7 @@ impl Store {
             services: BTreeMap::new(),
             limits,
             bytes: 0,
+            positions: Vec::new(),
         }
     }
 
@@ -729,8 +841,12 @@ impl Store {
         prepared: Prepared<'_>,
         now: Instant,
     ) -> Result<Vec<ServiceKey>, CapError> {
-        // Pass 1: caps. Existing series are found through the borrowed identity; owned keys
-        // are built only for series that would be new.
+        // Pass 1: caps. Each datapoint's series is found once (through its borrowed
+        // identity, at the position the same datapoint had last time when it matches) and
+        // its index kept in `positions` for pass 2; owned keys are built only for series
+        // that would be new.
+        let mut positions = std::mem::take(&mut self.positions);
+        positions.clear();
         let mut new_services: HashSet<&ServiceKey> = HashSet::new();
         let mut new_bytes = 0usize;
         for (skey, updates) in &prepared.batches {
@@ -739,15 +855,22 @@ impl Store {
                 && new_services.insert(skey)
                 && self.services.len() + new_services.len() > self.limits.max_services
             {
+                self.positions = positions;
                 return Err(CapError::TooManyServices(self.limits.max_services));
             }
             let current = existing.map_or(0, |s| s.series.len());
             let mut new_series: BTreeMap<SeriesKey, ()> = BTreeMap::new();
-            for u in updates {
-                let exists = existing.is_some_and(|s| s.series.contains_key(u.key.view()));
-                if !exists && !new_series.contains_key(u.key.view()) {
+            for (i, u) in updates.iter().enumerate() {
+                let found = existing.and_then(|s| {
+                    let hint = s.series.hints.get(i).copied();
+                    s.series.find(u.key.view(), hint).ok()
+                });
+                // Indices fit: series per service are capped far below `u32::MAX`.
+                positions.push(found.map_or(NEW, |i| i as u32));
+                if found.is_none() && !new_series.contains_key(u.key.view()) {
                     new_series.insert(u.key.clone().into_owned(), ());
                     if current + new_series.len() > self.limits.max_series_per_service {
+                        self.positions = positions;
                         return Err(CapError::TooManySeries(self.limits.max_series_per_service));
                     }
                     new_bytes += 128 + u.key.approx_bytes() + u.value.approx_bytes();
@@ -755,10 +878,12 @@ impl Store {
             }
         }
         if new_bytes > 0 && self.bytes + new_bytes > self.limits.max_total_bytes {
+            self.positions = positions;
             return Err(CapError::Memory(self.limits.max_total_bytes));
         }
         // Pass 2: apply.
         let mut touched = Vec::with_capacity(prepared.batches.len());
+        let mut at = 0usize;
         for (skey, updates) in prepared.batches {
             let state = match self.services.get_mut(&skey) {
                 Some(state) => state,
@@ -766,56 +891,114 @@ impl Store {
                     .services
                     .entry(skey.clone())
                     .or_insert_with(|| ServiceState {
-                        series: BTreeMap::new(),
+                        series: SeriesMap::default(),
                         last_seen: now,
                         health: Tracker::default(),
                     }),
             };
             state.last_seen = now;
-            for u in updates {
-                let Update {
-                    key,
-                    kind,
-                    unit,
-                    description,
-                    delta,
-                    value,
-                } = u;
-                match state.series.get_mut(key.view()) {
-                    Some(existing) => {
-                        // The identity is unchanged: only unit and value can change size.
-                        let before = value_bytes(existing);
-                        if existing.kind != kind {
-                            existing.kind = kind;
-                            value.replace(&mut existing.value);
-                        } else if delta {
-                            accumulate(&mut existing.value, value);
-                        } else {
-                            value.replace(&mut existing.value);
+            let found = &positions[at..at + updates.len()];
+            at += updates.len();
+            let map = &mut state.series;
+            if found.iter().all(|p| *p != NEW) {
+                // Every series exists: apply at the positions found, remember them.
+                for (u, p) in updates.into_iter().zip(found) {
+                    let series = &mut map.entries[*p as usize].1;
+                    self.bytes = update_series(series, u, self.bytes);
+                }
+                // Bounded by the number of series (a request repeating a series many
+                // times is not remembered).
+                map.hints.clear();
+                if found.len() <= map.entries.len() {
+                    map.hints.extend_from_slice(found);
+                }
+            } else {
+                // New series shift positions: search each datapoint (inserting the new
+                // series in order) and forget the hints.
+                map.hints.clear();
+                if found.iter().filter(|p| **p == NEW).count() > MAX_SORTED_INSERTS {
+                    self.bytes = apply_many_new(map, updates, self.bytes);
+                } else {
+                    for u in updates {
+                        match map.find(u.key.view(), None) {
+                            Ok(i) => {
+                                self.bytes = update_series(&mut map.entries[i].1, u, self.bytes)
+                            }
+                            Err(i) => {
+                                let (key, series) = new_series(u);
+                                self.bytes += approx_bytes(&key, &series);
+                                map.entries.insert(i, (key, series));
+                            }
                         }
-                        if existing.unit != unit {
-                            unit.clone_into(&mut existing.unit);
-                        }
-                        let after = value_bytes(existing);
-                        self.bytes = (self.bytes + after).saturating_sub(before);
-                    }
-                    None => {
-                        let key = key.into_owned();
-                        let series = Series {
-                            kind,
-                            unit: unit.to_owned(),
-                            description: truncate_description(description).to_owned(),
-                            value: value.to_owned_value(),
-                        };
-                        self.bytes += approx_bytes(&key, &series);
-                        state.series.insert(key, series);
                     }
                 }
             }
             touched.push(skey);
         }
+        self.positions = positions;
         Ok(touched)
     }
+}
+
+/// Marks a datapoint whose series does not exist yet in `Store::positions`.
+const NEW: u32 = u32::MAX;
+
+/// Above this many new series in one request, a service's series are re-sorted through a
+/// tree instead of inserted one by one into the sorted vector (each insert moves the tail).
+const MAX_SORTED_INSERTS: usize = 32;
+
+/// Applies `updates` that bring many new series, through an ordered tree.
+fn apply_many_new(map: &mut SeriesMap, updates: Vec<Update<'_>>, mut bytes: usize) -> usize {
+    let mut tree: BTreeMap<SeriesKey, Series> = map.entries.drain(..).collect();
+    for u in updates {
+        match tree.get_mut(u.key.view()) {
+            Some(series) => bytes = update_series(series, u, bytes),
+            None => {
+                let (key, series) = new_series(u);
+                bytes += approx_bytes(&key, &series);
+                tree.insert(key, series);
+            }
+        }
+    }
+    map.entries.extend(tree);
+    bytes
+}
+
+/// The series an update creates.
+fn new_series(u: Update<'_>) -> (SeriesKey, Series) {
+    let series = Series {
+        kind: u.kind,
+        unit: u.unit.to_owned(),
+        description: truncate_description(u.description).to_owned(),
+        value: u.value.to_owned_value(),
+    };
+    (u.key.into_owned(), series)
+}
+
+/// Applies an update to its existing series; returns `bytes` adjusted for the size change.
+fn update_series(existing: &mut Series, u: Update<'_>, bytes: usize) -> usize {
+    let Update {
+        kind,
+        unit,
+        delta,
+        value,
+        ..
+    } = u;
+    // The identity is unchanged: only unit and value can change size.
+    let before = value_bytes(existing);
+    if existing.kind != kind {
+        existing.kind = kind;
+        value.replace(&mut existing.value);
+    } else if delta {
+        accumulate(&mut existing.value, value);
+    } else {
+        value.replace(&mut existing.value);
+    }
+    if existing.unit != unit {
+        unit.clone_into(&mut existing.unit);
+    }
+    let after = value_bytes(existing);
+    (bytes + after).saturating_sub(before)
 }
 
 /// The part of [`approx_bytes`] that does not depend on the identity.
@@ -1068,6 +1251,58 @@ mod tests {
             expected,
             "accounting stays exact on updates"
         );
+    }
+
+    #[test]
+    fn series_found_whatever_the_order_and_kept_sorted() {
+        let mut store = Store::new(Limits {
+            max_services: 2,
+            max_series_per_service: 1000,
+            max_total_bytes: MAX_TOTAL_BYTES,
+        });
+        let now = Instant::now();
+        let points = |ids: &[usize], v: f64| -> Vec<NumberDataPoint> {
+            ids.iter().map(|i| point(v, &format!("{i:03}"))).collect()
+        };
+        let ids: Vec<usize> = (0..40).collect();
+        let reversed: Vec<usize> = (0..41).rev().collect();
+        // 40 new series at once (re-sorted through a tree), then one new (inserted in
+        // place) with the others in reverse order, then the same order again (remembered
+        // positions), then another order (the positions miss: searched), with a datapoint
+        // repeated.
+        let mut rotated: Vec<usize> = (0..41).map(|i| (i + 7) % 41).collect();
+        rotated.push(3);
+        for (round, order) in [&ids, &reversed, &reversed, &rotated]
+            .into_iter()
+            .enumerate()
+        {
+            let req = request("s", vec![sum("d", 1, points(order, 1.0))]);
+            store.apply(prepare(&req), now).unwrap();
+            let (_, s) = store.services().next().unwrap();
+            let keys: Vec<&SeriesKey> = s.series.iter().map(|(k, _)| k).collect();
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "sorted, no duplicates"
+            );
+            assert_eq!(s.series.len(), if round == 0 { 40 } else { 41 });
+        }
+        let (_, s) = store.services().next().unwrap();
+        let value = |attr: &str| {
+            let (_, series) = s
+                .series
+                .iter()
+                .find(|(k, _)| k.attributes[0].1 == attr)
+                .unwrap();
+            series.value.clone()
+        };
+        // Delta sums: one per request it was in (series 3 twice in the last one).
+        assert_eq!(value("000"), SeriesValue::Number(4.0));
+        assert_eq!(value("003"), SeriesValue::Number(5.0));
+        assert_eq!(value("040"), SeriesValue::Number(3.0));
+        assert_eq!(s.series.named("d").count(), 41);
+        assert_eq!(s.series.named("c").count(), 0);
+        let expected: usize = s.series.iter().map(|(k, v)| approx_bytes(k, v)).sum();
+        assert_eq!(store.approx_bytes(), expected);
     }
 
     #[test]

@@ -29,6 +29,20 @@ pub fn max_nodes(max_body_bytes: usize) -> u64 {
 /// wherever the payload itself parses as protobuf; for JSON every object, array and string.
 /// Stops counting once `limit` is passed.
 pub fn estimate_nodes(body: &[u8], json: bool, limit: u64) -> u64 {
+    // Every counted node takes wire bytes of its own: a protobuf length-delimited field at
+    // least a key byte and a length byte, a JSON object/array its bracket and a string its
+    // two quotes. A body that short cannot exceed `limit`, so the scan (a tenth of the
+    // receive path for a typical export) is skipped; the bound returned is still an upper
+    // bound of the count.
+    let ceiling = if json { body.len() } else { body.len() / 2 } as u64;
+    if ceiling <= limit {
+        return ceiling;
+    }
+    exact_nodes(body, json, limit)
+}
+
+/// The counting behind [`estimate_nodes`], without the short-body bound.
+fn exact_nodes(body: &[u8], json: bool, limit: u64) -> u64 {
     if json {
         let mut n = 0u64;
         let mut quotes = 0u64;
@@ -112,9 +126,26 @@ mod tests {
     #[test]
     fn empty_messages_count_one_each() {
         let body: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 1000).flatten().collect();
-        assert_eq!(estimate_nodes(&body, false, u64::MAX), 1000);
-        assert_eq!(estimate_nodes(br#"[{},{"a":"b"}]"#, true, u64::MAX), 5);
+        assert_eq!(exact_nodes(&body, false, u64::MAX), 1000);
+        assert_eq!(exact_nodes(br#"[{},{"a":"b"}]"#, true, u64::MAX), 5);
+        assert!(exact_nodes(&body, false, 10) <= 12);
+        assert_eq!(exact_nodes(&[0xff, 0xff], false, 100), 0);
+        // Over the limit: the scan decides (and stops early).
+        assert!(estimate_nodes(&body, false, 10) > 10);
         assert!(estimate_nodes(&body, false, 10) <= 12);
-        assert_eq!(estimate_nodes(&[0xff, 0xff], false, 100), 0);
+    }
+
+    #[test]
+    fn short_bodies_bound_by_length() {
+        // Densest protobuf: every two bytes an empty message; the exact count is the bound.
+        let body: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 500).flatten().collect();
+        assert_eq!(estimate_nodes(&body, false, 500), 500);
+        assert_eq!(exact_nodes(&body, false, 500), 500);
+        // Any body: the length bound is never below the scanned count.
+        for body in [&b"\x0a\x03\x0a\x01\x00"[..], b"\x12\x02ab", b"", b"\xff"] {
+            assert!(estimate_nodes(body, false, 1000) >= exact_nodes(body, false, u64::MAX));
+        }
+        let json = br#"{"a":[{"b":"c"},{}]}"#;
+        assert!(estimate_nodes(json, true, 1000) >= exact_nodes(json, true, u64::MAX));
     }
 }
