@@ -2,8 +2,8 @@
 //! instrument registration, and the `loopwatch-flush` thread that runs force-flushes.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -23,10 +23,22 @@ pub(crate) const SCHEDULE_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// Longest time between two exports of loopwatch's own pipeline while the watched runtime is
+/// quiet (or the export interval, if longer). The `loopwatch-agent` marks a service stale after
+/// 5 s without data (`health.stale_after`): 2.5 s leaves room for one lost export.
+pub(crate) const IDLE_EXPORT_INTERVAL: Duration = Duration::from_millis(2500);
+/// Interval given to the SDK's `PeriodicReader`: a backstop only. The exports of loopwatch's own
+/// pipeline are timed by the probe thread (one per completed window while the runtime is
+/// active, at once on a stall) and by the `loopwatch-flush` thread's heartbeat while it is
+/// quiet, so that an idle service wakes up less often.
+const READER_BACKSTOP_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// A provider built by loopwatch together with the runtime that drives its gRPC channel.
 pub(crate) struct OwnedPipeline {
     pub(crate) provider: SdkMeterProvider,
     pub(crate) runtime: Option<tokio::runtime::Runtime>,
+    /// Longest time without an export: `max(export_interval, IDLE_EXPORT_INTERVAL)`.
+    pub(crate) heartbeat: Duration,
 }
 
 /// Builds the OTLP exporter + periodic reader + provider. For gRPC the tonic channel is created
@@ -72,7 +84,7 @@ pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> 
         }
     };
     let reader = PeriodicReader::builder(exporter)
-        .with_interval(s.export_interval)
+        .with_interval(READER_BACKSTOP_INTERVAL)
         .build();
     let resource = Resource::builder_empty()
         .with_attributes(s.resource.iter().cloned())
@@ -81,7 +93,11 @@ pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> 
         .with_resource(resource)
         .with_reader(reader)
         .build();
-    Ok(OwnedPipeline { provider, runtime })
+    Ok(OwnedPipeline {
+        provider,
+        runtime,
+        heartbeat: s.export_interval.max(IDLE_EXPORT_INTERVAL),
+    })
 }
 
 /// (name, description, reader) of an f64 gauge.
@@ -292,16 +308,31 @@ pub(crate) fn flush_channel() -> (FlushTrigger, Receiver<()>) {
     (FlushTrigger { tx }, rx)
 }
 
-/// Body of the `loopwatch-flush` thread. Ends when `shared.stop` is set (after a request wakes
-/// it) or every trigger is dropped; then does the final export and tears the pipeline down.
+/// Body of the `loopwatch-flush` thread: exports on request (a stall, a completed window of an
+/// active runtime, a lifecycle change) and, for loopwatch's own pipeline, when no export
+/// happened for the heartbeat interval (an idle runtime). Ends when `shared.stop` is set (after
+/// a request wakes it) or every trigger is dropped; then does the final export and tears the
+/// pipeline down.
 pub(crate) fn run_flush(
     rx: Receiver<()>,
     shared: &Shared,
     target: FlushTarget,
     export_timeout: Duration,
 ) {
-    while rx.recv().is_ok() {
-        if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+    let heartbeat = match &target {
+        FlushTarget::Owned(p) => Some(p.heartbeat),
+        FlushTarget::Borrowed(_) => None,
+    };
+    let mut last = Instant::now();
+    loop {
+        let go = match heartbeat {
+            Some(h) => !matches!(
+                rx.recv_timeout((last + h).saturating_duration_since(Instant::now())),
+                Err(RecvTimeoutError::Disconnected)
+            ),
+            None => rx.recv().is_ok(),
+        };
+        if !go || shared.stop.load(std::sync::atomic::Ordering::Acquire) {
             break;
         }
         let provider = match &target {
@@ -311,6 +342,7 @@ pub(crate) fn run_flush(
         if let Err(e) = provider.force_flush() {
             tracing::debug!(error = %e, "loopwatch force_flush failed");
         }
+        last = Instant::now();
     }
     match target {
         FlushTarget::Owned(p) => {

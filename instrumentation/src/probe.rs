@@ -2,8 +2,8 @@
 //! runtime and measures spawn → first poll, detects stalls in progress, and rolls delay windows.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -20,6 +20,16 @@ const MAX_TRACKABLE_US: u64 = 3_600_000_000;
 const MAX_CORRECTED_OTEL_SAMPLES: u64 = 100_000;
 /// How often the probe thread re-checks an outstanding probe even without a deadline.
 const MAX_PARK: Duration = Duration::from_millis(50);
+/// How long the watched runtime must stay *quiet* (every worker parked, and none woke up in
+/// between) before the probe thread lengthens its tick to [`IDLE_TICK`].
+pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(200);
+/// The probe thread's tick while the runtime is quiet (never shorter than the probe interval).
+/// A block that starts from a quiet runtime without a nudge ([`Shared::wake_if_idle`]) is
+/// probed up to this much after its start (instead of one probe interval): read up to 25 ms
+/// low, and a stall reported up to 25 ms later. 25 ms keeps the stall export within the
+/// detection budget (`stall_threshold` + 50 ms, an export taking ~15 ms) while cutting the
+/// idle probe thread's wake-ups from 100/s to 40/s.
+pub(crate) const IDLE_TICK: Duration = Duration::from_millis(25);
 
 /// Values read by [`crate::LoopwatchGuard::snapshot`] and by the observable gauges.
 ///
@@ -94,6 +104,10 @@ pub(crate) struct Shared {
     last_delay_end_us: AtomicU64,
     window: Mutex<WindowStats>,
     runtime: Mutex<RuntimeSnapshot>,
+    /// True while the probe thread sleeps an idle tick; [`Shared::wake_if_idle`] takes it.
+    idle_sleep: AtomicBool,
+    /// The `loopwatch-probe` thread, set when it starts.
+    probe_thread: OnceLock<Thread>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +135,21 @@ impl Shared {
             last_delay_end_us: AtomicU64::new(0),
             window: Mutex::new(WindowStats::default()),
             runtime: Mutex::new(RuntimeSnapshot::default()),
+            idle_sleep: AtomicBool::new(false),
+            probe_thread: OnceLock::new(),
+        }
+    }
+
+    /// A nudge from work starting on the watched runtime (e.g. a request's first poll): if
+    /// the probe thread is sleeping an idle tick, wakes it now, so that the probe samples from
+    /// (about) the start of that work instead of up to [`IDLE_TICK`] later. Otherwise one
+    /// relaxed load; the wake-up (one `unpark`) happens once per quiet → busy transition.
+    pub(crate) fn wake_if_idle(&self) {
+        if self.idle_sleep.load(Ordering::Relaxed)
+            && self.idle_sleep.swap(false, Ordering::AcqRel)
+            && let Some(t) = self.probe_thread.get()
+        {
+            t.unpark();
         }
     }
 
@@ -273,6 +302,61 @@ impl Window {
     }
 }
 
+/// Whether the watched runtime is *quiet*: every worker parked and no worker woke up since the
+/// previous look (`worker_park_unpark_count` is odd while parked and changes on every wake-up).
+/// A quiet runtime has no scheduling delay to measure and no stuck worker.
+#[derive(Default)]
+struct Quiet {
+    counts: Vec<u64>,
+    /// Since when the runtime has been seen quiet; `None` while it is not.
+    since: Option<Instant>,
+    /// The last look found every worker parked.
+    all_parked: bool,
+    /// loopwatch's own idle probe woke a worker: the next change of counts is not activity.
+    own_wake: bool,
+}
+
+impl Quiet {
+    /// Looks at the runtime's workers at `now`; returns how long it has been quiet.
+    fn observe(&mut self, handle: &tokio::runtime::Handle, now: Instant) -> Duration {
+        let m = handle.metrics();
+        let n = m.num_workers();
+        let mut same = self.counts.len() == n;
+        self.counts.resize(n, 0);
+        let mut all_parked = n > 0;
+        for (w, seen) in self.counts.iter_mut().enumerate() {
+            let c = m.worker_park_unpark_count(w);
+            all_parked &= c % 2 == 1;
+            same &= *seen == c;
+            *seen = c;
+        }
+        self.all_parked = all_parked;
+        let own = std::mem::take(&mut self.own_wake);
+        self.since = match self.since {
+            Some(s) if all_parked && (same || own) => Some(s),
+            _ if all_parked => Some(now),
+            _ => None,
+        };
+        self.since
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+
+    /// Whether a worker woke up since the last [`Quiet::observe`] (the counts changed), not
+    /// counting the wake-up of loopwatch's own idle probe.
+    fn woke_since(&self, handle: &tokio::runtime::Handle) -> bool {
+        if self.own_wake {
+            return false;
+        }
+        let m = handle.metrics();
+        m.num_workers() != self.counts.len()
+            || self
+                .counts
+                .iter()
+                .enumerate()
+                .any(|(w, c)| m.worker_park_unpark_count(w) != *c)
+    }
+}
+
 /// Everything the probe thread needs.
 pub(crate) struct ProbeTask {
     pub(crate) shared: Arc<Shared>,
@@ -283,6 +367,11 @@ pub(crate) struct ProbeTask {
     pub(crate) runtime_name: String,
     pub(crate) window: Window,
     pub(crate) flush: FlushTrigger,
+    /// loopwatch's own pipeline: request an export after each window in which the runtime
+    /// was not quiet (the flush thread's heartbeat covers quiet ones).
+    pub(crate) drive_exports: bool,
+    /// When the current window began (the last roll).
+    pub(crate) window_start: Instant,
     /// Stuck-worker checks and heap samples, run on this thread's wake-ups.
     pub(crate) sampler: Sampler,
     pub(crate) schedule: OtelHistogram<f64>,
@@ -298,18 +387,24 @@ impl ProbeTask {
         let mut sampler = RuntimeSampler::new(&self.handle);
         let mut next_roll = Instant::now() + self.export_interval;
         let me = thread::current();
+        let _ = self.shared.probe_thread.set(me.clone());
         let mut last_probe: Option<Instant> = None;
+        let mut quiet = Quiet::default();
+        let idle_tick = IDLE_TICK.max(self.probe_interval);
 
         while !self.shared.stop.load(Ordering::Acquire) {
             let tick = Instant::now();
+            let quiet_for = quiet.observe(&self.handle, tick);
             // A fully parked runtime has no scheduling delay: skip the spawn (and the wake-up
             // it would cost), but still probe once per window. A stall needs a busy worker,
-            // which the next tick sees, so detection latency stays one probe interval.
+            // which the next tick sees.
             let idle_probe_due = last_probe
                 .is_none_or(|t| tick.saturating_duration_since(t) >= self.export_interval);
-            if !idle_probe_due && self.all_workers_parked() {
+            if !idle_probe_due && quiet.all_parked {
                 self.shared.idle_skips.fetch_add(1, Ordering::Relaxed);
             } else {
+                // This spawn wakes a parked worker: not a sign of activity.
+                quiet.own_wake = quiet.all_parked;
                 last_probe = Some(tick);
                 let slot = Arc::new(AtomicU64::new(0));
                 let task_slot = Arc::clone(&slot);
@@ -360,7 +455,7 @@ impl ProbeTask {
                         self.flush.request();
                     }
                     if now >= next_roll {
-                        self.roll(&mut sampler, Some(age));
+                        self.window_end(&mut sampler, Some(age), quiet_for);
                         next_roll = now + self.export_interval;
                     }
                     let mut wait = MAX_PARK
@@ -401,16 +496,31 @@ impl ProbeTask {
                     next_roll = now + self.export_interval;
                     self.flush.request();
                 } else if now >= next_roll {
-                    self.roll(&mut sampler, None);
+                    self.window_end(&mut sampler, None, quiet_for);
                     next_roll = now + self.export_interval;
                 }
             }
 
-            // Sleep until the next probe is due (unpark on shutdown wakes us early).
-            let due = tick + self.probe_interval;
+            // Sleep until the next probe is due (unpark on shutdown wakes us early). A runtime
+            // quiet for IDLE_AFTER is looked at every idle tick instead, and the stuck checks
+            // and heap samples ride on those ticks (a parked worker is not stuck); a nudge
+            // (`Shared::wake_if_idle`) ends the idle sleep early.
+            let mut idle = quiet_for >= IDLE_AFTER;
+            if idle {
+                self.shared.idle_sleep.store(true, Ordering::SeqCst);
+                // A worker that woke after the look above may have missed the flag: look again.
+                if quiet.woke_since(&self.handle) {
+                    self.shared.idle_sleep.store(false, Ordering::SeqCst);
+                    idle = false;
+                }
+            }
+            let due = tick + if idle { idle_tick } else { self.probe_interval };
             loop {
                 if self.shared.stop.load(Ordering::Acquire) {
                     break;
+                }
+                if idle && !self.shared.idle_sleep.load(Ordering::Acquire) {
+                    break; // nudged: the runtime has work now
                 }
                 let now = Instant::now();
                 if now >= due {
@@ -418,11 +528,18 @@ impl ProbeTask {
                 }
                 self.sampler.run_due(now);
                 if now >= next_roll {
-                    self.roll(&mut sampler, None);
+                    self.window_end(&mut sampler, None, quiet_for);
                     next_roll = now + self.export_interval;
                 }
-                let until = due.min(self.sampler.next_check_due());
+                let until = if idle {
+                    due
+                } else {
+                    due.min(self.sampler.next_check_due())
+                };
                 thread::park_timeout(until.saturating_duration_since(now));
+            }
+            if idle {
+                self.shared.idle_sleep.store(false, Ordering::Release);
             }
         }
         self.shared.outstanding.store(0, Ordering::Release);
@@ -440,14 +557,6 @@ impl ProbeTask {
         }
     }
 
-    /// Whether every worker of the watched runtime is parked right now
-    /// (`worker_park_unpark_count` is odd while a worker is parked).
-    fn all_workers_parked(&self) -> bool {
-        let m = self.handle.metrics();
-        let n = m.num_workers();
-        n > 0 && (0..n).all(|w| m.worker_park_unpark_count(w) % 2 == 1)
-    }
-
     fn record_otel(&self, delay_us: u64, interval_us: u64) {
         let mut v = delay_us;
         let mut n = 0;
@@ -458,6 +567,22 @@ impl ProbeTask {
                 break;
             }
             v -= interval_us;
+        }
+    }
+
+    /// The periodic end of a window: completes it and, for loopwatch's own pipeline, asks for
+    /// an export unless the runtime was quiet for the whole window (then the flush thread's
+    /// heartbeat exports, less often). `quiet_for`: how long the runtime has been quiet.
+    fn window_end(
+        &mut self,
+        sampler: &mut RuntimeSampler,
+        ongoing: Option<Duration>,
+        quiet_for: Duration,
+    ) {
+        let active = quiet_for < self.window_start.elapsed();
+        self.roll(sampler, ongoing);
+        if self.drive_exports && active {
+            self.flush.request();
         }
     }
 
@@ -478,6 +603,7 @@ impl ProbeTask {
             _ => self.window.stats(),
         };
         self.window.reset();
+        self.window_start = Instant::now();
         *lock(&self.shared.window) = stats;
         *lock(&self.shared.runtime) = sampler.sample();
         self.shared.windows.fetch_add(1, Ordering::Relaxed);
@@ -487,6 +613,73 @@ impl ProbeTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nudge_wakes_an_idle_probe_thread_once() {
+        let s = Shared::new();
+        let _ = s.probe_thread.set(thread::current());
+        s.wake_if_idle(); // not sleeping an idle tick: nothing to take
+        assert!(!s.idle_sleep.load(Ordering::SeqCst));
+        s.idle_sleep.store(true, Ordering::SeqCst);
+        s.wake_if_idle();
+        assert!(!s.idle_sleep.load(Ordering::SeqCst), "flag taken");
+        // The unpark token is set: this returns at once (bounded in case it were not).
+        thread::park_timeout(Duration::from_secs(30));
+    }
+
+    #[test]
+    fn quiet_tracks_a_parked_runtime_and_resets_on_a_wake_up() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = rt.handle().clone();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stop2 = Arc::clone(&stop);
+        let driver = thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
+        let m = handle.metrics();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m.worker_park_unpark_count(0).is_multiple_of(2) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+
+        let mut q = Quiet::default();
+        let t0 = Instant::now();
+        q.observe(&handle, t0);
+        assert!(q.all_parked && q.since == Some(t0), "parked runtime is quiet");
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(q.observe(&handle, later), Duration::from_millis(300));
+        assert!(!q.woke_since(&handle));
+
+        // A spawn wakes the worker: no longer quiet from the first look after it.
+        let task = handle.spawn(async {});
+        while !task.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(q.woke_since(&handle));
+        let after = later + Duration::from_millis(1);
+        assert_eq!(q.observe(&handle, after), Duration::ZERO);
+        assert!(q.since.is_none() || q.since == Some(after));
+
+        // loopwatch's own idle probe is not activity.
+        let mut q = Quiet::default();
+        while m.worker_park_unpark_count(0).is_multiple_of(2) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        q.observe(&handle, t0);
+        q.own_wake = true;
+        let task = handle.spawn(async {});
+        while (!task.is_finished() || m.worker_park_unpark_count(0).is_multiple_of(2))
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!q.woke_since(&handle), "own wake-up ignored");
+        assert_eq!(q.observe(&handle, later), Duration::from_millis(300));
+
+        stop.notify_one();
+        driver.join().expect("driver");
+    }
 
     #[test]
     fn corrected_window_reads_block_in_p99_and_never_high() {

@@ -181,9 +181,10 @@ impl Sampler {
         }
     }
 
-    /// When the next stuck-worker check is due: the latest the probe thread sleeps until. Heap
-    /// samples are not waited for: they ride on the next wake-up (at most one probe interval
-    /// late, out of a period of `heap_window / 30`).
+    /// When the next stuck-worker check is due: the latest the probe thread sleeps until, except
+    /// while the runtime is quiet (every worker parked: none can be stuck), when it sleeps its
+    /// idle tick. Heap samples are not waited for: they ride on the next wake-up (at most one
+    /// probe interval late, one idle tick while quiet, out of a period of `heap_window / 30`).
     pub(crate) fn next_check_due(&self) -> Instant {
         self.next_check
     }

@@ -100,6 +100,16 @@ impl Pressure {
         }
     }
 
+    /// Tells loopwatch that work starts on the watched runtime (call it where a request or job
+    /// begins): wakes the probe thread if it sleeps an idle tick, so a block starting from an
+    /// idle runtime is probed from its start (see `Shared::wake_if_idle`). One relaxed load
+    /// when the probe is not idle; nothing for a manual source.
+    pub(crate) fn wake_probe(&self) {
+        if let Src::Probe(s) = &self.src {
+            s.wake_if_idle();
+        }
+    }
+
     /// See `Shared::stall_before_us`; 0 for a manual source.
     pub(crate) fn stall_before_us(&self, now: std::time::Instant) -> u64 {
         match &self.src {
@@ -349,6 +359,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.inner.thresholds.pressure.wake_probe();
         let path = req.uri().path();
         if !self.inner.exempt.iter().any(|p| p == path)
             && let Some(why) = self.inner.thresholds.check()

@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BlockState, PROBE, SAMPLING_SLACK, THRESHOLD};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -109,24 +106,8 @@ fn stall_reaches_receiver_while_every_multi_thread_worker_is_blocked() {
 /// Blocks every worker of the watched runtime (`workers` threads) for ~1 s.
 fn run(workers: usize, multi_thread: bool) {
     // The receiver lives on its own runtime, never the watched one.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("server runtime");
     let receiver = Receiver::default();
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    let svc = MetricsServiceServer::new(receiver.clone());
-    server_rt.spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await;
-    });
+    let (server_rt, addr) = common::serve_metrics(receiver.clone());
 
     // The watched runtime, about to be blocked completely for ~1 s.
     let block = Duration::from_millis(1000);

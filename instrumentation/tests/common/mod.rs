@@ -162,3 +162,30 @@ pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, injected: Dura
         "{after:?}"
     );
 }
+
+/// Serves an OTLP/gRPC metrics receiver on 127.0.0.1 (any free port) on a runtime of its own,
+/// never a watched one. Keep the returned runtime alive while the receiver is needed.
+pub fn serve_metrics<R>(receiver: R) -> (tokio::runtime::Runtime, std::net::SocketAddr)
+where
+    R: opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService,
+{
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let svc = MetricsServiceServer::new(receiver);
+    server_rt.spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    (server_rt, addr)
+}

@@ -1,0 +1,156 @@
+//! A quiet watched runtime (every worker parked, nothing waking it): loopwatch's own pipeline
+//! keeps exporting on its heartbeat, exports again once the runtime is busy, and a stall that
+//! starts from the quiet runtime is still detected and exported while it lasts.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{PROBE, THRESHOLD};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+
+/// Counts exports and keeps the largest `tokio.eventloop.stall.duration` seen.
+#[derive(Default, Clone)]
+struct Receiver {
+    exports: Arc<AtomicUsize>,
+    max_stall: Arc<Mutex<f64>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        for rm in request.into_inner().resource_metrics {
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    if m.name != "tokio.eventloop.stall.duration" {
+                        continue;
+                    }
+                    if let Some(metric::Data::Gauge(g)) = m.data {
+                        for p in g.data_points {
+                            if let Some(number_data_point::Value::AsDouble(v)) = p.value {
+                                let mut max = self.max_stall.lock().expect("lock");
+                                *max = max.max(v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.exports.fetch_add(1, Ordering::SeqCst);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Waits (bounded) until `cond` holds; returns whether it did.
+fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+#[test]
+fn quiet_runtime_heartbeat_busy_exports_and_stall_from_quiet() {
+    let receiver = Receiver::default();
+    let (_server_rt, addr) = common::serve_metrics(receiver.clone());
+
+    // The watched runtime: driven by a thread of its own, with nothing to do (quiet).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let handle = rt.handle().clone();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop2 = Arc::clone(&stop);
+    let driver = std::thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
+
+    let guard = loopwatch::Loopwatch::builder()
+        .service_name("quiet-test")
+        .endpoint(format!("http://{addr}"))
+        .protocol(loopwatch::Protocol::Grpc)
+        .export_interval(Duration::from_millis(100))
+        .probe_interval(PROBE)
+        .stall_threshold(THRESHOLD)
+        .start_with_handle(handle.clone())
+        .expect("start");
+
+    // Quiet: no window has activity after the first ones, yet the heartbeat keeps exporting
+    // (the SDK reader's own interval is an hour).
+    let n0 = receiver.exports.load(Ordering::SeqCst);
+    assert!(
+        wait_for(Duration::from_secs(15), || receiver
+            .exports
+            .load(Ordering::SeqCst)
+            >= n0 + 3),
+        "heartbeat exports while quiet: {} after {n0}",
+        receiver.exports.load(Ordering::SeqCst)
+    );
+
+    // Busy: a timer loop wakes the runtime; windows with activity are exported.
+    let busy_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bs = Arc::clone(&busy_stop);
+    let busy = handle.spawn(async move {
+        for _ in 0..10_000 {
+            if bs.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let n1 = receiver.exports.load(Ordering::SeqCst);
+    assert!(
+        wait_for(Duration::from_secs(15), || receiver
+            .exports
+            .load(Ordering::SeqCst)
+            >= n1 + 3),
+        "exports while busy: {} after {n1}",
+        receiver.exports.load(Ordering::SeqCst)
+    );
+    busy_stop.store(true, Ordering::Relaxed);
+    assert!(wait_for(Duration::from_secs(10), || busy.is_finished()));
+
+    // Quiet again, then a block starting from the quiet runtime: still counted as a stall and
+    // exported while it lasts (the probe thread's idle tick is shorter than the threshold).
+    let before = guard.snapshot();
+    assert!(
+        wait_for(Duration::from_secs(10), || guard.snapshot().idle_skips
+            >= before.idle_skips + 30),
+        "the probe skips ticks of the quiet runtime"
+    );
+    let block = THRESHOLD * 3;
+    let blocker = handle.spawn(async move { std::thread::sleep(block) });
+    assert!(
+        wait_for(Duration::from_secs(10), || guard.snapshot().stalls
+            > before.stalls),
+        "stall from a quiet runtime counted: {:?}",
+        guard.snapshot()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || *receiver
+            .max_stall
+            .lock()
+            .expect("lock")
+            >= THRESHOLD.as_secs_f64()),
+        "stall exported"
+    );
+    assert!(wait_for(Duration::from_secs(10), || blocker.is_finished()));
+
+    guard.shutdown();
+    stop.notify_one();
+    driver.join().expect("driver");
+}
