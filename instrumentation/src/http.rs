@@ -6,18 +6,19 @@
 //! from the records, so active = started - finished), two clock reads per poll (the TSC
 //! through `quanta` where it is invariant: ~8 ns a read, no syscall), and one push of a
 //! 32-byte record into a small lock-free ring that stays in the cache (a larger spill ring
-//! takes bursts). The probe (runtime lateness) is read only
-//! for requests that needed more than one poll: a request done in one poll spent no time
-//! outside it. No lock, no allocation (after a route's first request), no
-//! syscall beyond the clock, no reference count (the state is `'static`). One background
-//! `loopwatch-http` thread for all route metrics (every 2–100 ms, following the request rate so
-//! that the hot ring never fills; 250 ms while no requests arrive; and at every export) drains
-//! the rings into the SDK histogram and the per-route sliding windows; when both rings are full
-//! the record is dropped and counted (`loopwatch.http.dropped`).
+//! takes bursts). The probe (runtime lateness) is read only for requests that needed more
+//! than one poll: a request done in one poll spent no time outside it. With a probe, one
+//! relaxed load tells whether the probe thread sleeps an idle tick (then one `unpark`, once per
+//! quiet -> busy transition, the only syscall besides the clock). No lock, no allocation
+//! (after a route's first request), no reference count (the state is `'static`). One
+//! background `loopwatch-http` thread for all route metrics (every 2–100 ms, following the
+//! request rate so that the hot ring never fills; 250 ms while no requests arrive; and at every
+//! export) drains the rings into the SDK histogram and the per-route sliding windows; when both
+//! rings are full the record is dropped and counted (`loopwatch.http.dropped`).
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -1033,6 +1034,11 @@ where
         let route = inner.route_id(req.extensions().get::<MatchedPath>());
         let method = method_code(req.method());
         inner.started_by_method[method].fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &inner.pressure {
+            // One relaxed load; wakes the probe thread once per quiet -> busy transition, so
+            // a block that starts with this request is probed from its start.
+            p.wake_probe();
+        }
         let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::INFO) {
             request_span(inner, route, method)
         } else {
