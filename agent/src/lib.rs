@@ -279,7 +279,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
         loop {
             tokio::select! {
                 _ = interval.tick() => {
-                    timer_state.evaluate(Instant::now());
+                    timer_state.reevaluate(Instant::now());
                 }
                 _ = timer_rx.wait_for(|s| *s) => break,
             }

@@ -8,8 +8,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 
 use crate::config::Config;
 use crate::export::Pipeline;
-use crate::health::{HealthState, Lifecycle, Runtime};
-use crate::store::{CapError, DropReason, Limits, MAX_TOTAL_BYTES, ServiceKey, Store, prepare};
+use crate::health::{Evaluation, HealthState, Lifecycle, Runtime, Signals};
+use crate::store::{
+    CapError, DropReason, Limits, MAX_TOTAL_BYTES, ServiceKey, ServiceState, Store, prepare,
+};
 
 /// Why a request was refused (label `reason` of `loopwatch_agent_requests_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,13 +246,8 @@ impl AgentState {
     /// Re-evaluates every service at `now` (staleness, hold expiry) and returns views.
     pub fn evaluate(&self, now: Instant) -> Vec<ServiceView> {
         let cfg = &self.config.health;
-        let mut store = self.store();
-        let mut out = Vec::with_capacity(store.len());
-        for (key, s) in store.services_mut() {
-            let sig = s.health.signals(&s.series);
-            let before = s.health.any_unhealthy();
-            let e = s.health.assess(cfg, now, &sig, s.last_seen);
-            log_transition(key, before, s.health.any_unhealthy(), &e.reasons);
+        let mut out = Vec::new();
+        self.reassess(now, |key, s, sig, e| {
             out.push(ServiceView {
                 key: key.clone(),
                 state: e.state,
@@ -266,8 +263,30 @@ impl AgentState {
                 lifecycle: sig.lifecycle,
                 active_requests: sig.active_requests,
             });
-        }
+        });
         out
+    }
+
+    /// Re-evaluates every service at `now` (staleness, hold expiry) without building views:
+    /// the health timer's tick.
+    pub fn reevaluate(&self, now: Instant) {
+        self.reassess(now, |_, _, _, _| {});
+    }
+
+    fn reassess(
+        &self,
+        now: Instant,
+        mut each: impl FnMut(&ServiceKey, &ServiceState, &Signals, Evaluation),
+    ) {
+        let cfg = &self.config.health;
+        let mut store = self.store();
+        for (key, s) in store.services_mut() {
+            let sig = s.health.signals(&s.series);
+            let before = s.health.any_unhealthy();
+            let e = s.health.assess(cfg, now, &sig, s.last_seen);
+            log_transition(key, before, s.health.any_unhealthy(), &e.reasons);
+            each(key, s, &sig, e);
+        }
     }
 }
 

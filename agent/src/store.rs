@@ -137,12 +137,17 @@ impl SeriesMap {
     }
 
     /// The series of metric `name`, in key order.
-    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> {
+    pub fn named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> + 'a {
         let start = self
             .entries
             .partition_point(|(k, _)| k.name.as_str() < name);
-        let len = self.entries[start..].partition_point(|(k, _)| k.name == name);
-        self.entries[start..start + len].iter().map(|(k, s)| (k, s))
+        self.entries[start..]
+            .iter()
+            .take_while(move |(k, _)| k.name == name)
+            .map(|(k, s)| (k, s))
     }
 
     /// The index of `key` (`Ok`) or where it would be inserted (`Err`), trying the
@@ -621,7 +626,19 @@ pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared<'_> {
                 .map(|r| r.attributes.as_slice())
                 .unwrap_or(&[]),
         );
-        let mut updates = Vec::new();
+        // One allocation: the datapoints of the resource (an upper bound of its updates).
+        let points = rm
+            .scope_metrics
+            .iter()
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| match &m.data {
+                Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                Some(metric::Data::Sum(s)) => s.data_points.len(),
+                Some(metric::Data::Histogram(h)) => h.data_points.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut updates = Vec::with_capacity(points);
         for sm in &rm.scope_metrics {
             for m in &sm.metrics {
                 prepare_metric(m, &mut updates, &mut prepared);

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
+use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -159,15 +160,11 @@ async fn read_request(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let media = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let encoding = match media.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
-        "application/json" => Encoding::Json,
+    let media = ct.split(';').next().unwrap_or("").trim();
+    let is = |m: &str| media.eq_ignore_ascii_case(m);
+    let encoding = match () {
+        _ if is("application/x-protobuf") || is("application/protobuf") => Encoding::Protobuf,
+        _ if is("application/json") => Encoding::Json,
         _ => {
             return Err(refuse(
                 RefuseReason::UnsupportedMediaType,
@@ -308,8 +305,9 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     })
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, bytes) = match read_request(&state, &headers, body).await {
+async fn metrics(State(state): State<Arc<AgentState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let (encoding, bytes) = match read_request(&state, &parts.headers, body).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -328,8 +326,9 @@ async fn metrics(State(state): State<Arc<AgentState>>, headers: HeaderMap, body:
     }
 }
 
-async fn traces(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, bytes) = match read_request(&state, &headers, body).await {
+async fn traces(State(state): State<Arc<AgentState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let (encoding, bytes) = match read_request(&state, &parts.headers, body).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -347,8 +346,9 @@ async fn traces(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: 
     }
 }
 
-async fn logs(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, bytes) = match read_request(&state, &headers, body).await {
+async fn logs(State(state): State<Arc<AgentState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let (encoding, bytes) = match read_request(&state, &parts.headers, body).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
