@@ -6,7 +6,10 @@
 //! families and route layer use) reads for the blocking poll.
 //!
 //! Usage: `probe_accuracy [--repeats N] [--blocks 1,5,20,100,500,2000] [--workers W]
-//! [--flavors current_thread,multi_thread]`. Prints one JSON line per injected block on stdout.
+//! [--flavors current_thread,multi_thread] [--sleep-reference on|off]`. Prints one JSON line per
+//! injected block on stdout. With `--sleep-reference off` nothing else runs in the runtime, so
+//! every block starts from a *quiet* runtime (every worker parked for the 300 ms settle time),
+//! where loopwatch's probe thread ticks at its idle tick (25 ms) instead of the probe interval.
 //! loopwatch runs with default probe interval and stall threshold, on a meter provider without
 //! a reader (no export), so its readings come from `LoopwatchGuard::snapshot`.
 
@@ -34,6 +37,7 @@ struct Opts {
     blocks: Vec<u64>,
     workers: usize,
     flavors: Vec<String>,
+    sleep_reference: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -42,6 +46,7 @@ fn parse_opts() -> Result<Opts, String> {
         blocks: vec![1, 5, 20, 100, 500, 2000],
         workers: 2,
         flavors: vec!["current_thread".into(), "multi_thread".into()],
+        sleep_reference: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -57,6 +62,7 @@ fn parse_opts() -> Result<Opts, String> {
                     .map_err(|e| format!("--blocks: {e}"))?
             }
             "--flavors" => o.flavors = v.split(',').map(str::to_owned).collect(),
+            "--sleep-reference" => o.sleep_reference = v != "off",
             _ => return Err(format!("unknown flag {a}")),
         }
     }
@@ -120,7 +126,7 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
     // sleep-overshoot reference: max overshoot of a 10 ms sleep, reset per block.
     let sleep_max = Arc::new(AtomicU64::new(0));
     let sleep_stop = Arc::new(AtomicBool::new(false));
-    {
+    if o.sleep_reference {
         let sleep_max = Arc::clone(&sleep_max);
         let sleep_stop = Arc::clone(&sleep_stop);
         handle.spawn(async move {
@@ -241,6 +247,7 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
             let line = serde_json::json!({
                 "bench": "probe_accuracy",
                 "flavor": flavor,
+                "sleep_reference": o.sleep_reference,
                 "workers": n_block,
                 "requested_ms": b,
                 "repeat": rep,
