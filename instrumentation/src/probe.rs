@@ -143,7 +143,9 @@ impl Shared {
     /// A nudge from work starting on the watched runtime (e.g. a request's first poll): if
     /// the probe thread is sleeping an idle tick, wakes it now, so that the probe samples from
     /// (about) the start of that work instead of up to [`IDLE_TICK`] later. Otherwise one
-    /// relaxed load; the wake-up (one `unpark`) happens once per quiet → busy transition.
+    /// relaxed load; the wake-up (one `unpark`) happens once per quiet → busy transition. Best
+    /// effort: a nudge racing with the probe thread falling asleep is seen at its next idle
+    /// tick at the latest.
     pub(crate) fn wake_if_idle(&self) {
         if self.idle_sleep.load(Ordering::Relaxed)
             && self.idle_sleep.swap(false, Ordering::AcqRel)
@@ -646,7 +648,10 @@ mod tests {
         let mut q = Quiet::default();
         let t0 = Instant::now();
         q.observe(&handle, t0);
-        assert!(q.all_parked && q.since == Some(t0), "parked runtime is quiet");
+        assert!(
+            q.all_parked && q.since == Some(t0),
+            "parked runtime is quiet"
+        );
         let later = t0 + Duration::from_millis(300);
         assert_eq!(q.observe(&handle, later), Duration::from_millis(300));
         assert!(!q.woke_since(&handle));
