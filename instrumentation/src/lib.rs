@@ -36,7 +36,7 @@
 //! | coordinated omission | a delay `d` also records `d − i, d − 2i, …` (`i` = probe interval): a 1.5 s block puts ~1.5 s in p99 although only one probe was stuck |
 //! | stall in progress | while a probe is outstanding its age is the current stall; past `stall_threshold` the stall is counted once, a `tracing` warning is logged and an export is forced at once |
 //! | stall end | the window is completed and another export forced, so stall = 0 and the big p99 arrive together |
-//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs. Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing [`ShedLayer`] wakes it at once, so a block in that request is probed from its start. A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later) |
+//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs. Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`RouteMetrics::layer`] of a running loopwatch) or [`ShedLayer`] wakes it at once, so a block in that request is probed from its start. A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later) |
 //! | exports | loopwatch's own pipeline exports after every window in which the runtime was not quiet, at once on a stall, its end and lifecycle changes, and otherwise every `max(export interval, 2.5 s)` as a heartbeat (the agent's default staleness is 5 s); a provider given with `meter_provider` exports on its own reader's schedule, plus the forced stall exports |
 //! | runtime metrics | `tokio_metrics::RuntimeMonitor` (stable set), sampled once per window |
 //! | independence | exports run on loopwatch's own `loopwatch-export` runtime and the `loopwatch-flush` thread: nothing on the stall path needs the watched runtime |
@@ -143,7 +143,7 @@
 //! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | endpoint, verbatim |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | endpoint; for HTTP `/v1/metrics` is appended |
 //! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` (default) or `http/protobuf` |
-//! | `OTEL_METRIC_EXPORT_INTERVAL` | export interval = window length, whole milliseconds |
+//! | `OTEL_METRIC_EXPORT_INTERVAL` | export interval = window length, whole milliseconds (while the runtime is quiet, loopwatch's own pipeline exports every max(interval, 2.5 s)) |
 //!
 //! Unset and empty variables are ignored; a bad value fails [`LoopwatchBuilder::start`] with an
 //! error naming the variable. `service.instance.id`, when not given, is generated once per
