@@ -82,7 +82,7 @@
 //! | signal | when | what it tells | limits |
 //! |---|---|---|---|
 //! | runtime metrics (stable tokio) | always | worker `i` is awake (`worker_park_unpark_count` even) and has published no metrics (park/unpark count and busy time unchanged) for ≥ `stuck_threshold`. Tokio publishes a worker's metrics when it parks and every 61 scheduler ticks, so the worker is in one poll that long, or its polls average ≥ threshold / 61 | duration = time since loopwatch *saw* the worker's last metrics publish (up to one check interval less than since that publish, which may include < 61 short polls before the long one); no task identity; a worker in `block_in_place` hands its core away and is not reported; `multi_thread` only (on `current_thread` the stall detector covers it) |
-//! | poll hooks (`--cfg tokio_unstable` + [`install_poll_hooks`]) | hooked runtimes | exact duration of each worker's current poll and the spawn location (`file:line:column`) of the task holding it; these take precedence | the runtime must be built with the hooks; they replace your own `on_before/after_task_poll` unless you call [`before_task_poll`]/[`after_task_poll`] from yours; the location is where the *task* was spawned: for an axum handler that is axum's per-connection task (`axum/src/serve/mod.rs`) |
+//! | poll hooks (`--cfg tokio_unstable` + `install_poll_hooks`) | hooked runtimes | exact duration of each worker's current poll and the spawn location (`file:line:column`) of the task holding it; these take precedence | the runtime must be built with the hooks; they replace your own `on_before/after_task_poll` unless you call `before_task_poll`/`after_task_poll` from yours; the location is where the *task* was spawned: for an axum handler that is axum's per-connection task (`axum/src/serve/mod.rs`) |
 //!
 //! A worker passing the threshold starts a *stuck episode*: counted once, a `tracing` warning
 //! `tokio.worker.stuck` with the worker index (and task spawn location) is logged, and an export
@@ -113,7 +113,7 @@
 //! |---|---|
 //! | (default) | stuck workers from runtime metrics; `CountingAllocator`; process RSS/CPU via `sysinfo` |
 //! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc: `#[global_allocator] static A: loopwatch::Jemalloc = loopwatch::Jemalloc;` (re-exported `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
-//! | `RUSTFLAGS="--cfg tokio_unstable"` | [`install_poll_hooks`], [`before_task_poll`], [`after_task_poll`]; the unstable runtime metrics below |
+//! | `RUSTFLAGS="--cfg tokio_unstable"` | `install_poll_hooks`, `before_task_poll`, `after_task_poll`; the unstable runtime metrics below |
 //!
 //! | name | instrument | unit | meaning |
 //! |---|---|---|---|
