@@ -128,7 +128,7 @@
 //! | `tokio.worker.overflow.count` | observable counter u64 | {overflow} | unstable: local-queue overflows into the global queue |
 //! | `tokio.worker.local_queue.depth` | observable gauge u64 | {task} | unstable: per worker (`tokio.worker.index`) |
 //! | `tokio.worker.poll.time.mean` | observable gauge f64 | s | unstable: tokio's moving-average poll time, averaged across workers |
-//! | `tokio.worker.poll.time.bucket` | observable counter u64 | {poll} | unstable: tokio's poll-time histogram (enabled by [`install_poll_hooks`]), one point per bucket, attribute `tokio.poll.time.le` = upper bound in s (`+Inf` last) |
+//! | `tokio.worker.poll.time.bucket` | observable counter u64 | {poll} | unstable: tokio's poll-time histogram (enabled by `install_poll_hooks`), one point per bucket, attribute `tokio.poll.time.le` = upper bound in s (`+Inf` last) |
 //! | `tokio.runtime.blocking.threads`, `tokio.runtime.blocking.idle_threads` | observable gauge u64 | {thread} | unstable: blocking pool threads, idle ones |
 //! | `tokio.runtime.blocking.queue.depth` | observable gauge u64 | {task} | unstable: tasks waiting for a blocking thread |
 //! | `tokio.runtime.forced_yield.count` | observable counter u64 | {yield} | unstable: coop-budget forced yields |

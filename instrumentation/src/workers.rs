@@ -53,7 +53,7 @@ pub enum StuckSource {
     /// From runtime metrics (stable tokio): awake and no metrics published; duration is a lower
     /// bound, task unknown.
     RuntimeMetrics,
-    /// From loopwatch's poll hooks (`--cfg tokio_unstable` + [`install_poll_hooks`]): exact
+    /// From loopwatch's poll hooks (`--cfg tokio_unstable` + `crate::install_poll_hooks`): exact
     /// duration of the current poll, with the task's spawn location.
     PollHooks,
 }
