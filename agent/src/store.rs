@@ -113,6 +113,8 @@ pub struct SeriesMap {
     /// `entries` index matched by each datapoint of the last request applied without new
     /// series, in request order.
     hints: Vec<u32>,
+    /// Counts insertions: positions found before an insertion are stale after it.
+    generation: u64,
 }
 
 impl SeriesMap {
@@ -866,8 +868,13 @@ impl Store {
         positions.clear();
         let mut new_services: HashSet<&ServiceKey> = HashSet::new();
         let mut new_bytes = 0usize;
+        // The generation of each batch's series map when its positions were found (a request
+        // may carry one service in several batches, and an earlier batch's new series move
+        // the positions found for a later one).
+        let mut generations = Vec::with_capacity(prepared.batches.len());
         for (skey, updates) in &prepared.batches {
             let existing = self.services.get(skey);
+            generations.push(existing.map(|s| s.series.generation));
             if existing.is_none()
                 && new_services.insert(skey)
                 && self.services.len() + new_services.len() > self.limits.max_services
@@ -901,7 +908,7 @@ impl Store {
         // Pass 2: apply.
         let mut touched = Vec::with_capacity(prepared.batches.len());
         let mut at = 0usize;
-        for (skey, updates) in prepared.batches {
+        for ((skey, updates), generation) in prepared.batches.into_iter().zip(generations) {
             let state = match self.services.get_mut(&skey) {
                 Some(state) => state,
                 None => self
@@ -914,14 +921,19 @@ impl Store {
                     }),
             };
             state.last_seen = now;
-            let found = &positions[at..at + updates.len()];
+            let found = positions.get(at..at + updates.len()).unwrap_or(&[]);
             at += updates.len();
             let map = &mut state.series;
-            if found.iter().all(|p| *p != NEW) {
+            if generation == Some(map.generation)
+                && found.len() == updates.len()
+                && found.iter().all(|p| *p != NEW)
+            {
                 // Every series exists: apply at the positions found, remember them.
                 for (u, p) in updates.into_iter().zip(found) {
-                    let series = &mut map.entries[*p as usize].1;
-                    self.bytes = update_series(series, u, self.bytes);
+                    // Always in range: found in this map at this generation (no removals).
+                    if let Some((_, series)) = map.entries.get_mut(*p as usize) {
+                        self.bytes = update_series(series, u, self.bytes);
+                    }
                 }
                 // Bounded by the number of series (a request repeating a series many
                 // times is not remembered).
@@ -933,6 +945,7 @@ impl Store {
                 // New series shift positions: search each datapoint (inserting the new
                 // series in order) and forget the hints.
                 map.hints.clear();
+                map.generation = map.generation.wrapping_add(1);
                 if found.iter().filter(|p| **p == NEW).count() > MAX_SORTED_INSERTS {
                     self.bytes = apply_many_new(map, updates, self.bytes);
                 } else {
@@ -1320,6 +1333,33 @@ mod tests {
         assert_eq!(s.series.named("c").count(), 0);
         let expected: usize = s.series.iter().map(|(k, v)| approx_bytes(k, v)).sum();
         assert_eq!(store.approx_bytes(), expected);
+    }
+
+    #[test]
+    fn one_service_in_several_batches_of_a_request() {
+        let mut store = Store::new(limits());
+        let now = Instant::now();
+        let first = request("s", vec![sum("d", 1, vec![point(1.0, "b")])]);
+        store.apply(prepare(&first), now).unwrap();
+        // Batch 1 adds series "a" (sorted before "b"); batch 2, same service, updates "b",
+        // whose position batch 1 moved.
+        let mut req = request("s", vec![sum("d", 1, vec![point(10.0, "a")])]);
+        req.resource_metrics
+            .extend(request("s", vec![sum("d", 1, vec![point(100.0, "b")])]).resource_metrics);
+        store.apply(prepare(&req), now).unwrap();
+        let (_, s) = store.services().next().unwrap();
+        let values: Vec<(&str, SeriesValue)> = s
+            .series
+            .iter()
+            .map(|(k, v)| (k.attributes[0].1.as_str(), v.value.clone()))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("a", SeriesValue::Number(10.0)),
+                ("b", SeriesValue::Number(101.0))
+            ]
+        );
     }
 
     #[test]
