@@ -65,6 +65,9 @@ struct Args {
     /// Run without loopwatch (the uninstrumented baseline of the overhead benchmarks).
     #[arg(long, env = "EXAMPLE_NO_LOOPWATCH")]
     no_loopwatch: bool,
+    /// Run loopwatch without its per-route layer (isolates the layer's share of the overhead).
+    #[arg(long, env = "EXAMPLE_NO_ROUTE_LAYER")]
+    no_route_layer: bool,
     /// Milliseconds between SIGTERM (readiness 503) and closing the listener.
     #[arg(long, env = "EXAMPLE_DRAIN_DELAY_MS", default_value_t = 5000)]
     drain_delay_ms: u64,
@@ -265,7 +268,10 @@ fn main() -> ExitCode {
             }
         }
     };
-    let routes = guard.as_ref().map(|g| g.route_metrics());
+    let routes = guard
+        .as_ref()
+        .filter(|_| !args.no_route_layer)
+        .map(|g| g.route_metrics());
     let pressure = guard.as_ref().map(|g| g.pressure());
     let lifecycle = guard.as_ref().map(|g| g.lifecycle()).unwrap_or_default();
     let mut health = loopwatch::Health::builder()
