@@ -582,6 +582,7 @@ impl ProbeTask {
         quiet_for: Duration,
     ) {
         let active = quiet_for < self.window_start.elapsed();
+        tracing::debug!(active, ?quiet_for, window = ?self.window_start.elapsed(), "loopwatch window end");
         self.roll(sampler, ongoing);
         if self.drive_exports && active {
             self.flush.request();
