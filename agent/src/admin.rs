@@ -8,7 +8,8 @@
 //!   when any (matching) service instance is unhealthy or stale, or reports lifecycle
 //!   `draining`/`stopped` (state `draining`/`stopped`), or after `POST /drain` (every entry
 //!   state `draining`, reason `draining`; with no services one entry with empty service).
-//!   No services -> 200 with 0.
+//!   No services -> 200 with 0. A stale or stopped instance is left out once a newer
+//!   instance of the same service reports (a restart: new `service.instance.id`).
 //! - `GET /metrics` -> Prometheus text exposition 0.0.4 (see [`crate::prometheus`]).
 //! - `GET /v1/status` -> `{"services":[{"service","instance","state","reasons","lag_seconds",
 //!   "stall_seconds","delay_p99_seconds","utilization","pressure","last_seen_age_seconds",
@@ -67,6 +68,7 @@ pub fn readiness(
     let scoped: Vec<&ServiceView> = views
         .iter()
         .filter(|v| service.is_none_or(|s| v.key.service == s))
+        .filter(|v| !superseded(v, views))
         .collect();
     let mut reasons = Vec::new();
     if draining {
@@ -123,6 +125,23 @@ pub fn readiness(
             json!({"status": "not_ready", "reasons": reasons}),
         )
     }
+}
+
+/// Whether `v` is a departed instance that a newer instance of the same service replaced: it
+/// is stale or reported lifecycle `stopped`, and another instance of that service sent data
+/// more recently and is not stale. A restarted service gets a new `service.instance.id`; the
+/// old one must not hold readiness at 503 until the agent restarts. (It still shows in
+/// `/v1/status` as stale.)
+fn superseded(v: &ServiceView, views: &[ServiceView]) -> bool {
+    let departed = v.state == HealthState::Stale || v.lifecycle == Some(Lifecycle::Stopped);
+    departed
+        && views.iter().any(|w| {
+            w.key.service == v.key.service
+                && w.key.instance != v.key.instance
+                && w.state != HealthState::Stale
+                && w.lifecycle != Some(Lifecycle::Stopped)
+                && w.last_seen_age_seconds < v.last_seen_age_seconds
+        })
 }
 
 async fn readyz(State(state): State<Arc<AgentState>>, Query(q): Query<ReadyQuery>) -> Response {
@@ -194,4 +213,71 @@ async fn pressure(State(state): State<Arc<AgentState>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "services": services, "max": max }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Runtime;
+    use crate::store::ServiceKey;
+
+    fn view(service: &str, instance: &str, state: HealthState, age: f64) -> ServiceView {
+        ServiceView {
+            key: ServiceKey {
+                service: service.into(),
+                instance: instance.into(),
+            },
+            state,
+            reasons: Vec::new(),
+            runtime: Runtime::Tokio,
+            lag_seconds: None,
+            stall_seconds: None,
+            delay_p99_seconds: None,
+            utilization: None,
+            pressure: 0.0,
+            last_seen_age_seconds: age,
+            heap_growth: None,
+            lifecycle: None,
+            active_requests: None,
+        }
+    }
+
+    #[test]
+    fn a_restarted_instance_replaces_the_departed_one() {
+        let old = view("svc", "a", HealthState::Stale, 30.0);
+        let new = view("svc", "b", HealthState::Ok, 0.5);
+        // Alone, the departed instance holds readiness at 503.
+        assert_eq!(
+            readiness(std::slice::from_ref(&old), None, false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // With a live successor it is ignored, in either order.
+        let (code, body) = readiness(&[old.clone(), new.clone()], None, false);
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["services"], 1);
+        // A stopped (graceful shutdown) predecessor is replaced too.
+        let mut stopped = view("svc", "a", HealthState::Ok, 10.0);
+        stopped.lifecycle = Some(Lifecycle::Stopped);
+        assert_eq!(
+            readiness(&[new.clone(), stopped], None, false).0,
+            StatusCode::OK
+        );
+        // An unhealthy successor still makes the agent not ready.
+        let sick = view("svc", "b", HealthState::Unhealthy, 0.5);
+        assert_eq!(
+            readiness(&[old.clone(), sick], None, false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Another service does not replace it, and a stale successor does not either.
+        let other = view("other", "c", HealthState::Ok, 0.5);
+        assert_eq!(
+            readiness(&[old.clone(), other], None, false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let stale_new = view("svc", "b", HealthState::Stale, 6.0);
+        assert_eq!(
+            readiness(&[old, stale_new], None, false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }
