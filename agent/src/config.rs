@@ -17,7 +17,7 @@
 //! | `health.lag_enter` | `LOOPWATCH_HEALTH_LAG_ENTER` | `250ms` | lag at or above which a service becomes unhealthy |
 //! | `health.lag_leave` | `LOOPWATCH_HEALTH_LAG_LEAVE` | `100ms` | lag below which an unhealthy service may recover |
 //! | `health.hold` | `LOOPWATCH_HEALTH_HOLD` | `3s` | lag must stay below `lag_leave` this long before recovery |
-//! | `health.stale_after` | `LOOPWATCH_HEALTH_STALE_AFTER` | `5s` | no data for this long marks a service stale |
+//! | `health.stale_after` | `LOOPWATCH_HEALTH_STALE_AFTER` | `5s` | no data for this long marks a service stale; after 60 times this it is forgotten |
 //! | `health.target_lag` | `LOOPWATCH_HEALTH_TARGET_LAG` | `100ms` | lag at which pressure is 1.0 |
 //! | `health.target_utilization` | `LOOPWATCH_HEALTH_TARGET_UTILIZATION` | `0.8` | utilization (0..1) at which pressure is 1.0 |
 //! | `health.error_ratio_enter` | `LOOPWATCH_HEALTH_ERROR_RATIO_ENTER` | `0.1` | per-route error ratio (0..1) at or above which a service becomes unhealthy |

@@ -117,6 +117,11 @@ impl Telemetry {
     }
 }
 
+/// A service instance that sent nothing for this many times `health.stale_after` (5 min with
+/// the defaults) is forgotten: its series, its slot under the services cap and its entry in
+/// `/readyz` and `/v1/status`.
+pub const EVICT_AFTER_STALE: u32 = 60;
+
 /// A read-only view of one service instance at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceView {
@@ -280,6 +285,14 @@ impl AgentState {
     ) {
         let cfg = &self.config.health;
         let mut store = self.store();
+        let forgotten =
+            store.evict_departed(now, cfg.stale_after.saturating_mul(EVICT_AFTER_STALE));
+        if forgotten > 0 {
+            tracing::info!(
+                forgotten,
+                "forgot departed service instances (no data for 60 x health.stale_after)"
+            );
+        }
         for (key, s) in store.services_mut() {
             let sig = s.health.signals(&s.series);
             let before = s.health.any_unhealthy();

@@ -853,6 +853,28 @@ impl Store {
         self.bytes
     }
 
+    /// Forgets the service instances that sent nothing for `after` (departed: a restarted
+    /// service comes back under a new `service.instance.id`), with their series and bytes.
+    /// Returns how many were forgotten. Without this, departed instances would fill the
+    /// services cap and then refuse every new one.
+    pub fn evict_departed(&mut self, now: Instant, after: std::time::Duration) -> usize {
+        let before = self.services.len();
+        let mut freed = 0usize;
+        self.services.retain(|_, s| {
+            let keep = now.saturating_duration_since(s.last_seen) < after;
+            if !keep {
+                freed += s
+                    .series
+                    .iter()
+                    .map(|(k, v)| approx_bytes(k, v))
+                    .sum::<usize>();
+            }
+            keep
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+        before - self.services.len()
+    }
+
     /// Checks caps for the whole request, then applies it. On error nothing is applied.
     /// Returns the keys of the service instances touched.
     pub fn apply(
@@ -1217,6 +1239,36 @@ mod tests {
         let err = store.apply(prepare(&request("c", vec![])), now);
         assert_eq!(err, Err(CapError::TooManyServices(2)));
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn departed_instances_are_forgotten_and_free_their_slot_and_bytes() {
+        let mut store = Store::new(limits());
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_secs(300);
+        let req = |s: &str| request(s, vec![sum("d", 1, vec![point(1.0, "x")])]);
+        store.apply(prepare(&req("old")), t0).unwrap();
+        store.apply(prepare(&req("live")), later).unwrap();
+        assert_eq!(
+            store.apply(prepare(&req("new")), later),
+            Err(CapError::TooManyServices(2)),
+            "the cap is full"
+        );
+        let bytes_two = store.approx_bytes();
+        assert_eq!(
+            store.evict_departed(later, std::time::Duration::from_secs(300)),
+            1
+        );
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.services().next().unwrap().0.service, "live");
+        assert!(store.approx_bytes() < bytes_two && store.approx_bytes() > 0);
+        // The slot is free again.
+        store.apply(prepare(&req("new")), later).unwrap();
+        assert_eq!(store.len(), 2);
+        assert_eq!(
+            store.evict_departed(later, std::time::Duration::from_secs(300)),
+            0
+        );
     }
 
     fn kvi(k: &str, v: i64) -> KeyValue {
