@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{BoundHistogram, Histogram, Meter};
+use opentelemetry::metrics::{AsyncInstrument, BoundHistogram, Histogram, Meter};
 use tokio_metrics::{Instrumented, TaskMonitor};
 use tower::{Layer, Service};
 use tracing::Span;
@@ -848,20 +848,6 @@ fn register(meter: &Meter, inner: &'static Inner) {
             |s| s.latency_p99.as_secs_f64(),
         ),
     ];
-    for (name, desc, unit, read) in gauges {
-        let w = inner;
-        let _ = meter
-            .f64_observable_gauge(name)
-            .with_description(desc)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                let inner = &w;
-                for s in inner.stats() {
-                    obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
-                }
-            })
-            .build();
-    }
     let counters: [(&'static str, &'static str, &'static str, Read); 5] = [
         (
             "loopwatch.http.route.polls",
@@ -894,18 +880,27 @@ fn register(meter: &Meter, inner: &'static Inner) {
             |s| s.scheduled.as_secs_f64(),
         ),
     ];
+    let per_route = |read: Read| {
+        move |obs: &dyn AsyncInstrument<f64>| {
+            for s in inner.stats() {
+                obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
+            }
+        }
+    };
+    for (name, desc, unit, read) in gauges {
+        let _ = meter
+            .f64_observable_gauge(name)
+            .with_description(desc)
+            .with_unit(unit)
+            .with_callback(per_route(read))
+            .build();
+    }
     for (name, desc, unit, read) in counters {
-        let w = inner;
         let _ = meter
             .f64_observable_counter(name)
             .with_description(desc)
             .with_unit(unit)
-            .with_callback(move |obs| {
-                let inner = &w;
-                for s in inner.stats() {
-                    obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
-                }
-            })
+            .with_callback(per_route(read))
             .build();
     }
     let w = inner;
