@@ -906,7 +906,9 @@ fn register(meter: &Meter, inner: &'static Inner) {
     let w = inner;
     let _ = meter
         .u64_observable_counter("loopwatch.http.dropped")
-        .with_description("Request records dropped because the route layer's ring was full")
+        .with_description(
+            "Request records dropped because the route layer's rings (hot and spill) were full",
+        )
         .with_unit("{record}")
         .with_callback(move |obs| {
             let inner = &w;
