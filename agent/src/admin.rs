@@ -18,6 +18,7 @@
 //! - `GET /v1/pressure` -> `{"services":[{"service","instance","pressure"}],"max":M}` (0 when
 //!   no services).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,10 +66,11 @@ pub fn readiness(
     service: Option<&str>,
     draining: bool,
 ) -> (StatusCode, Value) {
+    let newest_live = newest_live_ages(views);
     let scoped: Vec<&ServiceView> = views
         .iter()
         .filter(|v| service.is_none_or(|s| v.key.service == s))
-        .filter(|v| !superseded(v, views))
+        .filter(|v| !superseded(v, &newest_live))
         .collect();
     let mut reasons = Vec::new();
     if draining {
@@ -127,21 +129,30 @@ pub fn readiness(
     }
 }
 
-/// Whether `v` is a departed instance that a newer instance of the same service replaced: it
-/// is stale or reported lifecycle `stopped`, and another instance of that service sent data
-/// more recently and is not stale. A restarted service gets a new `service.instance.id`; the
-/// old one must not hold readiness at 503 until the agent restarts. (It still shows in
-/// `/v1/status` as stale.)
-fn superseded(v: &ServiceView, views: &[ServiceView]) -> bool {
-    let departed = v.state == HealthState::Stale || v.lifecycle == Some(Lifecycle::Stopped);
-    departed
-        && views.iter().any(|w| {
-            w.key.service == v.key.service
-                && w.key.instance != v.key.instance
-                && w.state != HealthState::Stale
-                && w.lifecycle != Some(Lifecycle::Stopped)
-                && w.last_seen_age_seconds < v.last_seen_age_seconds
-        })
+/// A departed instance: stale, or it reported lifecycle `stopped`.
+fn departed(v: &ServiceView) -> bool {
+    v.state == HealthState::Stale || v.lifecycle == Some(Lifecycle::Stopped)
+}
+
+/// Per service name, the age of the freshest instance that has not departed.
+fn newest_live_ages(views: &[ServiceView]) -> HashMap<&str, f64> {
+    let mut ages: HashMap<&str, f64> = HashMap::new();
+    for v in views.iter().filter(|v| !departed(v)) {
+        let age = ages.entry(&v.key.service).or_insert(f64::INFINITY);
+        *age = age.min(v.last_seen_age_seconds);
+    }
+    ages
+}
+
+/// Whether `v` is a departed instance that a newer instance of the same service replaced:
+/// another instance of that service sent data more recently and has not departed. A restarted
+/// service gets a new `service.instance.id`; the old one must not hold readiness at 503 until
+/// the agent restarts. (It still shows in `/v1/status` as stale.)
+fn superseded(v: &ServiceView, newest_live: &HashMap<&str, f64>) -> bool {
+    departed(v)
+        && newest_live
+            .get(v.key.service.as_str())
+            .is_some_and(|&age| age < v.last_seen_age_seconds)
 }
 
 async fn readyz(State(state): State<Arc<AgentState>>, Query(q): Query<ReadyQuery>) -> Response {

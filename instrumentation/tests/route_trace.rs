@@ -3,8 +3,9 @@
 //! "waited N ms behind a blocked runtime" warning, and the span reaches a real OTLP/gRPC trace
 //! receiver through `OtlpTracing`. Also: a task family times the tasks it instruments.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,24 +113,10 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
 
 #[test]
 fn waiting_behind_a_block_is_on_the_request_span_and_reaches_otlp() {
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("server runtime");
     let receiver = Receiver::default();
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    let svc = TraceServiceServer::new(receiver.clone());
-    server_rt.spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await;
-    });
+    let (_server_rt, addr) = common::serve_grpc(
+        tonic::transport::Server::builder().add_service(TraceServiceServer::new(receiver.clone())),
+    );
 
     let tracing_pipeline = loopwatch::OtlpTracing::start(
         loopwatch::Loopwatch::builder()

@@ -170,6 +170,14 @@ where
     R: opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService,
 {
     use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+    serve_grpc(tonic::transport::Server::builder().add_service(MetricsServiceServer::new(receiver)))
+}
+
+/// Serves these gRPC routes on 127.0.0.1 (any free port) on a runtime of its own, never a
+/// watched one. Keep the returned runtime alive while the server is needed.
+pub fn serve_grpc(
+    routes: tonic::transport::server::Router,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -179,13 +187,9 @@ where
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let svc = MetricsServiceServer::new(receiver);
     server_rt.spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await;
+        let _ = routes.serve_with_incoming(incoming).await;
     });
     (server_rt, addr)
 }
