@@ -68,6 +68,10 @@ struct Args {
     /// Run loopwatch without its per-route layer (isolates the layer's share of the overhead).
     #[arg(long, env = "EXAMPLE_NO_ROUTE_LAYER")]
     no_route_layer: bool,
+    /// Build the runtime without loopwatch's unpark hook (the probe thread then looks at a quiet
+    /// runtime every 25 ms instead of sleeping until it wakes).
+    #[arg(long, env = "EXAMPLE_NO_UNPARK_HOOK")]
+    no_unpark_hook: bool,
     /// Milliseconds between SIGTERM (readiness 503) and closing the listener.
     #[arg(long, env = "EXAMPLE_DRAIN_DELAY_MS", default_value_t = 5000)]
     drain_delay_ms: u64,
@@ -233,12 +237,19 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(traces.as_ref().map(|t| t.layer()))
         .init();
+    // Tells loopwatch when the runtime wakes up, so its probe thread can sleep while it is quiet.
+    let unpark_hook = (!args.no_unpark_hook).then(loopwatch::UnparkHook::new);
     let runtime = if args.workers == 0 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        if let Some(h) = &unpark_hook {
+            h.install(&mut b);
+        }
+        b.enable_all().build()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(h) = &unpark_hook {
+            h.install(&mut b);
+        }
         b.worker_threads(args.workers).enable_all();
         // Exact stuck-poll durations and the spawn location of the task holding a worker.
         #[cfg(tokio_unstable)]
@@ -253,6 +264,9 @@ fn main() -> ExitCode {
         }
     };
     let mut builder = loopwatch::Loopwatch::builder();
+    if let Some(h) = unpark_hook {
+        builder = builder.unpark_hook(h);
+    }
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         builder = builder.service_name("example-service");
     }

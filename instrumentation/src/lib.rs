@@ -36,7 +36,8 @@
 //! | coordinated omission | a delay `d` also records `d − i, d − 2i, …` (`i` = probe interval): a 1.5 s block puts ~1.5 s in p99 although only one probe was stuck |
 //! | stall in progress | while a probe is outstanding its age is the current stall; past `stall_threshold` the stall is counted once, a `tracing` warning is logged and an export is forced at once |
 //! | stall end | the window is completed and another export forced, so stall = 0 and the big p99 arrive together |
-//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs. Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`RouteMetrics::layer`] of a running loopwatch) or [`ShedLayer`] wakes it at once, so a block in that request is probed from its start. A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later) |
+//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs. Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`RouteMetrics::layer`] of a running loopwatch) or [`ShedLayer`] wakes it at once, so a block in that request is probed from its start. A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later). With an [`UnparkHook`] on the runtime (`on_thread_unpark`), every wake-up of a worker wakes the probe thread, which then sleeps one export interval at a time while the runtime is quiet (~2 wake-ups a second instead of 40) and probes any block from its start |
+//! | unpark hook | [`UnparkHook::install`] on the runtime builder, then [`LoopwatchBuilder::unpark_hook`]: per worker wake-up one atomic increment and one load |
 //! | exports | loopwatch's own pipeline exports after every window in which the runtime was not quiet, at once on a stall, its end and lifecycle changes, and otherwise every `max(export interval, 2.5 s)` as a heartbeat (the agent's default staleness is 5 s); a provider given with `meter_provider` exports on its own reader's schedule, plus the forced stall exports |
 //! | runtime metrics | `tokio_metrics::RuntimeMonitor` (stable set), sampled once per window |
 //! | independence | exports run on loopwatch's own `loopwatch-export` runtime and the `loopwatch-flush` thread: nothing on the stall path needs the watched runtime |
@@ -214,6 +215,7 @@ mod shed;
 mod shutdown;
 mod tasks;
 mod trace;
+mod unpark;
 mod workers;
 
 use std::sync::Arc;
@@ -252,6 +254,7 @@ pub use shutdown::{
 };
 pub use tasks::{DEFAULT_MAX_TASK_FAMILIES, OVERFLOW_FAMILY, TaskFamily, instrument_family};
 pub use trace::OtlpTracing;
+pub use unpark::UnparkHook;
 
 /// The examples of `instrumentation/README.md`, compiled as doc tests.
 #[cfg(doctest)]
@@ -289,6 +292,23 @@ impl LoopwatchBuilder {
         handle: tokio::runtime::Handle,
     ) -> Result<LoopwatchGuard, StartError> {
         let (stuck_threshold, heap_window) = (self.stuck_threshold, self.heap_window);
+        let nudge = match &self.unpark_hook {
+            Some(hook) => Arc::clone(&hook.nudge),
+            None => unpark::Nudge::unhooked(),
+        };
+        if !nudge.claim() {
+            return Err(StartError::InvalidConfig {
+                key: "unpark_hook",
+                reason: "this UnparkHook is in use by a running loopwatch (one hook per runtime \
+                         and loopwatch)"
+                    .into(),
+            });
+        }
+        // Released when the probe thread ends, or here on any error before it starts.
+        let claim = ClaimGuard {
+            nudge: Arc::clone(&nudge),
+            armed: true,
+        };
         let settings = config::resolve(self, &config::process_env)?;
         let sampler = process::sampler_settings(
             stuck_threshold,
@@ -304,7 +324,7 @@ impl LoopwatchBuilder {
             "tokio.runtime.name",
             settings.runtime_name.clone(),
         )];
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(nudge));
 
         // The flush thread is spawned before the pipeline exists, so that no spawn failure can
         // leave us dropping loopwatch's export runtime here (which panics in async contexts).
@@ -366,6 +386,8 @@ impl LoopwatchBuilder {
             attrs,
         };
         let (probe_done_tx, probe_done) = mpsc::channel();
+        // From here the probe thread (or the error path below) owns the claim.
+        let claim = claim.disarm();
         let probe_thread =
             match thread::Builder::new()
                 .name("loopwatch-probe".into())
@@ -375,6 +397,7 @@ impl LoopwatchBuilder {
                 }) {
                 Ok(t) => t,
                 Err(source) => {
+                    claim.set_thread(None);
                     shared.stop.store(true, Ordering::Release);
                     flush.request();
                     drop(flush);
@@ -399,6 +422,27 @@ impl LoopwatchBuilder {
             meter,
             lifecycle,
         })
+    }
+}
+
+/// Releases an [`UnparkHook`]'s claim if [`LoopwatchBuilder::start_with_handle`] fails early.
+struct ClaimGuard {
+    nudge: Arc<unpark::Nudge>,
+    armed: bool,
+}
+
+impl ClaimGuard {
+    fn disarm(mut self) -> Arc<unpark::Nudge> {
+        self.armed = false;
+        Arc::clone(&self.nudge)
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.nudge.set_thread(None);
+        }
     }
 }
 

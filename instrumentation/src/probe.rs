@@ -2,8 +2,8 @@
 //! runtime and measures spawn → first poll, detects stalls in progress, and rolls delay windows.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, Thread};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -13,6 +13,7 @@ use opentelemetry::metrics::{Counter, Histogram as OtelHistogram};
 use crate::export::FlushTrigger;
 use crate::process::Sampler;
 use crate::runtime::{RuntimeSampler, RuntimeSnapshot};
+use crate::unpark::Nudge;
 
 /// Highest delay the window histogram tracks exactly: 1 hour in µs. Longer delays are clamped.
 const MAX_TRACKABLE_US: u64 = 3_600_000_000;
@@ -28,8 +29,13 @@ pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(200);
 /// probed up to this much after its start (instead of one probe interval): read up to 25 ms
 /// low, and a stall reported up to 25 ms later. 25 ms keeps the stall export within the
 /// detection budget (`stall_threshold` + 50 ms, an export taking ~15 ms) while cutting the
-/// idle probe thread's wake-ups from 100/s to 40/s.
+/// idle probe thread's wake-ups from 100/s to 40/s. With an [`crate::UnparkHook`] installed,
+/// every wake-up of the runtime nudges the probe thread, which then sleeps one export interval
+/// instead (see [`HOOK_MISSES_TOLERATED`]).
 pub(crate) const IDLE_TICK: Duration = Duration::from_millis(25);
+/// Timed-out long idle sleeps after which the runtime had woken without the hook reporting it:
+/// beyond this many, the hook is taken as not installed on the watched runtime and ignored.
+const HOOK_MISSES_TOLERATED: u32 = 2;
 
 /// Values read by [`crate::LoopwatchGuard::snapshot`] and by the observable gauges.
 ///
@@ -104,10 +110,8 @@ pub(crate) struct Shared {
     last_delay_end_us: AtomicU64,
     window: Mutex<WindowStats>,
     runtime: Mutex<RuntimeSnapshot>,
-    /// True while the probe thread sleeps an idle tick; [`Shared::wake_if_idle`] takes it.
-    idle_sleep: AtomicBool,
-    /// The `loopwatch-probe` thread, set when it starts.
-    probe_thread: OnceLock<Thread>,
+    /// The probe thread's idle flag, woken by nudges and by an [`crate::UnparkHook`].
+    pub(crate) nudge: Arc<Nudge>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,7 +123,7 @@ fn us(d: Duration) -> u64 {
 }
 
 impl Shared {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(nudge: Arc<Nudge>) -> Self {
         Shared {
             base: Instant::now(),
             stop: AtomicBool::new(false),
@@ -135,24 +139,16 @@ impl Shared {
             last_delay_end_us: AtomicU64::new(0),
             window: Mutex::new(WindowStats::default()),
             runtime: Mutex::new(RuntimeSnapshot::default()),
-            idle_sleep: AtomicBool::new(false),
-            probe_thread: OnceLock::new(),
+            nudge,
         }
     }
 
     /// A nudge from work starting on the watched runtime (e.g. a request's first poll): if
     /// the probe thread is sleeping an idle tick, wakes it now, so that the probe samples from
-    /// (about) the start of that work instead of up to [`IDLE_TICK`] later. Otherwise one
-    /// relaxed load; the wake-up (one `unpark`) happens once per quiet → busy transition. Best
-    /// effort: a nudge racing with the probe thread falling asleep is seen at its next idle
-    /// tick at the latest.
+    /// (about) the start of that work instead of up to [`IDLE_TICK`] later. See
+    /// [`Nudge::wake_if_idle`].
     pub(crate) fn wake_if_idle(&self) {
-        if self.idle_sleep.load(Ordering::Relaxed)
-            && self.idle_sleep.swap(false, Ordering::AcqRel)
-            && let Some(t) = self.probe_thread.get()
-        {
-            t.unpark();
-        }
+        self.nudge.wake_if_idle();
     }
 
     /// Whether metric callbacks should still report.
@@ -251,8 +247,13 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn new() -> Result<Self, hdrhistogram::CreationError> {
+        // Auto-resizing from a small array: the counts only cover delays seen so far (a few
+        // KiB for sub-millisecond delays, up to ~190 KiB at the 1 h clamp), so that the reset
+        // every window and the percentile scans do not touch the full range.
+        let mut hist = Histogram::new_with_bounds(1, 2, 3)?;
+        hist.auto(true);
         Ok(Window {
-            hist: Histogram::new_with_bounds(1, MAX_TRACKABLE_US, 3)?,
+            hist,
             exact_min: u64::MAX,
             exact_max: 0,
         })
@@ -298,7 +299,9 @@ impl Window {
     }
 
     fn reset(&mut self) {
-        self.hist.reset();
+        if !self.hist.is_empty() {
+            self.hist.reset();
+        }
         self.exact_min = u64::MAX;
         self.exact_max = 0;
     }
@@ -343,6 +346,15 @@ impl Quiet {
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
     }
 
+    /// Wake-ups of all workers published so far (`worker_park_unpark_count / 2`: the count
+    /// starts even while running, is odd while parked).
+    fn unparks(handle: &tokio::runtime::Handle) -> u64 {
+        let m = handle.metrics();
+        (0..m.num_workers())
+            .map(|w| m.worker_park_unpark_count(w) / 2)
+            .sum()
+    }
+
     /// Whether a worker woke up since the last [`Quiet::observe`] (the counts changed), not
     /// counting the wake-up of loopwatch's own idle probe.
     fn woke_since(&self, handle: &tokio::runtime::Handle) -> bool {
@@ -356,6 +368,15 @@ impl Quiet {
                 .iter()
                 .enumerate()
                 .any(|(w, c)| m.worker_park_unpark_count(w) != *c)
+    }
+}
+
+/// Ends the probe thread's use of its nudge (and a hook's claim) when the thread ends.
+struct ReleaseNudge(Arc<Nudge>);
+
+impl Drop for ReleaseNudge {
+    fn drop(&mut self) {
+        self.0.set_thread(None);
     }
 }
 
@@ -389,13 +410,19 @@ impl ProbeTask {
         let mut sampler = RuntimeSampler::new(&self.handle);
         let mut next_roll = Instant::now() + self.export_interval;
         let me = thread::current();
-        let _ = self.shared.probe_thread.set(me.clone());
+        let nudge = Arc::clone(&self.shared.nudge);
+        nudge.set_thread(Some(me.clone()));
+        // Whatever way this thread ends, the hook's claim ends with it.
+        let _release = ReleaseNudge(Arc::clone(&nudge));
         let mut last_probe: Option<Instant> = None;
         let mut quiet = Quiet::default();
         let idle_tick = IDLE_TICK.max(self.probe_interval);
+        let long_tick = self.export_interval.max(idle_tick);
+        let mut hook_misses = 0u32;
 
         while !self.shared.stop.load(Ordering::Acquire) {
             let tick = Instant::now();
+            let hook_seen = nudge.unparks();
             let quiet_for = quiet.observe(&self.handle, tick);
             // A fully parked runtime has no scheduling delay: skip the spawn (and the wake-up
             // it would cost), but still probe once per window. A stall needs a busy worker,
@@ -506,22 +533,35 @@ impl ProbeTask {
             // Sleep until the next probe is due (unpark on shutdown wakes us early). A runtime
             // quiet for IDLE_AFTER is looked at every idle tick instead, and the stuck checks
             // and heap samples ride on those ticks (a parked worker is not stuck); a nudge
-            // (`Shared::wake_if_idle`) ends the idle sleep early.
+            // (`Shared::wake_if_idle`, or the unpark hook) ends the idle sleep early. With a
+            // working hook every wake-up of the runtime nudges, so the idle tick is long.
+            let hook_trusted =
+                nudge.hooked() && hook_misses <= HOOK_MISSES_TOLERATED && hook_seen > 0;
             let mut idle = quiet_for >= IDLE_AFTER;
             if idle {
-                self.shared.idle_sleep.store(true, Ordering::SeqCst);
+                nudge.begin_idle();
                 // A worker that woke after the look above may have missed the flag: look again.
-                if quiet.woke_since(&self.handle) {
-                    self.shared.idle_sleep.store(false, Ordering::SeqCst);
+                if quiet.woke_since(&self.handle) || (hook_trusted && nudge.unparks() != hook_seen)
+                {
+                    nudge.end_idle();
                     idle = false;
                 }
             }
-            let due = tick + if idle { idle_tick } else { self.probe_interval };
+            let long = idle && hook_trusted;
+            let before_sleep = long.then(|| (Quiet::unparks(&self.handle), nudge.unparks()));
+            let due = tick
+                + if long {
+                    long_tick
+                } else if idle {
+                    idle_tick
+                } else {
+                    self.probe_interval
+                };
             loop {
                 if self.shared.stop.load(Ordering::Acquire) {
                     break;
                 }
-                if idle && !self.shared.idle_sleep.load(Ordering::Acquire) {
+                if idle && !nudge.is_idle() {
                     break; // nudged: the runtime has work now
                 }
                 let now = Instant::now();
@@ -540,8 +580,24 @@ impl ProbeTask {
                 };
                 thread::park_timeout(until.saturating_duration_since(now));
             }
-            if idle {
-                self.shared.idle_sleep.store(false, Ordering::Release);
+            if idle
+                && nudge.end_idle()
+                && let Some((workers0, hook0)) = before_sleep
+            {
+                // Slept through without a nudge: the runtime must not have woken meanwhile
+                // (tokio may publish a wake-up late, never before the hook reports it).
+                let woke = Quiet::unparks(&self.handle).saturating_sub(workers0);
+                if woke > nudge.unparks().saturating_sub(hook0) {
+                    hook_misses += 1;
+                    if hook_misses > HOOK_MISSES_TOLERATED {
+                        tracing::warn!(
+                            runtime = %self.runtime_name,
+                            "the UnparkHook given to loopwatch does not report this runtime's \
+                             wake-ups (installed on another runtime?); ignoring it: the probe \
+                             thread looks at the quiet runtime every {idle_tick:?}"
+                        );
+                    }
+                }
             }
         }
         self.shared.outstanding.store(0, Ordering::Release);
@@ -616,19 +672,6 @@ impl ProbeTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nudge_wakes_an_idle_probe_thread_once() {
-        let s = Shared::new();
-        let _ = s.probe_thread.set(thread::current());
-        s.wake_if_idle(); // not sleeping an idle tick: nothing to take
-        assert!(!s.idle_sleep.load(Ordering::SeqCst));
-        s.idle_sleep.store(true, Ordering::SeqCst);
-        s.wake_if_idle();
-        assert!(!s.idle_sleep.load(Ordering::SeqCst), "flag taken");
-        // The unpark token is set: this returns at once (bounded in case it were not).
-        thread::park_timeout(Duration::from_secs(30));
-    }
 
     #[test]
     fn quiet_tracks_a_parked_runtime_and_resets_on_a_wake_up() {

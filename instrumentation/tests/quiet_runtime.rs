@@ -154,3 +154,81 @@ fn quiet_runtime_heartbeat_busy_exports_and_stall_from_quiet() {
     stop.notify_one();
     driver.join().expect("driver");
 }
+
+#[test]
+fn unpark_hook_lets_the_probe_sleep_and_still_probes_a_block_from_its_start() {
+    let hook = loopwatch::UnparkHook::new();
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    hook.install(&mut b).enable_all();
+    let rt = b.build().expect("runtime");
+    let handle = rt.handle().clone();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop2 = Arc::clone(&stop);
+    let driver = std::thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
+
+    let provider = || opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(provider())
+        .export_interval(Duration::from_secs(1))
+        .probe_interval(PROBE)
+        .stall_threshold(THRESHOLD)
+        .unpark_hook(hook.clone())
+        .start_with_handle(handle.clone())
+        .expect("start");
+
+    // One hook, one running loopwatch.
+    match loopwatch::Loopwatch::builder()
+        .meter_provider(provider())
+        .unpark_hook(hook.clone())
+        .start_with_handle(handle.clone())
+    {
+        Err(loopwatch::StartError::InvalidConfig { key, .. }) => assert_eq!(key, "unpark_hook"),
+        other => panic!("second loopwatch with the same hook: {other:?}"),
+    }
+
+    // Quiet: the probe thread sleeps a window at a time instead of ticking every 25 ms (a
+    // tick of the quiet runtime is one idle skip; without the hook 2 s hold ~80).
+    assert!(
+        wait_for(Duration::from_secs(10), || guard.snapshot().idle_skips >= 1),
+        "the probe skips ticks of the quiet runtime"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let s0 = guard.snapshot().idle_skips;
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = guard.snapshot().idle_skips - s0;
+    assert!(ticks < 20, "{ticks} idle ticks in 2 s with the hook");
+
+    // A block starting from the quiet runtime (no request to nudge the probe): the spawn wakes
+    // the worker, the hook wakes the probe thread, and the probe samples from the block's
+    // start. Sleeping a whole window instead, it would see none or a small part of it.
+    let before = guard.snapshot();
+    let block = THRESHOLD * 4;
+    let blocker = handle.spawn(async move { std::thread::sleep(block) });
+    assert!(wait_for(Duration::from_secs(10), || blocker.is_finished()));
+    assert!(
+        wait_for(Duration::from_secs(10), || guard.snapshot().last_stall
+            > Duration::ZERO),
+        "stall from a quiet runtime counted: {:?}",
+        guard.snapshot()
+    );
+    let after = guard.snapshot();
+    assert_eq!(after.stalls, before.stalls + 1);
+    // (Not bounded above here: on a loaded machine the OS may run the worker late after
+    // the sleep, which is a real delay too.)
+    assert!(
+        after.last_stall >= block - THRESHOLD,
+        "read {:?} of a {block:?} block",
+        after.last_stall
+    );
+
+    guard.shutdown();
+    // The hook is free again once that loopwatch stopped.
+    let again = loopwatch::Loopwatch::builder()
+        .meter_provider(provider())
+        .unpark_hook(hook)
+        .start_with_handle(handle.clone())
+        .expect("hook reusable after shutdown");
+    again.shutdown();
+    stop.notify_one();
+    driver.join().expect("driver");
+}
