@@ -97,17 +97,21 @@ struct TaskTimes {
 
 fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
     let multi = flavor == "multi_thread";
-    let rt = if multi {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(o.workers)
-            .enable_all()
-            .build()
+    // loopwatch's unpark hook, as a service wires it: a block starting from a quiet runtime is
+    // probed from its start.
+    let hook = loopwatch::UnparkHook::new();
+    let mut builder = if multi {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(o.workers);
+        b
     } else {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    }
-    .map_err(|e| format!("runtime: {e}"))?;
+    };
+    let rt = hook
+        .install(&mut builder)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
     let handle = rt.handle().clone();
     let n_block = if multi { o.workers } else { 1 };
 
@@ -120,6 +124,7 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
         .service_name("probe-accuracy")
         .runtime_name(flavor)
         .meter_provider(SdkMeterProvider::builder().build())
+        .unpark_hook(hook)
         .start_with_handle(handle.clone())
         .map_err(|e| format!("loopwatch: {e}"))?;
 
@@ -214,6 +219,18 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
                 (Some(s), Some(e)) => e.saturating_duration_since(s),
                 _ => Duration::ZERO,
             };
+            // The blocking poll: from the first block task's poll start (the runtime is short
+            // of a worker from then on: on multi_thread the others may still have to wake up and
+            // reach their block) to the first block's end (a worker is free again). On
+            // current_thread this is the block task's whole poll. Every probe delay the block
+            // causes lies within it; `injected` (every worker blocked) lies within it too.
+            let blocking_poll = match (
+                times.iter().map(|t| t.poll_start).min(),
+                times.iter().map(|t| t.block_end).min(),
+            ) {
+                (Some(s), Some(e)) => e.saturating_duration_since(s),
+                _ => Duration::ZERO,
+            };
             // Wait for two more windows to complete, so the block's window is published.
             let w0 = guard.snapshot().windows;
             let deadline = Instant::now() + WINDOW_WAIT;
@@ -252,6 +269,7 @@ fn run_flavor(flavor: &str, o: &Opts) -> Result<(), String> {
                 "requested_ms": b,
                 "repeat": rep,
                 "injected_ms": ms(injected),
+                "blocking_poll_ms": ms(blocking_poll),
                 "rendezvous_spin_ms": ms(spin),
                 "lw_delay_max_ms": load_ms(&peak_delay_max),
                 "lw_stall_peak_ms": load_ms(&peak_stall),
