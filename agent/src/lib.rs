@@ -11,6 +11,8 @@
 //! - [`receiver`]: OTLP receivers, [`receiver::grpc`] (tonic, port 4317) and
 //!   [`receiver::http`] (axum, port 4318; protobuf, JSON, gzip, chunked).
 //!   Traces and logs are counted and forwarded upstream through [`export`].
+//! - `wire`: the borrowing decoder of the common OTLP/protobuf metrics export (the
+//!   HTTP receiver's fast path; anything else is decoded with prost).
 //! - [`store`]: per-service series (latest value; delta sums/histograms accumulate) with caps.
 //! - [`health`]: lag/utilization model across runtimes (tokio, Node.js, Go, plain HTTP),
 //!   hysteresis, staleness, pressure, per-route error ratio, heap growth, lifecycle.
@@ -60,6 +62,7 @@ pub mod receiver;
 pub mod state;
 pub mod status_page;
 pub mod store;
+mod wire;
 
 use config::Config;
 use state::AgentState;
@@ -177,7 +180,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Health timer period: a quarter of the shortest timing setting, within 50 ms..1 s.
+/// Health timer period while a service is unhealthy: a quarter of the shortest timing
+/// setting, within 50 ms..1 s.
 fn tick(config: &Config) -> Duration {
     (config.health.hold.min(config.health.stale_after) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1))
@@ -271,15 +275,26 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
         None
     };
 
+    // The health timer wakes only when a re-evaluation can change something (see
+    // `AgentState::reevaluate`): every `period` while a service is unhealthy, otherwise at
+    // the next staleness deadline. A steady set of healthy services costs a wake-up every
+    // few seconds instead of several a second.
     let timer_state = state.clone();
     let mut timer_rx = rx;
     tasks.push(tokio::spawn(async move {
-        let mut interval = tokio::time::interval(period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = tokio::time::Instant::now() + period;
         loop {
             tokio::select! {
-                _ = interval.tick() => {
-                    timer_state.reevaluate(Instant::now());
+                _ = tokio::time::sleep_until(due) => {
+                    let now = Instant::now();
+                    let next = timer_state.reevaluate(now, period);
+                    // At least 1 ms ahead: a deadline that passed while evaluating is
+                    // caught by the next tick, never by a busy loop.
+                    let wait = next.saturating_duration_since(now).max(Duration::from_millis(1));
+                    due = tokio::time::Instant::now() + wait;
+                }
+                _ = timer_state.turned_unhealthy() => {
+                    due = due.min(tokio::time::Instant::now() + period);
                 }
                 _ = timer_rx.wait_for(|s| *s) => break,
             }

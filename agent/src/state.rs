@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 
@@ -10,7 +10,8 @@ use crate::config::Config;
 use crate::export::Pipeline;
 use crate::health::{Evaluation, HealthState, Lifecycle, Runtime, Signals};
 use crate::store::{
-    CapError, DropReason, Limits, MAX_TOTAL_BYTES, ServiceKey, ServiceState, Store, prepare,
+    CapError, DropReason, Limits, MAX_TOTAL_BYTES, Prepared, ServiceKey, ServiceState, Store,
+    prepare, prepare_wire,
 };
 
 /// Why a request was refused (label `reason` of `loopwatch_agent_requests_refused_total`).
@@ -164,6 +165,8 @@ pub struct AgentState {
     pub export: Pipeline,
     draining: AtomicBool,
     changed: tokio::sync::Notify,
+    /// Wakes the health timer when a service turns unhealthy (its holds need the tick).
+    unhealthy: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -180,6 +183,7 @@ impl AgentState {
             telemetry: Telemetry::default(),
             draining: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
+            unhealthy: tokio::sync::Notify::new(),
             config,
         }
     }
@@ -213,7 +217,26 @@ impl AgentState {
     /// Ingests an OTLP metrics request: decode, check caps, apply, evaluate health of the
     /// touched services. Returns the number of accepted datapoints.
     pub fn ingest_metrics(&self, req: &ExportMetricsServiceRequest) -> Result<u64, CapError> {
-        let prepared = prepare(req);
+        self.ingest_prepared(prepare(req), Some(req))
+    }
+
+    /// [`AgentState::ingest_metrics`] for an OTLP/protobuf body, read by the borrowing
+    /// decoder of the common export shape (no owned request is built). `None` when that
+    /// decoder does not apply to the body (or the body is malformed), or when the upstream
+    /// exporter needs the decoded request: the caller then decodes with prost.
+    pub fn ingest_metrics_protobuf(&self, body: &[u8]) -> Option<Result<u64, CapError>> {
+        if self.export.enabled() {
+            return None;
+        }
+        let req = crate::wire::decode(body)?;
+        Some(self.ingest_prepared(prepare_wire(&req), None))
+    }
+
+    fn ingest_prepared(
+        &self,
+        prepared: Prepared<'_>,
+        req: Option<&ExportMetricsServiceRequest>,
+    ) -> Result<u64, CapError> {
         for (reason, n) in &prepared.dropped {
             self.telemetry.drop_points(*reason, *n);
         }
@@ -232,11 +255,17 @@ impl AgentState {
                         let sig = s.health.signals(&s.series);
                         let before = s.health.any_unhealthy();
                         let e = s.health.assess(cfg, now, &sig, s.last_seen);
-                        log_transition(key, before, s.health.any_unhealthy(), &e.reasons);
+                        let after = s.health.any_unhealthy();
+                        log_transition(key, before, after, &e.reasons);
+                        if after && !before {
+                            self.unhealthy.notify_one();
+                        }
                     }
                 }
                 drop(store);
-                self.export.add_metrics(req, &touched);
+                if let Some(req) = req {
+                    self.export.add_metrics(req, &touched);
+                }
                 self.changed.notify_waiters();
                 Ok(accepted)
             }
@@ -272,10 +301,35 @@ impl AgentState {
         out
     }
 
-    /// Re-evaluates every service at `now` (staleness, hold expiry) without building views:
-    /// the health timer's tick.
-    pub fn reevaluate(&self, now: Instant) {
-        self.reassess(now, |_, _, _, _| {});
+    /// Re-evaluates every service at `now` (staleness, hold expiry, forgetting departed
+    /// instances) without building views: the health timer's tick. Returns when the next
+    /// tick is due: in `period` while a service is unhealthy (its hold and leave levels are
+    /// re-checked every `period`, as the lag may only be reported once per export), else at
+    /// the first moment a service can go stale (`last_seen + stale_after`) or be forgotten,
+    /// and never later than `stale_after` from now (a service that reports after this call
+    /// goes stale no earlier than that). An export that makes a service unhealthy wakes the
+    /// timer early: [`AgentState::turned_unhealthy`].
+    pub fn reevaluate(&self, now: Instant, period: Duration) -> Instant {
+        let cfg = &self.config.health;
+        let evict_after = cfg.stale_after.saturating_mul(EVICT_AFTER_STALE);
+        let mut due = now + cfg.stale_after;
+        self.reassess(now, |_, s, _, e| {
+            let at = if s.health.any_unhealthy() && e.state != HealthState::Stale {
+                now + period
+            } else if e.state == HealthState::Stale {
+                s.last_seen + evict_after
+            } else {
+                s.last_seen + cfg.stale_after
+            };
+            due = due.min(at);
+        });
+        due
+    }
+
+    /// Resolves when an export turned a service unhealthy since the last call (a permit is
+    /// kept when nobody waits): the health timer then ticks every period again.
+    pub fn turned_unhealthy(&self) -> tokio::sync::futures::Notified<'_> {
+        self.unhealthy.notified()
     }
 
     fn reassess(

@@ -14,6 +14,7 @@
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 use std::time::Instant;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -21,6 +22,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use crate::health::Tracker;
+use crate::wire;
 
 /// Max attributes on one datapoint; datapoints with more are dropped (reason `oversize`).
 pub const MAX_ATTRIBUTES: usize = 64;
@@ -302,12 +304,73 @@ impl<'a> Borrow<dyn KeyView + 'a> for SeriesKey {
     }
 }
 
+/// Attributes borrowed from a request: prost's decoded list, or the borrowing decoder's
+/// ([`crate::wire`], string, boolean and integer values only).
+#[derive(Debug, Clone, Copy)]
+enum AttrSlice<'a> {
+    Proto(&'a [KeyValue]),
+    Wire(&'a [wire::Attr<'a>]),
+}
+
+impl<'a> AttrSlice<'a> {
+    fn len(self) -> usize {
+        match self {
+            AttrSlice::Proto(a) => a.len(),
+            AttrSlice::Wire(a) => a.len(),
+        }
+    }
+
+    /// The key of attribute `i` (`i < len`).
+    fn key(self, i: usize) -> &'a str {
+        match self {
+            AttrSlice::Proto(a) => &a[i].key,
+            AttrSlice::Wire(a) => a[i].key,
+        }
+    }
+
+    /// The value of attribute `i` when it is a string, integer or boolean, rendered like
+    /// [`render_value`] (integers into `buf`); `None` for other kinds, which are rendered
+    /// into an owned key.
+    fn scalar<'s>(self, i: usize, buf: &'s mut ValueBuf) -> Option<&'s [u8]>
+    where
+        'a: 's,
+    {
+        let v = match self {
+            AttrSlice::Proto(a) => match a[i].value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => wire::Scalar::Str(s),
+                Some(any_value::Value::BoolValue(b)) => wire::Scalar::Bool(*b),
+                Some(any_value::Value::IntValue(i)) => wire::Scalar::Int(*i),
+                _ => return None,
+            },
+            AttrSlice::Wire(a) => a[i].value,
+        };
+        Some(match v {
+            wire::Scalar::Str(s) => s.as_bytes(),
+            wire::Scalar::Bool(true) => b"true",
+            wire::Scalar::Bool(false) => b"false",
+            wire::Scalar::Int(i) => render_int(i, buf),
+        })
+    }
+
+    /// The value of attribute `i` rendered as a label string.
+    fn render(self, i: usize) -> String {
+        match self {
+            AttrSlice::Proto(a) => render_value(a[i].value.as_ref()),
+            AttrSlice::Wire(_) => {
+                let mut buf = [0u8; 24];
+                // A string's bytes or ASCII: always valid UTF-8.
+                String::from_utf8_lossy(self.scalar(i, &mut buf).unwrap_or(b"")).into_owned()
+            }
+        }
+    }
+}
+
 /// A series identity borrowed from the request: string, integer or boolean attributes with distinct
 /// keys, visited in key order through `order` (indices into `attrs`).
 #[derive(Debug, Clone)]
 struct BorrowedKey<'a> {
     name: &'a str,
-    attrs: &'a [KeyValue],
+    attrs: AttrSlice<'a>,
     order: [u8; MAX_ATTRIBUTES],
 }
 
@@ -319,20 +382,8 @@ impl KeyView for BorrowedKey<'_> {
         self.attrs.len()
     }
     fn attr<'s>(&'s self, i: usize, buf: &'s mut ValueBuf) -> (&'s str, &'s [u8]) {
-        let kv = &self.attrs[usize::from(self.order[i])];
-        (&kv.key, scalar_value(kv, buf).unwrap_or(b""))
-    }
-}
-
-/// The value of a string, integer or boolean attribute, rendered like [`render_value`]
-/// (integers into `buf`); `None` for other kinds, which are rendered into an owned key.
-fn scalar_value<'s>(kv: &'s KeyValue, buf: &'s mut ValueBuf) -> Option<&'s [u8]> {
-    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => Some(s.as_bytes()),
-        Some(any_value::Value::BoolValue(true)) => Some(b"true"),
-        Some(any_value::Value::BoolValue(false)) => Some(b"false"),
-        Some(any_value::Value::IntValue(i)) => Some(render_int(*i, buf)),
-        _ => None,
+        let j = usize::from(self.order[i]);
+        (self.attrs.key(j), self.attrs.scalar(j, buf).unwrap_or(b""))
     }
 }
 
@@ -359,24 +410,25 @@ fn render_int(i: i64, buf: &mut ValueBuf) -> &[u8] {
 impl<'a> BorrowedKey<'a> {
     /// The borrowed identity, when every attribute is a string within the size limits and
     /// the keys are distinct (the common case); `None` otherwise.
-    fn new(name: &'a str, attrs: &'a [KeyValue]) -> Option<Self> {
+    fn new(name: &'a str, attrs: AttrSlice<'a>) -> Option<Self> {
         if attrs.len() > MAX_ATTRIBUTES {
             return None;
         }
         let mut order = [0u8; MAX_ATTRIBUTES];
         let mut buf = [0u8; 24];
-        for (i, kv) in attrs.iter().enumerate() {
-            let v = scalar_value(kv, &mut buf)?;
-            if kv.key.len() > MAX_NAME_BYTES || v.len() > MAX_VALUE_BYTES {
+        for i in 0..attrs.len() {
+            let key = attrs.key(i);
+            let v = attrs.scalar(i, &mut buf)?;
+            if key.len() > MAX_NAME_BYTES || v.len() > MAX_VALUE_BYTES {
                 return None;
             }
             // Insertion sort by key (already sorted input: one comparison per attribute).
             let mut j = i;
-            while j > 0 && attrs[usize::from(order[j - 1])].key > kv.key {
+            while j > 0 && attrs.key(usize::from(order[j - 1])) > key {
                 order[j] = order[j - 1];
                 j -= 1;
             }
-            if j > 0 && attrs[usize::from(order[j - 1])].key == kv.key {
+            if j > 0 && attrs.key(usize::from(order[j - 1])) == key {
                 return None;
             }
             // `i < MAX_ATTRIBUTES <= 256`.
@@ -437,14 +489,72 @@ impl UpdateKey<'_> {
     }
 }
 
+/// 8-byte values borrowed from a request: prost's decoded list, or the packed
+/// little-endian bytes of the body (a multiple of 8 bytes) from [`crate::wire`].
+#[derive(Debug, Clone, Copy)]
+enum Packed<'a, T> {
+    Slice(&'a [T]),
+    Wire(&'a [u8]),
+}
+
+/// A value packed as 8 little-endian bytes.
+trait Le: Copy {
+    fn from_le(b: [u8; 8]) -> Self;
+}
+
+impl Le for u64 {
+    fn from_le(b: [u8; 8]) -> Self {
+        u64::from_le_bytes(b)
+    }
+}
+
+impl Le for f64 {
+    fn from_le(b: [u8; 8]) -> Self {
+        f64::from_bits(u64::from_le_bytes(b))
+    }
+}
+
+impl<'a, T: Le> Packed<'a, T> {
+    fn len(self) -> usize {
+        match self {
+            Packed::Slice(s) => s.len(),
+            Packed::Wire(b) => b.len() / 8,
+        }
+    }
+
+    fn iter(self) -> PackedIter<'a, T> {
+        match self {
+            Packed::Slice(s) => PackedIter::Slice(s.iter()),
+            Packed::Wire(b) => PackedIter::Wire(b.chunks_exact(8)),
+        }
+    }
+}
+
+/// The values of a [`Packed`].
+enum PackedIter<'a, T> {
+    Slice(std::slice::Iter<'a, T>),
+    Wire(std::slice::ChunksExact<'a, u8>),
+}
+
+impl<T: Le> Iterator for PackedIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        match self {
+            PackedIter::Slice(i) => i.next().copied(),
+            // Chunks of exactly 8 bytes.
+            PackedIter::Wire(c) => c.next().map(|b| T::from_le(b.try_into().unwrap_or([0; 8]))),
+        }
+    }
+}
+
 /// A decoded value borrowing histogram buckets from the request.
 #[derive(Debug, Clone, Copy)]
 enum ValueRef<'a> {
     Number(f64),
     Histogram {
-        bounds: &'a [f64],
+        bounds: Packed<'a, f64>,
         /// `None`: no buckets were sent, everything is in the `+Inf` bucket.
-        counts: Option<&'a [u64]>,
+        counts: Option<Packed<'a, u64>>,
         sum: f64,
         count: u64,
     },
@@ -470,7 +580,7 @@ impl ValueRef<'_> {
                 let mut c = Vec::new();
                 fill_counts(&mut c, bounds.len(), counts, count);
                 SeriesValue::Histogram {
-                    bounds: bounds.to_vec(),
+                    bounds: bounds.iter().collect(),
                     counts: c,
                     sum,
                     count,
@@ -498,7 +608,7 @@ impl ValueRef<'_> {
                 },
             ) => {
                 bounds.clear();
-                bounds.extend_from_slice(b2);
+                bounds.extend(b2.iter());
                 fill_counts(counts, b2.len(), c2, n2);
                 *sum = s2;
                 *count = n2;
@@ -509,10 +619,10 @@ impl ValueRef<'_> {
 }
 
 /// Sets `out` to the per-bucket counts (`bounds + 1` entries).
-fn fill_counts(out: &mut Vec<u64>, bounds: usize, counts: Option<&[u64]>, count: u64) {
+fn fill_counts(out: &mut Vec<u64>, bounds: usize, counts: Option<Packed<'_, u64>>, count: u64) {
     out.clear();
     match counts {
-        Some(c) => out.extend_from_slice(c),
+        Some(c) => out.extend(c.iter()),
         None => {
             out.resize(bounds, 0);
             out.push(count);
@@ -580,20 +690,21 @@ fn render_value(v: Option<&AnyValue>) -> String {
     }
 }
 
-fn attributes(kvs: &[KeyValue]) -> Option<Vec<(String, String)>> {
-    if kvs.len() > MAX_ATTRIBUTES {
+fn attributes(attrs: AttrSlice<'_>) -> Option<Vec<(String, String)>> {
+    if attrs.len() > MAX_ATTRIBUTES {
         return None;
     }
-    let mut out = Vec::with_capacity(kvs.len());
-    for kv in kvs {
-        if kv.key.len() > MAX_NAME_BYTES {
+    let mut out = Vec::with_capacity(attrs.len());
+    for i in 0..attrs.len() {
+        let key = attrs.key(i);
+        if key.len() > MAX_NAME_BYTES {
             return None;
         }
-        let v = render_value(kv.value.as_ref());
+        let v = attrs.render(i);
         if v.len() > MAX_VALUE_BYTES {
             return None;
         }
-        out.push((kv.key.clone(), v));
+        out.push((key.to_owned(), v));
     }
     out.sort();
     out.dedup_by(|a, b| a.0 == b.0);
@@ -602,11 +713,14 @@ fn attributes(kvs: &[KeyValue]) -> Option<Vec<(String, String)>> {
 
 /// The service instance identity of a resource.
 pub fn service_key(resource_attrs: &[KeyValue]) -> ServiceKey {
+    service_key_of(AttrSlice::Proto(resource_attrs))
+}
+
+fn service_key_of(attrs: AttrSlice<'_>) -> ServiceKey {
     let find = |k: &str| {
-        resource_attrs
-            .iter()
-            .find(|kv| kv.key == k)
-            .map(|kv| render_value(kv.value.as_ref()))
+        (0..attrs.len())
+            .find(|&i| attrs.key(i) == k)
+            .map(|i| attrs.render(i))
     };
     let mut service = find("service.name").unwrap_or_default();
     if service.is_empty() {
@@ -651,6 +765,53 @@ pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared<'_> {
     prepared
 }
 
+/// [`prepare`] for a request read by the borrowing decoder ([`crate::wire`]): the same
+/// updates and drops as [`prepare`] gives for the prost decoding of the same body.
+pub(crate) fn prepare_wire<'a>(req: &'a wire::Request<'a>) -> Prepared<'a> {
+    let mut prepared = Prepared::default();
+    let attrs = |r: &Range<usize>| AttrSlice::Wire(req.attrs.get(r.clone()).unwrap_or(&[]));
+    for res in &req.resources {
+        let key = service_key_of(attrs(&res.attrs));
+        let metrics = req.metrics.get(res.metrics.clone()).unwrap_or(&[]);
+        let mut updates = Vec::with_capacity(metrics.iter().map(|m| m.points.len()).sum());
+        for m in metrics {
+            let r = MetricRef {
+                name: m.name,
+                unit: m.unit,
+                description: m.description,
+            };
+            let (kind, delta) = match m.data {
+                wire::Data::None => continue,
+                wire::Data::Gauge => (SeriesKind::Gauge, false),
+                wire::Data::Sum {
+                    monotonic,
+                    temporality,
+                } => (sum_kind(monotonic), temporality == TEMPORALITY_DELTA),
+                wire::Data::Histogram { temporality } => {
+                    let delta = temporality == TEMPORALITY_DELTA;
+                    for p in req.histograms.get(m.points.clone()).unwrap_or(&[]) {
+                        let point = HistogramRef {
+                            sum: p.sum,
+                            count: p.count,
+                            bounds: Packed::Wire(p.explicit_bounds),
+                            counts: Packed::Wire(p.bucket_counts),
+                        };
+                        let mut sink = (&mut updates, &mut prepared);
+                        push_histogram(&mut sink, r, attrs(&p.attrs), delta, point);
+                    }
+                    continue;
+                }
+            };
+            for p in req.numbers.get(m.points.clone()).unwrap_or(&[]) {
+                let mut sink = (&mut updates, &mut prepared);
+                push_number(&mut sink, r, attrs(&p.attrs), kind, delta, p.value);
+            }
+        }
+        prepared.batches.push((key, updates));
+    }
+    prepared
+}
+
 /// The first 512 characters of a description.
 fn truncate_description(d: &str) -> &str {
     match d.char_indices().nth(512) {
@@ -659,43 +820,128 @@ fn truncate_description(d: &str) -> &str {
     }
 }
 
+/// What an update takes from its metric.
+#[derive(Debug, Clone, Copy)]
+struct MetricRef<'a> {
+    name: &'a str,
+    unit: &'a str,
+    description: &'a str,
+}
+
+/// A histogram datapoint as sent.
+#[derive(Debug, Clone, Copy)]
+struct HistogramRef<'a> {
+    sum: Option<f64>,
+    count: u64,
+    bounds: Packed<'a, f64>,
+    counts: Packed<'a, u64>,
+}
+
+/// Where prepared updates go: the resource's updates, and the request's drop counts.
+type Sink<'s, 'a> = (&'s mut Vec<Update<'a>>, &'s mut Prepared<'a>);
+
+fn sum_kind(monotonic: bool) -> SeriesKind {
+    if monotonic {
+        SeriesKind::Counter
+    } else {
+        SeriesKind::UpDownCounter
+    }
+}
+
+fn push_update<'a>(
+    (updates, prepared): &mut Sink<'_, 'a>,
+    m: MetricRef<'a>,
+    attrs: AttrSlice<'a>,
+    kind: SeriesKind,
+    delta: bool,
+    value: ValueRef<'a>,
+) {
+    if m.name.len() > MAX_NAME_BYTES || m.unit.len() > MAX_NAME_BYTES {
+        prepared.drop(DropReason::Oversize);
+        return;
+    }
+    let key = match BorrowedKey::new(m.name, attrs) {
+        Some(k) => UpdateKey::Borrowed(k),
+        None => match attributes(attrs) {
+            Some(attributes) => UpdateKey::Owned(SeriesKey {
+                name: m.name.to_owned(),
+                attributes,
+            }),
+            None => {
+                prepared.drop(DropReason::Oversize);
+                return;
+            }
+        },
+    };
+    updates.push(Update {
+        key,
+        kind,
+        unit: m.unit,
+        description: m.description,
+        delta,
+        value,
+    });
+}
+
+fn push_number<'a>(
+    sink: &mut Sink<'_, 'a>,
+    m: MetricRef<'a>,
+    attrs: AttrSlice<'a>,
+    kind: SeriesKind,
+    delta: bool,
+    value: Option<f64>,
+) {
+    match value {
+        None => sink.1.drop(DropReason::Unsupported),
+        Some(v) if !v.is_finite() => sink.1.drop(DropReason::NonFinite),
+        Some(v) => push_update(sink, m, attrs, kind, delta, ValueRef::Number(v)),
+    }
+}
+
+fn push_histogram<'a>(
+    sink: &mut Sink<'_, 'a>,
+    m: MetricRef<'a>,
+    attrs: AttrSlice<'a>,
+    delta: bool,
+    p: HistogramRef<'a>,
+) {
+    let sum = p.sum.unwrap_or(0.0);
+    let (bounds, counts) = (p.bounds, p.counts);
+    if bounds.len() > MAX_HISTOGRAM_BUCKETS {
+        sink.1.drop(DropReason::Oversize);
+    } else if !sum.is_finite() || bounds.iter().any(|b| !b.is_finite()) {
+        sink.1.drop(DropReason::NonFinite);
+    } else if !(counts.len() == 0 || counts.len() == bounds.len() + 1)
+        || bounds
+            .iter()
+            .zip(bounds.iter().skip(1))
+            .any(|(a, b)| a >= b)
+    {
+        sink.1.drop(DropReason::Invalid);
+    } else {
+        // No buckets: everything in the +Inf bucket.
+        let counts = (counts.len() != 0).then_some(counts);
+        let value = ValueRef::Histogram {
+            bounds,
+            counts,
+            sum,
+            count: p.count,
+        };
+        push_update(sink, m, attrs, SeriesKind::Histogram, delta, value);
+    }
+}
+
 fn prepare_metric<'a>(
     m: &'a opentelemetry_proto::tonic::metrics::v1::Metric,
     updates: &mut Vec<Update<'a>>,
     prepared: &mut Prepared<'a>,
 ) {
-    let oversize_name = m.name.len() > MAX_NAME_BYTES || m.unit.len() > MAX_NAME_BYTES;
-    let mut push = |prepared: &mut Prepared<'a>,
-                    attrs: &'a [KeyValue],
-                    kind: SeriesKind,
-                    delta: bool,
-                    value: ValueRef<'a>| {
-        if oversize_name {
-            prepared.drop(DropReason::Oversize);
-            return;
-        }
-        let key = match BorrowedKey::new(&m.name, attrs) {
-            Some(k) => UpdateKey::Borrowed(k),
-            None => match attributes(attrs) {
-                Some(attributes) => UpdateKey::Owned(SeriesKey {
-                    name: m.name.clone(),
-                    attributes,
-                }),
-                None => {
-                    prepared.drop(DropReason::Oversize);
-                    return;
-                }
-            },
-        };
-        updates.push(Update {
-            key,
-            kind,
-            unit: &m.unit,
-            description: &m.description,
-            delta,
-            value,
-        });
+    let r = MetricRef {
+        name: &m.name,
+        unit: &m.unit,
+        description: &m.description,
     };
+    let sink = &mut (updates, prepared);
     let number = |v: Option<&number_data_point::Value>| match v {
         Some(number_data_point::Value::AsDouble(d)) => Some(*d),
         Some(number_data_point::Value::AsInt(i)) => Some(*i as f64),
@@ -704,73 +950,39 @@ fn prepare_metric<'a>(
     match &m.data {
         Some(metric::Data::Gauge(g)) => {
             for dp in &g.data_points {
-                match number(dp.value.as_ref()) {
-                    None => prepared.drop(DropReason::Unsupported),
-                    Some(v) if !v.is_finite() => prepared.drop(DropReason::NonFinite),
-                    Some(v) => push(
-                        prepared,
-                        &dp.attributes,
-                        SeriesKind::Gauge,
-                        false,
-                        ValueRef::Number(v),
-                    ),
-                }
+                let attrs = AttrSlice::Proto(&dp.attributes);
+                let v = number(dp.value.as_ref());
+                push_number(sink, r, attrs, SeriesKind::Gauge, false, v);
             }
         }
         Some(metric::Data::Sum(s)) => {
-            let kind = if s.is_monotonic {
-                SeriesKind::Counter
-            } else {
-                SeriesKind::UpDownCounter
-            };
+            let kind = sum_kind(s.is_monotonic);
             let delta = s.aggregation_temporality == TEMPORALITY_DELTA;
             for dp in &s.data_points {
-                match number(dp.value.as_ref()) {
-                    None => prepared.drop(DropReason::Unsupported),
-                    Some(v) if !v.is_finite() => prepared.drop(DropReason::NonFinite),
-                    Some(v) => push(prepared, &dp.attributes, kind, delta, ValueRef::Number(v)),
-                }
+                let attrs = AttrSlice::Proto(&dp.attributes);
+                push_number(sink, r, attrs, kind, delta, number(dp.value.as_ref()));
             }
         }
         Some(metric::Data::Histogram(h)) => {
             let delta = h.aggregation_temporality == TEMPORALITY_DELTA;
             for dp in &h.data_points {
-                let sum = dp.sum.unwrap_or(0.0);
-                if dp.explicit_bounds.len() > MAX_HISTOGRAM_BUCKETS {
-                    prepared.drop(DropReason::Oversize);
-                } else if !sum.is_finite() || dp.explicit_bounds.iter().any(|b| !b.is_finite()) {
-                    prepared.drop(DropReason::NonFinite);
-                } else if !(dp.bucket_counts.is_empty()
-                    || dp.bucket_counts.len() == dp.explicit_bounds.len() + 1)
-                    || dp.explicit_bounds.windows(2).any(|w| w[0] >= w[1])
-                {
-                    prepared.drop(DropReason::Invalid);
-                } else {
-                    // No buckets: everything in the +Inf bucket.
-                    let counts = (!dp.bucket_counts.is_empty()).then_some(&dp.bucket_counts[..]);
-                    push(
-                        prepared,
-                        &dp.attributes,
-                        SeriesKind::Histogram,
-                        delta,
-                        ValueRef::Histogram {
-                            bounds: &dp.explicit_bounds,
-                            counts,
-                            sum,
-                            count: dp.count,
-                        },
-                    );
-                }
+                let point = HistogramRef {
+                    sum: dp.sum,
+                    count: dp.count,
+                    bounds: Packed::Slice(&dp.explicit_bounds),
+                    counts: Packed::Slice(&dp.bucket_counts),
+                };
+                push_histogram(sink, r, AttrSlice::Proto(&dp.attributes), delta, point);
             }
         }
         Some(metric::Data::ExponentialHistogram(h)) => {
             for _ in &h.data_points {
-                prepared.drop(DropReason::Unsupported);
+                sink.1.drop(DropReason::Unsupported);
             }
         }
         Some(metric::Data::Summary(s)) => {
             for _ in &s.data_points {
-                prepared.drop(DropReason::Unsupported);
+                sink.1.drop(DropReason::Unsupported);
             }
         }
         None => {}
@@ -1082,11 +1294,14 @@ fn accumulate(stored: &mut SeriesValue, delta: ValueRef<'_>) {
                 sum: s2,
                 count: n2,
             },
-        ) if bounds[..] == *b2 && counts.len() == c2.map_or(b2.len() + 1, <[u64]>::len) => {
+        ) if bounds.len() == b2.len()
+            && bounds.iter().copied().eq(b2.iter())
+            && counts.len() == c2.map_or(b2.len() + 1, |c| c.len()) =>
+        {
             match c2 {
                 Some(c2) => {
-                    for (c, d) in counts.iter_mut().zip(c2) {
-                        *c = c.saturating_add(*d);
+                    for (c, d) in counts.iter_mut().zip(c2.iter()) {
+                        *c = c.saturating_add(d);
                     }
                 }
                 // No buckets: everything in the +Inf bucket.
@@ -1476,5 +1691,281 @@ mod tests {
         let (_, s) = store.services().next().unwrap();
         let (k, v) = s.series.iter().next().unwrap();
         assert_eq!(store.approx_bytes(), approx_bytes(k, v));
+    }
+}
+
+/// The borrowing decoder ([`crate::wire`]) against prost: what it accepts gives the same
+/// store and drop counts as prost's decoding, and what it refuses is left to prost.
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Exemplar, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics, Sum, Summary, SummaryDataPoint,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+
+    fn kv(k: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(k: &str, v: &str) -> KeyValue {
+        kv(k, any_value::Value::StringValue(v.into()))
+    }
+
+    fn number(attrs: Vec<KeyValue>, v: Option<number_data_point::Value>) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: attrs,
+            time_unix_nano: 17,
+            start_time_unix_nano: 3,
+            value: v,
+            flags: 1,
+            ..Default::default()
+        }
+    }
+
+    fn hist(attrs: Vec<KeyValue>, bounds: Vec<f64>, counts: Vec<u64>) -> HistogramDataPoint {
+        HistogramDataPoint {
+            attributes: attrs,
+            count: counts.iter().sum::<u64>().max(4),
+            sum: Some(1.5),
+            bucket_counts: counts,
+            explicit_bounds: bounds,
+            min: Some(0.1),
+            ..Default::default()
+        }
+    }
+
+    fn metric(name: &str, unit: &str, data: metric::Data) -> Metric {
+        Metric {
+            name: name.into(),
+            unit: unit.into(),
+            description: "d".into(),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    /// Every shape the fast path handles, with every drop reason.
+    fn full_request() -> ExportMetricsServiceRequest {
+        use number_data_point::Value::{AsDouble, AsInt};
+        let d = |v| Some(AsDouble(v));
+        let gauge = |pts| metric::Data::Gauge(Gauge { data_points: pts });
+        let sum = |pts, temporality, mono| {
+            metric::Data::Sum(Sum {
+                data_points: pts,
+                aggregation_temporality: temporality,
+                is_monotonic: mono,
+            })
+        };
+        let histogram = |pts, temporality| {
+            metric::Data::Histogram(Histogram {
+                data_points: pts,
+                aggregation_temporality: temporality,
+            })
+        };
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let metrics = vec![
+            metric(
+                "g",
+                "s",
+                gauge(vec![number(vec![s("b", "2"), s("a", "1")], d(0.5))]),
+            ),
+            metric(
+                "g.kinds",
+                "ms",
+                gauge(vec![
+                    number(
+                        vec![
+                            kv("i", any_value::Value::IntValue(-42)),
+                            kv("t", any_value::Value::BoolValue(true)),
+                        ],
+                        Some(AsInt(7)),
+                    ),
+                    number(vec![s("k", "v"), s("k", "w")], d(1.0)),
+                    number(vec![], d(f64::NAN)),
+                    number(vec![], None),
+                    number(vec![s(&long, "v")], d(2.0)),
+                ]),
+            ),
+            metric(&long, "", gauge(vec![number(vec![], d(1.0))])),
+            metric(
+                "c",
+                "{x}",
+                sum(vec![number(vec![s("a", "1")], d(3.0))], 2, true),
+            ),
+            metric(
+                "c.delta",
+                "",
+                sum(vec![number(vec![], Some(AsInt(5)))], 1, true),
+            ),
+            metric("u", "", sum(vec![number(vec![], d(-1.0))], 2, false)),
+            metric(
+                "h",
+                "s",
+                histogram(
+                    vec![
+                        hist(vec![s("r", "/")], vec![0.1, 1.0], vec![1, 2, 3]),
+                        hist(vec![s("r", "/x")], vec![0.1], vec![]),
+                        hist(vec![], vec![1.0, 0.5], vec![1, 1, 1]),
+                        hist(vec![], vec![1.0], vec![1, 1, 1]),
+                        hist(vec![], vec![f64::INFINITY], vec![1, 1]),
+                        hist(vec![], vec![0.0; MAX_HISTOGRAM_BUCKETS + 1], vec![]),
+                    ],
+                    2,
+                ),
+            ),
+            metric(
+                "h.delta",
+                "",
+                histogram(vec![hist(vec![], vec![1.0], vec![2, 2])], 1),
+            ),
+            Metric {
+                name: "empty".into(),
+                ..Default::default()
+            },
+        ];
+        let resource = |attrs| ResourceMetrics {
+            resource: Some(Resource {
+                attributes: attrs,
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "loopwatch".into(),
+                    version: "0.1.0".into(),
+                    ..Default::default()
+                }),
+                metrics: metrics.clone(),
+                schema_url: "https://x".into(),
+            }],
+            schema_url: String::new(),
+        };
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![
+                resource(vec![
+                    s("service.name", "svc"),
+                    s("service.instance.id", "i-1"),
+                ]),
+                resource(vec![kv("service.name", any_value::Value::IntValue(9))]),
+                ResourceMetrics::default(),
+            ],
+        }
+    }
+
+    /// The store and drop counts after applying `prepared` twice (delta accumulation).
+    fn outcome(prepared: impl Fn() -> Prepared<'static>) -> (Vec<String>, Vec<(DropReason, u64)>) {
+        let mut store = Store::new(Limits {
+            max_services: 10,
+            max_series_per_service: 100,
+            max_total_bytes: MAX_TOTAL_BYTES,
+        });
+        let now = Instant::now();
+        let mut dropped = Vec::new();
+        for _ in 0..2 {
+            let p = prepared();
+            dropped = p.dropped.clone();
+            store.apply(p, now).expect("within caps");
+        }
+        let mut out: Vec<String> = store
+            .services()
+            .flat_map(|(k, s)| s.series.iter().map(move |e| format!("{k:?} {e:?}")))
+            .collect();
+        out.push(format!("bytes {}", store.approx_bytes()));
+        (out, dropped)
+    }
+
+    /// Checks one body: the fast path gives prost's result, or refuses what prost refuses
+    /// or what it does not handle.
+    fn check(body: &'static [u8]) -> bool {
+        let fast = wire::decode(body).map(|r| &*Box::leak(Box::new(r)));
+        let slow = ExportMetricsServiceRequest::decode(body)
+            .ok()
+            .map(|r| &*Box::leak(Box::new(r)));
+        match (fast, slow) {
+            (Some(f), Some(s)) => {
+                assert_eq!(outcome(|| prepare_wire(f)), outcome(|| prepare(s)));
+                true
+            }
+            (Some(_), None) => panic!("fast path accepted a body prost refuses: {body:?}"),
+            (None, _) => false,
+        }
+    }
+
+    #[test]
+    fn fast_path_matches_prost() {
+        let body: &'static [u8] = full_request().encode_to_vec().leak();
+        assert!(check(body), "the fast path handles the common shapes");
+        let (store, dropped) =
+            outcome(|| prepare_wire(Box::leak(Box::new(wire::decode(body).unwrap()))));
+        assert!(store.len() > 10, "{store:?}");
+        assert_eq!(dropped.len(), 4, "every drop reason: {dropped:?}");
+    }
+
+    #[test]
+    fn fast_path_leaves_other_shapes_to_prost() {
+        let with = |f: &dyn Fn(&mut ExportMetricsServiceRequest)| {
+            let mut r = full_request();
+            f(&mut r);
+            let body: &'static [u8] = r.encode_to_vec().leak();
+            assert!(!check(body), "expected the prost path");
+        };
+        fn first(r: &mut ExportMetricsServiceRequest) -> &mut Metric {
+            &mut r.resource_metrics[0].scope_metrics[0].metrics[0]
+        }
+        with(&|r| {
+            r.resource_metrics[0].resource.as_mut().unwrap().attributes[0] =
+                kv("service.name", any_value::Value::DoubleValue(1.0));
+        });
+        with(&|r| {
+            r.resource_metrics[0].scope_metrics[0]
+                .scope
+                .as_mut()
+                .unwrap()
+                .attributes = vec![s("a", "b")];
+        });
+        with(&|r| first(r).metadata = vec![s("a", "b")]);
+        with(&|r| {
+            if let Some(metric::Data::Gauge(g)) = &mut first(r).data {
+                g.data_points[0].exemplars = vec![Exemplar::default()];
+            }
+        });
+        with(&|r| {
+            first(r).data = Some(metric::Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint::default()],
+            }));
+        });
+        with(&|r| {
+            if let Some(metric::Data::Gauge(g)) = &mut first(r).data {
+                g.data_points[0].attributes[0].value = None;
+            }
+        });
+    }
+
+    #[test]
+    fn truncated_and_corrupted_bodies_match_prost() {
+        let full = full_request().encode_to_vec();
+        let mut accepted = 0;
+        for n in 0..full.len() {
+            accepted += usize::from(check(full[..n].to_vec().leak()));
+        }
+        assert!(accepted > 0, "some prefixes end on a field boundary");
+        for i in 0..full.len() {
+            for x in [0x00, 0xff, 0x80] {
+                let mut b = full.clone();
+                b[i] = x;
+                check(b.leak());
+            }
+        }
+        // Unpacked repeated buckets and repeated singular messages decode (and merge) in
+        // prost: left to it.
+        let unpacked: &'static [u8] = [&full[..], &[0x0a, 0x02, 0x0a, 0x00]].concat().leak();
+        check(unpacked);
     }
 }

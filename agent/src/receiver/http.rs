@@ -311,11 +311,19 @@ async fn metrics(State(state): State<Arc<AgentState>>, req: Request) -> Response
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let req: ExportMetricsServiceRequest = match decode(&state, encoding, &bytes) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
+    // The common protobuf export is read without building prost's owned request.
+    let fast = match encoding {
+        Encoding::Protobuf => state.ingest_metrics_protobuf(&bytes),
+        Encoding::Json => None,
     };
-    match state.ingest_metrics(&req) {
+    let result = match fast {
+        Some(r) => r,
+        None => match decode::<ExportMetricsServiceRequest>(&state, encoding, &bytes) {
+            Ok(req) => state.ingest_metrics(&req),
+            Err(resp) => return *resp,
+        },
+    };
+    match result {
         Ok(_) => success(encoding, &ExportMetricsServiceResponse::default()),
         Err(e) => error(
             StatusCode::TOO_MANY_REQUESTS,
