@@ -1,8 +1,9 @@
-//! The OTLP pipeline (built on loopwatch's own `loopwatch-export` runtime, never the watched one),
+//! The OTLP pipeline (exported from loopwatch's own `loopwatch-flush` thread, never the watched runtime),
 //! instrument registration, and the `loopwatch-flush` thread that runs force-flushes.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
@@ -11,7 +12,13 @@ use opentelemetry_otlp::{
     MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{
+    InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
+};
 
 use crate::config::{Protocol, Settings};
 use crate::error::StartError;
@@ -27,32 +34,108 @@ pub(crate) const SCHEDULE_BUCKETS: [f64; 16] = [
 /// quiet (or the export interval, if longer). The `loopwatch-agent` marks a service stale after
 /// 5 s without data (`health.stale_after`): 2.5 s leaves room for one lost export.
 pub(crate) const IDLE_EXPORT_INTERVAL: Duration = Duration::from_millis(2500);
-/// Interval given to the SDK's `PeriodicReader`: a backstop only. The exports of loopwatch's own
-/// pipeline are timed by the probe thread (one per completed window while the runtime is
-/// active, at once on a stall) and by the `loopwatch-flush` thread's heartbeat while it is
-/// quiet, so that an idle service wakes up less often.
-const READER_BACKSTOP_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// A provider built by loopwatch together with the runtime that drives its gRPC channel.
+/// A provider built by loopwatch, read and exported by the `loopwatch-flush` thread itself: it
+/// collects through a manual reader and runs the export to completion on its own thread (for
+/// gRPC inside a current-thread runtime that owns the tonic channel and is driven only then).
+/// One thread wakes per export, instead of a reader thread, an export runtime worker and the
+/// flush thread handing the work to each other.
 pub(crate) struct OwnedPipeline {
     pub(crate) provider: SdkMeterProvider,
-    pub(crate) runtime: Option<tokio::runtime::Runtime>,
+    reader: Arc<ManualReader>,
+    exporter: MetricExporter,
+    /// gRPC: the runtime of the tonic channel; `None` for HTTP (a blocking client).
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Reused between collections.
+    metrics: ResourceMetrics,
     /// Longest time without an export: `max(export_interval, IDLE_EXPORT_INTERVAL)`.
     pub(crate) heartbeat: Duration,
 }
 
-/// Builds the OTLP exporter + periodic reader + provider. For gRPC the tonic channel is created
-/// inside loopwatch's own 1-worker `loopwatch-export` runtime, so exports progress while the
-/// watched runtime is completely blocked.
+impl OwnedPipeline {
+    /// Collects once and exports the result on this thread (bounded by the export timeout).
+    pub(crate) fn export(&mut self) -> OTelSdkResult {
+        self.reader.collect(&mut self.metrics)?;
+        if self.metrics.scope_metrics().next().is_none() {
+            return Ok(());
+        }
+        let export = self.exporter.export(&self.metrics);
+        match &self.runtime {
+            Some(rt) => rt.block_on(export),
+            None => block_on(export),
+        }
+    }
+
+    /// The final export, then stops the provider, the exporter and the channel's runtime.
+    fn shutdown(mut self, timeout: Duration) {
+        if let Err(e) = self.export() {
+            tracing::debug!(error = %e, "loopwatch final export failed");
+        }
+        if let Err(e) = self.provider.shutdown() {
+            tracing::debug!(error = %e, "loopwatch meter provider shutdown failed");
+        }
+        let _ = self.exporter.shutdown_with_timeout(timeout);
+        drop(self.exporter);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(timeout);
+        }
+    }
+}
+
+/// The provider's reader: a [`ManualReader`] that the flush thread also holds.
+#[derive(Debug)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline);
+    }
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// Wakes the thread blocked in [`block_on`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs a future to completion on this thread, outside any runtime (the HTTP exporter's
+/// blocking client must not run inside one).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Builds the OTLP exporter + manual reader + provider. For gRPC the tonic channel is created
+/// inside loopwatch's own current-thread runtime, driven by the `loopwatch-flush` thread during
+/// exports, so exports progress while the watched runtime is completely blocked.
 pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> {
     let (exporter, runtime) = match s.protocol {
         Protocol::Grpc => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("loopwatch-export")
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| StartError::Exporter(format!("loopwatch-export runtime: {e}")))?;
+                .map_err(|e| StartError::Exporter(format!("loopwatch export runtime: {e}")))?;
             let built = {
                 let _enter = rt.enter();
                 MetricExporter::builder()
@@ -83,19 +166,24 @@ pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> 
             (e, None)
         }
     };
-    let reader = PeriodicReader::builder(exporter)
-        .with_interval(READER_BACKSTOP_INTERVAL)
-        .build();
+    let reader = Arc::new(
+        ManualReader::builder()
+            .with_temporality(exporter.temporality())
+            .build(),
+    );
     let resource = Resource::builder_empty()
         .with_attributes(s.resource.iter().cloned())
         .build();
     let provider = SdkMeterProvider::builder()
         .with_resource(resource)
-        .with_reader(reader)
+        .with_reader(SharedReader(Arc::clone(&reader)))
         .build();
     Ok(OwnedPipeline {
         provider,
+        reader,
+        exporter,
         runtime,
+        metrics: ResourceMetrics::default(),
         heartbeat: s.export_interval.max(IDLE_EXPORT_INTERVAL),
     })
 }
@@ -299,7 +387,7 @@ impl FlushTrigger {
 
 /// Which provider the flush thread flushes, and whether it owns it.
 pub(crate) enum FlushTarget {
-    Owned(OwnedPipeline),
+    Owned(Box<OwnedPipeline>),
     Borrowed(SdkMeterProvider),
 }
 
@@ -316,7 +404,7 @@ pub(crate) fn flush_channel() -> (FlushTrigger, Receiver<()>) {
 pub(crate) fn run_flush(
     rx: Receiver<()>,
     shared: &Shared,
-    target: FlushTarget,
+    mut target: FlushTarget,
     export_timeout: Duration,
 ) {
     let heartbeat = match &target {
@@ -335,26 +423,18 @@ pub(crate) fn run_flush(
         if !go || shared.stop.load(std::sync::atomic::Ordering::Acquire) {
             break;
         }
-        let provider = match &target {
-            FlushTarget::Owned(p) => &p.provider,
-            FlushTarget::Borrowed(p) => p,
+        let done = match &mut target {
+            FlushTarget::Owned(p) => p.export(),
+            FlushTarget::Borrowed(p) => p.force_flush(),
         };
-        if let Err(e) = provider.force_flush() {
-            tracing::debug!(error = %e, "loopwatch force_flush failed");
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "loopwatch export failed");
         }
         last = Instant::now();
     }
     match target {
-        FlushTarget::Owned(p) => {
-            // Final export: shutdown collects once more with the final values.
-            if let Err(e) = p.provider.shutdown() {
-                tracing::debug!(error = %e, "loopwatch meter provider shutdown failed");
-            }
-            drop(p.provider);
-            if let Some(rt) = p.runtime {
-                rt.shutdown_timeout(export_timeout);
-            }
-        }
+        // Final export with the final values, then teardown.
+        FlushTarget::Owned(p) => p.shutdown(export_timeout),
         FlushTarget::Borrowed(p) => {
             if let Err(e) = p.force_flush() {
                 tracing::debug!(error = %e, "loopwatch final force_flush failed");

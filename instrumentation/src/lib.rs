@@ -40,7 +40,7 @@
 //! | unpark hook | [`UnparkHook::install`] on the runtime builder, then [`LoopwatchBuilder::unpark_hook`]: per worker wake-up one atomic increment and one load |
 //! | exports | loopwatch's own pipeline exports after every window in which the runtime was not quiet, at once on a stall, its end and lifecycle changes, and otherwise every `max(export interval, 2.5 s)` as a heartbeat (the agent's default staleness is 5 s); a provider given with `meter_provider` exports on its own reader's schedule, plus the forced stall exports |
 //! | runtime metrics | `tokio_metrics::RuntimeMonitor` (stable set), sampled once per window |
-//! | independence | exports run on loopwatch's own `loopwatch-export` runtime and the `loopwatch-flush` thread: nothing on the stall path needs the watched runtime |
+//! | independence | the `loopwatch-flush` thread collects and exports itself (gRPC on a current-thread runtime of its own that owns the channel; one thread wakes per export): nothing on the stall path needs the watched runtime |
 //!
 //! ## Windows and the "never high, never low" rule
 //!
@@ -350,7 +350,10 @@ impl LoopwatchBuilder {
             Some(p) => (p.clone(), FlushTarget::Borrowed(p)),
             None => {
                 let pipeline = export::build_pipeline(&settings)?;
-                (pipeline.provider.clone(), FlushTarget::Owned(pipeline))
+                (
+                    pipeline.provider.clone(),
+                    FlushTarget::Owned(Box::new(pipeline)),
+                )
             }
         };
         let instruments = export::register(&provider, &shared, &attrs);

@@ -90,7 +90,7 @@ fn quiet_runtime_heartbeat_busy_exports_and_stall_from_quiet() {
         .expect("start");
 
     // Quiet: no window has activity after the first ones, yet the heartbeat keeps exporting
-    // (the SDK reader's own interval is an hour).
+    // (nothing else collects: the flush thread reads the provider's manual reader).
     let n0 = receiver.exports.load(Ordering::SeqCst);
     assert!(
         wait_for(Duration::from_secs(15), || receiver
