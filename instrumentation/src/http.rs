@@ -12,7 +12,8 @@
 //! quiet -> busy transition, the only syscall besides the clock). No lock, no allocation
 //! (after a route's first request), no reference count (the state is `'static`). One
 //! background `loopwatch-http` thread for all route metrics (every 2–100 ms, following the
-//! request rate so that the hot ring never fills; 250 ms while no requests arrive; and at every
+//! request rate so that the hot ring never fills; parked while no requests arrive, until the next
+//! request wakes it; and at every
 //! export) drains the rings into the SDK histogram and the per-route sliding windows; when both
 //! rings are full the record is dropped and counted (`loopwatch.http.dropped`).
 
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,7 +43,7 @@ pub const DEFAULT_MAX_ROUTES: usize = 64;
 pub const DEFAULT_ROUTE_WINDOW: Duration = Duration::from_secs(10);
 /// Default capacity of the spill ring between requests and the drain thread: 16384 records
 /// (640 KiB), used only while the small hot ring (1024 records, 40 KiB: it stays in the
-/// cache) is full. The drain runs every 250 ms while idle, 100 ms, and 2 ms under load:
+/// cache) is full. The drain runs every 100 ms down to 2 ms under load (parked while idle):
 /// both rings absorb a burst of ~70k requests/s before the drain speeds up, and far more
 /// after; beyond that a record is dropped and counted.
 pub const DEFAULT_RING_CAPACITY: usize = 16_384;
@@ -65,8 +66,9 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 
 /// Longest drain period while requests arrive.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
-/// Drain period while no requests arrive (the last drain moved nothing).
-const DRAIN_IDLE: Duration = Duration::from_millis(250);
+/// Longest park of the drain thread while no requests arrive (the last drain moved nothing):
+/// the next request wakes it ([`wake_drain`]); every read of the metrics drains first anyway.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
 /// Shortest drain period (fast request rates).
 const DRAIN_BUSY: Duration = Duration::from_millis(2);
 const WINDOW_BUCKETS: usize = 10;
@@ -768,8 +770,26 @@ static DRAINED: Mutex<Vec<&'static Inner>> = Mutex::new(Vec::new());
 
 /// Adds `inner` to the drained set; the first call starts the `loopwatch-http` thread. Its
 /// period follows the request rate: the time for half a hot ring (512 records) to arrive at
-/// the last drain's rate, between 2 ms and 100 ms; 250 ms while none arrive. (A period that
+/// the last drain's rate, between 2 ms and 100 ms; parked (at most [`DRAIN_IDLE`]) while none
+/// arrive, until a request wakes it. (A period that
 /// let the hot ring fill sent records to the spill ring: a cache miss each.)
+/// Set while the `loopwatch-http` thread parks with nothing to drain; [`wake_drain`] takes it.
+static DRAIN_PARKED: AtomicBool = AtomicBool::new(false);
+/// The `loopwatch-http` thread, once started.
+static DRAIN_THREAD: OnceLock<std::thread::Thread> = OnceLock::new();
+
+/// A request starts: if the drain thread parks idle, wakes it (once per idle -> busy
+/// transition); otherwise one relaxed load. A wake-up lost to the race with the thread
+/// parking costs nothing but latency: reads drain first, and the park is bounded.
+fn wake_drain() {
+    if DRAIN_PARKED.load(Ordering::Relaxed)
+        && DRAIN_PARKED.swap(false, Ordering::AcqRel)
+        && let Some(t) = DRAIN_THREAD.get()
+    {
+        t.unpark();
+    }
+}
+
 fn drain_in_background(inner: &'static Inner) {
     static STARTED: OnceLock<()> = OnceLock::new();
     lock(&DRAINED).push(inner);
@@ -777,10 +797,18 @@ fn drain_in_background(inner: &'static Inner) {
         let spawned = std::thread::Builder::new()
             .name("loopwatch-http".into())
             .spawn(|| {
+                let _ = DRAIN_THREAD.set(std::thread::current());
                 let mut pause = DRAIN_EVERY;
+                let mut last = Instant::now();
                 loop {
-                    std::thread::sleep(pause);
-                    let started = Instant::now();
+                    if pause == DRAIN_IDLE {
+                        DRAIN_PARKED.store(true, Ordering::SeqCst);
+                        std::thread::park_timeout(pause);
+                        DRAIN_PARKED.store(false, Ordering::Release);
+                    } else {
+                        std::thread::sleep(pause);
+                    }
+                    let now = Instant::now();
                     // Lock order: DRAINED, then each state's drain mutex (nothing takes
                     // them the other way round).
                     let moved = lock(&DRAINED)
@@ -788,7 +816,9 @@ fn drain_in_background(inner: &'static Inner) {
                         .map(|i| i.drain().last_drained)
                         .max()
                         .unwrap_or(0);
-                    pause = next_drain_pause(moved, pause + started.elapsed());
+                    // Gathered since the previous drain (an idle park may end early).
+                    pause = next_drain_pause(moved, now.saturating_duration_since(last));
+                    last = now;
                 }
             });
         if let Err(e) = spawned {
@@ -1036,6 +1066,7 @@ where
             // a block that starts with this request is probed from its start.
             p.wake_probe();
         }
+        wake_drain();
         let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::INFO) {
             request_span(inner, route, method)
         } else {
