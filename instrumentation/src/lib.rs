@@ -112,7 +112,7 @@
 //!
 //! | cargo feature / cfg | adds |
 //! |---|---|
-//! | (default) | stuck workers from runtime metrics; `CountingAllocator`; process RSS/CPU via `sysinfo` |
+//! | (default) | stuck workers from runtime metrics; `CountingAllocator`; process RSS/CPU (procfs on Linux, `sysinfo` elsewhere) |
 //! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc: `#[global_allocator] static A: loopwatch::Jemalloc = loopwatch::Jemalloc;` (re-exported `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
 //! | `RUSTFLAGS="--cfg tokio_unstable"` | `install_poll_hooks`, `before_task_poll`, `after_task_poll`; the unstable runtime metrics below |
 //!
@@ -122,7 +122,7 @@
 //! | `tokio.worker.stuck.episodes` | counter u64 | {episode} | workers passing `stuck_threshold` |
 //! | `loopwatch.heap.allocated` | observable gauge u64 | By | live heap bytes (allocated − freed); absent without a source |
 //! | `loopwatch.heap.growth_rate` | observable gauge f64 | By/s | slope of live bytes over `heap_window` (default 30 s) |
-//! | `process.memory.usage` | observable updowncounter i64 | By | resident set size (`sysinfo`); no attributes |
+//! | `process.memory.usage` | observable updowncounter i64 | By | resident set size (procfs on Linux, `sysinfo` elsewhere); no attributes |
 //! | `process.cpu.utilization` | observable gauge f64 | 1 | process CPU time since the previous collection / elapsed / CPUs available, 0..1; no attributes |
 //! | `tokio.worker.poll.count` | observable counter u64 | {poll} | unstable: polls since start, all workers |
 //! | `tokio.worker.steal.count` | observable counter u64 | {task} | unstable: tasks stolen, all workers |

@@ -1,4 +1,5 @@
-//! Process metrics from `sysinfo` (`process.memory.usage`, `process.cpu.utilization`), and the
+//! Process metrics (`process.memory.usage`, `process.cpu.utilization`: procfs on Linux, `sysinfo`
+//! elsewhere), and the
 //! [`Sampler`] that drives the stuck-worker checks and the heap samples on the `loopwatch-probe`
 //! thread's wake-ups (no thread of its own: an idle service pays one wake-up per probe interval,
 //! not two).
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+#[cfg(not(target_os = "linux"))]
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::LoopwatchGuard;
@@ -19,42 +21,146 @@ use crate::heap::{self, HeapSampler, HeapShared, HeapSnapshot};
 use crate::probe::Shared;
 use crate::workers::{self, StuckWorker, WorkerShared, WorkerWatch};
 
-/// Process RSS and CPU read through `sysinfo` at collection time.
+/// Process RSS and CPU read at collection time: on Linux from `/proc/self/stat`, kept open and
+/// re-read with one `pread` (sysinfo's refresh opened and parsed several files, the largest
+/// part of an idle export's CPU); elsewhere through `sysinfo`.
 struct ProcessReader {
-    system: System,
-    pid: Pid,
+    source: Source,
     cpus: f64,
+    /// (when, process CPU seconds) of the previous read.
+    last: Option<(Instant, f64)>,
 }
 
-impl ProcessReader {
+#[cfg(target_os = "linux")]
+struct Source {
+    stat: std::fs::File,
+    buf: Vec<u8>,
+    page_size: u64,
+    ticks_per_s: f64,
+}
+
+#[cfg(target_os = "linux")]
+impl Source {
     fn new() -> Option<Self> {
-        let pid = sysinfo::get_current_pid().ok()?;
-        let system = System::new().ok()?;
-        let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let mut r = ProcessReader { system, pid, cpus };
-        // CPU usage is a difference between two refreshes: prime the first one.
-        r.refresh();
-        Some(r)
+        let stat = std::fs::File::open("/proc/self/stat").ok()?;
+        let (page_size, ticks) = auxv_page_size_and_ticks();
+        Some(Source {
+            stat,
+            buf: vec![0; 1024],
+            page_size,
+            ticks_per_s: ticks as f64,
+        })
     }
 
-    fn refresh(&mut self) {
+    /// (resident bytes, process CPU seconds).
+    fn read(&mut self) -> Option<(u64, f64)> {
+        use std::os::unix::fs::FileExt;
+        let n = self.stat.read_at(&mut self.buf, 0).ok()?;
+        let (rss_pages, ticks) = parse_stat(self.buf.get(..n)?)?;
+        Some((
+            rss_pages.saturating_mul(self.page_size),
+            ticks as f64 / self.ticks_per_s,
+        ))
+    }
+}
+
+/// `rss` (pages) and `utime + stime` (clock ticks) from the text of `/proc/PID/stat`. Fields
+/// are counted after the last `)`: the command name may hold spaces and parentheses.
+#[cfg(any(target_os = "linux", test))]
+fn parse_stat(text: &[u8]) -> Option<(u64, u64)> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
+    // Field 3 (state) is index 0 here: utime is field 14, stime 15, rss 24.
+    let mut fields = rest.split_ascii_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let rss: u64 = fields.nth(8)?.parse().ok()?;
+    Some((rss, utime.saturating_add(stime)))
+}
+
+/// Page size and clock ticks per second from the auxiliary vector (`AT_PAGESZ`, `AT_CLKTCK`);
+/// 4096 and 100 (Linux's `USER_HZ`) where it cannot be read.
+#[cfg(target_os = "linux")]
+fn auxv_page_size_and_ticks() -> (u64, u64) {
+    const AT_PAGESZ: u64 = 6;
+    const AT_CLKTCK: u64 = 17;
+    let (mut page, mut ticks) = (4096, 100);
+    if let Ok(auxv) = std::fs::read("/proc/self/auxv") {
+        let word = |c: &[u8]| c.try_into().ok().map(u64::from_ne_bytes);
+        for pair in auxv.chunks_exact(16) {
+            match (word(&pair[..8]), word(&pair[8..])) {
+                (Some(AT_PAGESZ), Some(v)) if v > 0 => page = v,
+                (Some(AT_CLKTCK), Some(v)) if v > 0 => ticks = v,
+                _ => {}
+            }
+        }
+    }
+    (page, ticks)
+}
+
+#[cfg(not(target_os = "linux"))]
+struct Source {
+    system: System,
+    pid: Pid,
+}
+
+#[cfg(not(target_os = "linux"))]
+impl Source {
+    fn new() -> Option<Self> {
+        let pid = sysinfo::get_current_pid().ok()?;
+        Some(Source {
+            system: System::new().ok()?,
+            pid,
+        })
+    }
+
+    /// (resident bytes, process CPU seconds).
+    fn read(&mut self) -> Option<(u64, f64)> {
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::Some(&[self.pid]),
             false,
-            // Without tasks: listing /proc/PID/task on every refresh was most of its cost.
+            // Without tasks: listing the process's threads on every refresh was most of its cost.
             ProcessRefreshKind::nothing()
                 .with_memory()
                 .with_cpu()
                 .without_tasks(),
         );
+        let p = self.system.process(self.pid)?;
+        Some((p.memory(), p.accumulated_cpu_time() as f64 / 1e3))
+    }
+}
+
+impl ProcessReader {
+    fn new() -> Option<Self> {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut r = ProcessReader {
+            source: Source::new()?,
+            cpus,
+            last: None,
+        };
+        // CPU usage is a difference between two reads: prime the first one.
+        r.read()?;
+        Some(r)
     }
 
-    /// (resident bytes, CPU utilization 0..=1 of the CPUs available to the process).
+    /// (resident bytes, CPU utilization 0..=1 of the CPUs available to the process since the
+    /// previous read).
     fn read(&mut self) -> Option<(u64, f64)> {
-        self.refresh();
-        let p = self.system.process(self.pid)?;
-        let cpu = (f64::from(p.cpu_usage()) / 100.0 / self.cpus).clamp(0.0, 1.0);
-        Some((p.memory(), cpu))
+        let (rss, cpu_s) = self.source.read()?;
+        let now = Instant::now();
+        let util = match self.last {
+            Some((t, c)) => {
+                let wall = now.saturating_duration_since(t).as_secs_f64();
+                if wall > 0.0 {
+                    ((cpu_s - c) / wall / self.cpus).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, cpu_s));
+        Some((rss, util))
     }
 }
 
@@ -71,7 +177,7 @@ fn register_process(meter: &Meter, live: &Arc<Shared>) {
         let (live, reader) = (Arc::clone(live), Arc::clone(&reader));
         let _ = meter
             .i64_observable_up_down_counter("process.memory.usage")
-            .with_description("Resident set size of the process (sysinfo)")
+            .with_description("Resident set size of the process")
             .with_unit("By")
             .with_callback(move |obs| {
                 if !live.live() {
@@ -266,5 +372,32 @@ impl LoopwatchGuard {
     /// Live heap bytes and growth rate as of the last heap sample.
     pub fn heap(&self) -> HeapSnapshot {
         self.extras.heap.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
+        let line = b"4242 (we ird) (name) R 1 2 3 4 -1 4194304 10 20 0 0 \
+            123 45 0 0 20 0 7 0 555 1000000 678 18446744073709551615 1 1 0 0";
+        assert_eq!(parse_stat(line), Some((678, 168)));
+        assert_eq!(parse_stat(b"4242 (x) R 1 2"), None, "truncated");
+        assert_eq!(parse_stat(b"garbage"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let mut r = ProcessReader::new().expect("process readable");
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let (rss, cpu) = r.read().expect("read");
+        assert!(rss > 1024 * 1024, "rss {rss}");
+        assert!((0.0..=1.0).contains(&cpu), "cpu {cpu}");
     }
 }
