@@ -120,7 +120,19 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn varint(&mut self) -> R<u64> {
+        // Most varints here (keys, lengths) are one byte.
+        if let Some((&b, rest)) = self.buf.split_first()
+            && b < 0x80
+        {
+            self.buf = rest;
+            return Ok(u64::from(b));
+        }
+        self.varint_slow()
+    }
+
+    fn varint_slow(&mut self) -> R<u64> {
         let mut v = 0u64;
         for i in 0..10 {
             let (&b, rest) = self.buf.split_first().ok_or(Fallback)?;
@@ -158,6 +170,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next (field number, wire type), or `None` at the end.
+    #[inline]
     fn key(&mut self) -> R<Option<(u64, u8)>> {
         if self.buf.is_empty() {
             return Ok(None);
@@ -234,7 +247,15 @@ fn expect(wire: u8, expected: u8) -> R<()> {
 /// Decodes `body` (an `ExportMetricsServiceRequest`), or `None` when the fast path does not
 /// apply: see the module docs.
 pub(crate) fn decode(body: &[u8]) -> Option<Request<'_>> {
-    let mut out = Request::default();
+    // Sized for a typical export (~60 body bytes per attribute, ~140 per datapoint), so
+    // the lists rarely grow; a denser body grows them as usual.
+    let mut out = Request {
+        resources: Vec::with_capacity(1),
+        metrics: Vec::with_capacity(body.len() / 256),
+        numbers: Vec::with_capacity(body.len() / 160),
+        histograms: Vec::with_capacity(body.len() / 1024),
+        attrs: Vec::with_capacity(body.len() / 48),
+    };
     decode_request(body, &mut out).ok()?;
     Some(out)
 }

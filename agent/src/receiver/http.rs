@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::body::{Body, HttpBody};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -125,18 +125,36 @@ const PREALLOC_MAX: usize = 64 * 1024;
 
 /// Reads the body up to `limit` bytes; `Err(true)` when over the limit, `Err(false)` on a
 /// transport error.
-async fn read_limited(mut body: Body, limit: usize, declared: usize) -> Result<Vec<u8>, bool> {
-    // Sized from Content-Length up to 64 KiB (a typical export in one allocation; a client
-    // that declares a large body and sends nothing cannot make us reserve much).
-    let mut buf = Vec::with_capacity(declared.min(limit).min(PREALLOC_MAX));
+///
+/// A body that arrives as one frame (hyper hands over a body already in its read buffer
+/// that way) is kept as that frame, without a copy; one in several frames is gathered into
+/// a buffer sized from Content-Length up to 64 KiB (a typical export in one allocation; a
+/// client that declares a large body and sends nothing cannot make us reserve much).
+async fn read_limited(mut body: Body, limit: usize, declared: usize) -> Result<Bytes, bool> {
+    let mut first: Option<Bytes> = None;
+    let mut buf = Vec::new();
     loop {
         match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            None => return Ok(buf),
+            None => {
+                return Ok(match first {
+                    Some(b) if buf.is_empty() => b,
+                    _ => Bytes::from(buf),
+                });
+            }
             Some(Err(_)) => return Err(false),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    if buf.len() + data.len() > limit {
+                    let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+                    if held + data.len() > limit {
                         return Err(true);
+                    }
+                    if first.is_none() && buf.is_empty() {
+                        first = Some(data);
+                        continue;
+                    }
+                    if let Some(f) = first.take() {
+                        buf.reserve(declared.min(limit).min(PREALLOC_MAX));
+                        buf.extend_from_slice(&f);
                     }
                     buf.extend_from_slice(&data);
                 }
@@ -150,7 +168,7 @@ async fn read_request(
     state: &AgentState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Encoding, Vec<u8>), Response> {
+) -> Result<(Encoding, Bytes), Response> {
     let limit = state.config().receiver.max_body_bytes;
     let refuse = |reason: RefuseReason, status: StatusCode, enc: Option<Encoding>, code, msg| {
         state.telemetry.refuse(reason);
@@ -257,7 +275,7 @@ async fn read_request(
     if out.len() > limit {
         return Err(too_large("decompressed body"));
     }
-    within_budget(state, encoding, out).map_err(|r| *r)
+    within_budget(state, encoding, Bytes::from(out)).map_err(|r| *r)
 }
 
 /// Refuses (413) a body that would decode into more allocations than the budget of
@@ -265,8 +283,8 @@ async fn read_request(
 fn within_budget(
     state: &AgentState,
     encoding: Encoding,
-    body: Vec<u8>,
-) -> Result<(Encoding, Vec<u8>), Box<Response>> {
+    body: Bytes,
+) -> Result<(Encoding, Bytes), Box<Response>> {
     let max = crate::receiver::budget::max_nodes(state.config().receiver.max_body_bytes);
     let nodes = crate::receiver::budget::estimate_nodes(&body, encoding == Encoding::Json, max);
     if nodes > max {
