@@ -426,9 +426,13 @@ impl ProbeTask {
             let quiet_for = quiet.observe(&self.handle, tick);
             // A fully parked runtime has no scheduling delay: skip the spawn (and the wake-up
             // it would cost), but still probe once per window. A stall needs a busy worker,
-            // which the next tick sees.
-            let idle_probe_due = last_probe
-                .is_none_or(|t| tick.saturating_duration_since(t) >= self.export_interval);
+            // which the next tick sees. With a working unpark hook every wake-up of the
+            // runtime is reported: a quiet runtime needs no probe at all.
+            let hook_trusted =
+                nudge.hooked() && hook_misses <= HOOK_MISSES_TOLERATED && hook_seen > 0;
+            let idle_probe_due = !hook_trusted
+                && last_probe
+                    .is_none_or(|t| tick.saturating_duration_since(t) >= self.export_interval);
             if !idle_probe_due && quiet.all_parked {
                 self.shared.idle_skips.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -535,8 +539,6 @@ impl ProbeTask {
             // and heap samples ride on those ticks (a parked worker is not stuck); a nudge
             // (`Shared::wake_if_idle`, or the unpark hook) ends the idle sleep early. With a
             // working hook every wake-up of the runtime nudges, so the idle tick is long.
-            let hook_trusted =
-                nudge.hooked() && hook_misses <= HOOK_MISSES_TOLERATED && hook_seen > 0;
             let mut idle = quiet_for >= IDLE_AFTER;
             if idle {
                 nudge.begin_idle();
