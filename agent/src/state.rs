@@ -255,11 +255,7 @@ impl AgentState {
                         let sig = s.health.signals(&s.series);
                         let before = s.health.any_unhealthy();
                         let e = s.health.assess(cfg, now, &sig, s.last_seen);
-                        let after = s.health.any_unhealthy();
-                        log_transition(key, before, after, &e.reasons);
-                        if after && !before {
-                            self.unhealthy.notify_one();
-                        }
+                        self.transition(key, before, s.health.any_unhealthy(), &e.reasons);
                     }
                 }
                 drop(store);
@@ -307,8 +303,8 @@ impl AgentState {
     /// re-checked every `period`, as the lag may only be reported once per export), else at
     /// the first moment a service can go stale (`last_seen + stale_after`) or be forgotten,
     /// and never later than `stale_after` from now (a service that reports after this call
-    /// goes stale no earlier than that). An export that makes a service unhealthy wakes the
-    /// timer early: [`AgentState::turned_unhealthy`].
+    /// goes stale no earlier than that). An evaluation that makes a service unhealthy wakes
+    /// the timer early: [`AgentState::turned_unhealthy`].
     pub fn reevaluate(&self, now: Instant, period: Duration) -> Instant {
         let cfg = &self.config.health;
         let evict_after = cfg.stale_after.saturating_mul(EVICT_AFTER_STALE);
@@ -326,10 +322,20 @@ impl AgentState {
         due
     }
 
-    /// Resolves when an export turned a service unhealthy since the last call (a permit is
-    /// kept when nobody waits): the health timer then ticks every period again.
+    /// Resolves when an evaluation (an export, a probe, a tick) turned a service unhealthy
+    /// since the last call (a permit is kept when nobody waits): the health timer then ticks
+    /// every period again.
     pub fn turned_unhealthy(&self) -> tokio::sync::futures::Notified<'_> {
         self.unhealthy.notified()
+    }
+
+    /// Logs a change of a service's health and wakes the health timer when it turned
+    /// unhealthy.
+    fn transition(&self, key: &ServiceKey, before: bool, after: bool, reasons: &[String]) {
+        log_transition(key, before, after, reasons);
+        if after && !before {
+            self.unhealthy.notify_one();
+        }
     }
 
     fn reassess(
@@ -351,7 +357,7 @@ impl AgentState {
             let sig = s.health.signals(&s.series);
             let before = s.health.any_unhealthy();
             let e = s.health.assess(cfg, now, &sig, s.last_seen);
-            log_transition(key, before, s.health.any_unhealthy(), &e.reasons);
+            self.transition(key, before, s.health.any_unhealthy(), &e.reasons);
             each(key, s, &sig, e);
         }
     }
