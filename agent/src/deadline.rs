@@ -68,6 +68,10 @@ impl axum::serve::Listener for DeadlineListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // No Nagle: a response written in parts must not wait for the peer's delayed ACK.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let timer = Box::pin(tokio::time::sleep(self.head_timeout));
         let io = DeadlineStream {
             inner: stream,

@@ -210,7 +210,9 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
     let grpc_state = state.clone();
     let grpc_stop = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+        // TCP_NODELAY: a response is several HTTP/2 frames; with Nagle the later ones waited
+        // for the client's delayed ACK (~40 ms) on every export after a quiet spell.
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         if let Err(e) = tonic::transport::Server::builder()
             .timeout(deadline::BODY_TIMEOUT)
             .layer(receiver::grpc::CountRefusals::new(grpc_state))
