@@ -453,6 +453,10 @@ impl ProbeTask {
                 });
 
                 let mut stalled = false;
+                // Half way to the threshold, one early export of the growing stall: it warms the
+                // export path (an export after a quiet spell runs on cold caches and pages, tens
+                // of ms here), so that the stall export at the threshold reaches the agent fast.
+                let mut early_export = !self.drive_exports;
                 let t1_us = loop {
                     let v = slot.load(Ordering::Acquire);
                     if v != 0 {
@@ -475,6 +479,10 @@ impl ProbeTask {
                     let now = Instant::now();
                     self.sampler.run_due(now);
                     let age = now.saturating_duration_since(t0);
+                    if !early_export && age >= self.stall_threshold / 2 {
+                        early_export = true;
+                        self.flush.request();
+                    }
                     if !stalled && age >= self.stall_threshold {
                         stalled = true;
                         self.shared.stalls.fetch_add(1, Ordering::Relaxed);
@@ -494,6 +502,9 @@ impl ProbeTask {
                     let mut wait = MAX_PARK
                         .min(next_roll.saturating_duration_since(now))
                         .min(self.sampler.next_check_due().saturating_duration_since(now));
+                    if !early_export {
+                        wait = wait.min((self.stall_threshold / 2).saturating_sub(age));
+                    }
                     if !stalled {
                         wait = wait.min(self.stall_threshold.saturating_sub(age));
                     }
