@@ -593,10 +593,14 @@ impl ProbeTask {
                 };
                 thread::park_timeout(until.saturating_duration_since(now));
             }
-            if idle
-                && nudge.end_idle()
-                && let Some((workers0, hook0)) = before_sleep
-            {
+            let slept_through = idle && nudge.end_idle();
+            if idle && !slept_through {
+                // Nudged: a worker has just woken for new work. Let it reach its first poll
+                // before the next probe is spawned (this thread may share its CPU), so that the
+                // probe does not count the worker's own start-up as scheduling delay.
+                thread::yield_now();
+            }
+            if slept_through && let Some((workers0, hook0)) = before_sleep {
                 // Slept through without a nudge: the runtime must not have woken meanwhile
                 // (tokio may publish a wake-up late, never before the hook reports it).
                 let woke = Quiet::unparks(&self.handle).saturating_sub(workers0);
