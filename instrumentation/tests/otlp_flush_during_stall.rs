@@ -219,7 +219,7 @@ fn run(workers: usize, multi_thread: bool) {
         "post-stall export max {max} too low for block {injected:?}"
     );
     assert!(
-        max <= (injected + Duration::from_millis(5)).as_secs_f64(),
+        max <= (injected + common::OVER_READ_SLACK).as_secs_f64(),
         "max {max}"
     );
 

@@ -15,6 +15,13 @@ pub const PROBE: Duration = Duration::from_millis(10);
 /// a few ms on a loaded 2-core machine). So the corrected p99 can read this much below the
 /// injected block: a sampling bound, not a speed threshold. It never reads above it.
 pub const SAMPLING_SLACK: Duration = Duration::from_millis(PROBE.as_millis() as u64 + 5);
+/// How much a reading may exceed the injected block as the blocking task measured it: the
+/// worker returns from the block's poll and then polls the probe, and on a loaded 2-core
+/// machine (two tests of a binary run at once, each with its runtime, probe and export threads)
+/// the OS may run it that much later. That delay is real and the probe rightly counts it; the
+/// bound still catches a reading that adds anything of its own (a second block, double
+/// counting). Not a speed threshold.
+pub const OVER_READ_SLACK: Duration = Duration::from_millis(25);
 /// Lowest correct p99 of a window holding a block of `injected` among `samples` samples.
 ///
 /// The corrected samples of a block `d` form a ramp `d, d - PROBE, d - 2 PROBE, ...`. The p99
@@ -152,15 +159,12 @@ pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, injected: Dura
     );
     // ... and nothing ever reads higher than the real block.
     assert!(
-        after.delay_max <= injected + Duration::from_millis(5),
-        "max {:?} > injected {injected:?} + 5 ms; {after:?}",
+        after.delay_max <= injected + OVER_READ_SLACK,
+        "max {:?} > injected {injected:?} + {OVER_READ_SLACK:?}; {after:?}",
         after.delay_max
     );
     assert!(after.delay_p99 <= after.delay_max, "{after:?}");
-    assert!(
-        after.last_stall <= injected + Duration::from_millis(5),
-        "{after:?}"
-    );
+    assert!(after.last_stall <= injected + OVER_READ_SLACK, "{after:?}");
 }
 
 /// Serves an OTLP/gRPC metrics receiver on 127.0.0.1 (any free port) on a runtime of its own,
