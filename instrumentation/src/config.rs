@@ -130,7 +130,7 @@ impl LoopwatchBuilder {
         self
     }
     /// The [`crate::UnparkHook`] installed on the watched runtime: lets the probe thread sleep
-    /// while the runtime is quiet (about 2 wake-ups a second instead of 40) without seeing a
+    /// while the runtime is quiet (about 1 wake-up a second instead of 40) without seeing a
     /// block that starts from quiet any later. Default: none.
     pub fn unpark_hook(mut self, hook: crate::UnparkHook) -> Self {
         self.unpark_hook = Some(hook);

@@ -108,7 +108,8 @@ impl Nudge {
 /// every 25 ms (40 wake-ups a second), because a block may start from quiet in work that no
 /// request announces (a timer, a message). With it, a worker waking up wakes the probe thread
 /// at once, so the probe thread sleeps up to one export interval while the runtime is quiet
-/// (about 2 wake-ups a second) and still probes a block from its start.
+/// (about 1 wake-up a second; no idle probe wakes the runtime) and still probes a block from
+/// its start.
 ///
 /// Cost on the runtime: per worker wake-up (not per task or request), one atomic increment and
 /// one load; one `unpark` of the probe thread per quiet → busy transition.
