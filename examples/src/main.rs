@@ -239,24 +239,20 @@ fn main() -> ExitCode {
         .init();
     // Tells loopwatch when the runtime wakes up, so its probe thread can sleep while it is quiet.
     let unpark_hook = (!args.no_unpark_hook).then(loopwatch::UnparkHook::new);
-    let runtime = if args.workers == 0 {
-        let mut b = tokio::runtime::Builder::new_current_thread();
-        if let Some(h) = &unpark_hook {
-            h.install(&mut b);
-        }
-        b.enable_all().build()
+    let mut rt_builder = if args.workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        if let Some(h) = &unpark_hook {
-            h.install(&mut b);
-        }
-        b.worker_threads(args.workers).enable_all();
+        b.worker_threads(args.workers);
         // Exact stuck-poll durations and the spawn location of the task holding a worker.
         #[cfg(tokio_unstable)]
         loopwatch::install_poll_hooks(&mut b);
-        b.build()
+        b
     };
-    let runtime = match runtime {
+    if let Some(h) = &unpark_hook {
+        h.install(&mut rt_builder);
+    }
+    let runtime = match rt_builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("example-service: cannot build the tokio runtime: {e}");

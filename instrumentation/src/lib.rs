@@ -296,19 +296,13 @@ impl LoopwatchBuilder {
             Some(hook) => Arc::clone(&hook.nudge),
             None => unpark::Nudge::unhooked(),
         };
-        if !nudge.claim() {
-            return Err(StartError::InvalidConfig {
-                key: "unpark_hook",
-                reason: "this UnparkHook is in use by a running loopwatch (one hook per runtime \
-                         and loopwatch)"
-                    .into(),
-            });
-        }
-        // Released when the probe thread ends, or here on any error before it starts.
-        let claim = ClaimGuard {
-            nudge: Arc::clone(&nudge),
-            armed: true,
-        };
+        // Released when the probe thread ends, or on any error before it starts.
+        let claim = nudge.claim().ok_or_else(|| StartError::InvalidConfig {
+            key: "unpark_hook",
+            reason: "this UnparkHook is in use by a running loopwatch (one hook per runtime \
+                     and loopwatch)"
+                .into(),
+        })?;
         let settings = config::resolve(self, &config::process_env)?;
         let sampler = process::sampler_settings(
             stuck_threshold,
@@ -374,6 +368,7 @@ impl LoopwatchBuilder {
 
         let task = ProbeTask {
             shared: Arc::clone(&shared),
+            _claim: claim,
             handle,
             probe_interval: settings.probe_interval,
             stall_threshold: settings.stall_threshold,
@@ -389,8 +384,6 @@ impl LoopwatchBuilder {
             attrs,
         };
         let (probe_done_tx, probe_done) = mpsc::channel();
-        // From here the probe thread (or the error path below) owns the claim.
-        let claim = claim.disarm();
         let probe_thread =
             match thread::Builder::new()
                 .name("loopwatch-probe".into())
@@ -400,7 +393,6 @@ impl LoopwatchBuilder {
                 }) {
                 Ok(t) => t,
                 Err(source) => {
-                    claim.set_thread(None);
                     shared.stop.store(true, Ordering::Release);
                     flush.request();
                     drop(flush);
@@ -425,27 +417,6 @@ impl LoopwatchBuilder {
             meter,
             lifecycle,
         })
-    }
-}
-
-/// Releases an [`UnparkHook`]'s claim if [`LoopwatchBuilder::start_with_handle`] fails early.
-struct ClaimGuard {
-    nudge: Arc<unpark::Nudge>,
-    armed: bool,
-}
-
-impl ClaimGuard {
-    fn disarm(mut self) -> Arc<unpark::Nudge> {
-        self.armed = false;
-        Arc::clone(&self.nudge)
-    }
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.nudge.set_thread(None);
-        }
     }
 }
 

@@ -13,7 +13,7 @@ use opentelemetry::metrics::{Counter, Histogram as OtelHistogram};
 use crate::export::FlushTrigger;
 use crate::process::Sampler;
 use crate::runtime::{RuntimeSampler, RuntimeSnapshot};
-use crate::unpark::Nudge;
+use crate::unpark::{Claim, Nudge};
 
 /// Highest delay the window histogram tracks exactly: 1 hour in µs. Longer delays are clamped.
 const MAX_TRACKABLE_US: u64 = 3_600_000_000;
@@ -371,18 +371,11 @@ impl Quiet {
     }
 }
 
-/// Ends the probe thread's use of its nudge (and a hook's claim) when the thread ends.
-struct ReleaseNudge(Arc<Nudge>);
-
-impl Drop for ReleaseNudge {
-    fn drop(&mut self) {
-        self.0.set_thread(None);
-    }
-}
-
 /// Everything the probe thread needs.
 pub(crate) struct ProbeTask {
     pub(crate) shared: Arc<Shared>,
+    /// This loopwatch's use of the nudge (and its hook): ends with this thread, however it ends.
+    pub(crate) _claim: Claim,
     pub(crate) handle: tokio::runtime::Handle,
     pub(crate) probe_interval: Duration,
     pub(crate) stall_threshold: Duration,
@@ -411,9 +404,7 @@ impl ProbeTask {
         let mut next_roll = Instant::now() + self.export_interval;
         let me = thread::current();
         let nudge = Arc::clone(&self.shared.nudge);
-        nudge.set_thread(Some(me.clone()));
-        // Whatever way this thread ends, the hook's claim ends with it.
-        let _release = ReleaseNudge(Arc::clone(&nudge));
+        nudge.set_thread(me.clone());
         let mut last_probe: Option<Instant> = None;
         let mut quiet = Quiet::default();
         let idle_tick = IDLE_TICK.max(self.probe_interval);

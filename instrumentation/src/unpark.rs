@@ -38,18 +38,16 @@ impl Nudge {
         self.unparks.load(Ordering::SeqCst)
     }
 
-    /// Marks this nudge used by a starting loopwatch; false if a running one already uses it.
-    pub(crate) fn claim(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
+    /// Marks this nudge used by a starting loopwatch; `None` if a running one already uses it.
+    /// The claim ends when the returned [`Claim`] is dropped: with the probe thread that owns
+    /// it, or with a start that fails before that thread runs.
+    pub(crate) fn claim(self: &Arc<Self>) -> Option<Claim> {
+        (!self.claimed.swap(true, Ordering::AcqRel)).then(|| Claim(Arc::clone(self)))
     }
 
-    /// The probe thread that wakes on nudges (`None` when it stops; the claim ends then).
-    pub(crate) fn set_thread(&self, t: Option<Thread>) {
-        let stopping = t.is_none();
-        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = t;
-        if stopping {
-            self.claimed.store(false, Ordering::Release);
-        }
+    /// The probe thread that wakes on nudges.
+    pub(crate) fn set_thread(&self, t: Thread) {
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
     }
 
     /// The probe thread is about to sleep an idle tick; it must look at the runtime once more
@@ -98,6 +96,17 @@ impl Nudge {
         {
             t.unpark();
         }
+    }
+}
+
+/// A running loopwatch's use of a [`Nudge`]; dropping it forgets the probe thread and frees
+/// the hook for another loopwatch.
+pub(crate) struct Claim(Arc<Nudge>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        *self.0.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.0.claimed.store(false, Ordering::Release);
     }
 }
 
@@ -186,7 +195,7 @@ mod tests {
     #[test]
     fn nudge_wakes_an_idle_probe_thread_once() {
         let n = Nudge::unhooked();
-        n.set_thread(Some(std::thread::current()));
+        n.set_thread(std::thread::current());
         n.wake_if_idle(); // not sleeping an idle tick: nothing to take
         assert!(!n.is_idle());
         n.begin_idle();
@@ -202,7 +211,7 @@ mod tests {
         let hook = UnparkHook::new();
         let n = Arc::clone(&hook.nudge);
         assert!(n.hooked() && !Nudge::unhooked().hooked());
-        n.set_thread(Some(std::thread::current()));
+        n.set_thread(std::thread::current());
         hook.on_unpark();
         assert_eq!(n.unparks(), 1);
         assert!(!n.is_idle());
@@ -230,9 +239,9 @@ mod tests {
     #[test]
     fn a_hook_is_claimed_by_one_running_loopwatch() {
         let hook = UnparkHook::new();
-        assert!(hook.nudge.claim());
-        assert!(!hook.nudge.claim(), "in use");
-        hook.nudge.set_thread(None); // that probe thread stopped
-        assert!(hook.nudge.claim());
+        let claim = hook.nudge.claim().expect("free");
+        assert!(hook.nudge.claim().is_none(), "in use");
+        drop(claim); // that probe thread stopped
+        assert!(hook.nudge.claim().is_some());
     }
 }

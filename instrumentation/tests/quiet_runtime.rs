@@ -64,20 +64,46 @@ fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
     true
 }
 
+/// A runtime driven by a thread of its own (`current_thread` needs a `block_on`), with nothing
+/// to do until [`Driven::stop`].
+struct Driven {
+    handle: tokio::runtime::Handle,
+    stop: Arc<tokio::sync::Notify>,
+    driver: std::thread::JoinHandle<()>,
+}
+
+impl Driven {
+    fn new(rt: tokio::runtime::Runtime) -> Self {
+        let handle = rt.handle().clone();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stop2 = Arc::clone(&stop);
+        let driver = std::thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
+        Driven {
+            handle,
+            stop,
+            driver,
+        }
+    }
+
+    fn stop(self) {
+        self.stop.notify_one();
+        self.driver.join().expect("driver");
+    }
+}
+
 #[test]
 fn quiet_runtime_heartbeat_busy_exports_and_stall_from_quiet() {
     let receiver = Receiver::default();
     let (_server_rt, addr) = common::serve_metrics(receiver.clone());
 
     // The watched runtime: driven by a thread of its own, with nothing to do (quiet).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let handle = rt.handle().clone();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stop2 = Arc::clone(&stop);
-    let driver = std::thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
+    let runtime = Driven::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    );
+    let handle = runtime.handle.clone();
 
     let guard = loopwatch::Loopwatch::builder()
         .service_name("quiet-test")
@@ -151,8 +177,7 @@ fn quiet_runtime_heartbeat_busy_exports_and_stall_from_quiet() {
     assert!(wait_for(Duration::from_secs(10), || blocker.is_finished()));
 
     guard.shutdown();
-    stop.notify_one();
-    driver.join().expect("driver");
+    runtime.stop();
 }
 
 #[test]
@@ -160,11 +185,8 @@ fn unpark_hook_lets_the_probe_sleep_and_still_probes_a_block_from_its_start() {
     let hook = loopwatch::UnparkHook::new();
     let mut b = tokio::runtime::Builder::new_current_thread();
     hook.install(&mut b).enable_all();
-    let rt = b.build().expect("runtime");
-    let handle = rt.handle().clone();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stop2 = Arc::clone(&stop);
-    let driver = std::thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
+    let runtime = Driven::new(b.build().expect("runtime"));
+    let handle = runtime.handle.clone();
 
     let provider = || opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
     let guard = loopwatch::Loopwatch::builder()
@@ -229,6 +251,5 @@ fn unpark_hook_lets_the_probe_sleep_and_still_probes_a_block_from_its_start() {
         .start_with_handle(handle.clone())
         .expect("hook reusable after shutdown");
     again.shutdown();
-    stop.notify_one();
-    driver.join().expect("driver");
+    runtime.stop();
 }
