@@ -36,7 +36,7 @@
 //! | coordinated omission | a delay `d` also records `d − i, d − 2i, …` (`i` = probe interval): a 1.5 s block puts ~1.5 s in p99 although only one probe was stuck |
 //! | stall in progress | while a probe is outstanding its age is the current stall; past `stall_threshold` the stall is counted once, a `tracing` warning is logged and an export is forced at once |
 //! | stall end | the window is completed and another export forced, so stall = 0 and the big p99 arrive together |
-//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs (none with an [`UnparkHook`], which reports every wake-up). Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`RouteMetrics::layer`] of a running loopwatch) or [`ShedLayer`] wakes it at once, so a block in that request is probed from its start. A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later). With an [`UnparkHook`] on the runtime (`on_thread_unpark`), every wake-up of a worker wakes the probe thread, which then sleeps one export interval at a time while the runtime is quiet (~1 wake-up a second instead of 40) and probes any block from its start |
+//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs (none with an [`UnparkHook`], which reports every wake-up). Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`RouteMetrics::layer`] of a running loopwatch) or [`ShedLayer`] wakes it at once, so a block in that request is probed from its start. A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later). With an [`UnparkHook`] on the runtime (`on_thread_unpark`), every wake-up of a worker wakes the probe thread, which then sleeps until the next heartbeat export (2.5 s, or the export interval if longer) while the runtime is quiet (0.4 wake-ups a second instead of 40) and probes any block from its start |
 //! | unpark hook | [`UnparkHook::install`] on the runtime builder, then [`LoopwatchBuilder::unpark_hook`]: per worker wake-up one atomic increment and one load |
 //! | exports | loopwatch's own pipeline exports after every window in which the runtime was not quiet, at once on a stall (and once half way to `stall_threshold`: that export warms the export path, so the stall export at the threshold is not slowed by cold caches), its end and lifecycle changes, and otherwise every `max(export interval, 2.5 s)` as a heartbeat (the agent's default staleness is 5 s); a provider given with `meter_provider` exports on its own reader's schedule, plus the forced stall exports |
 //! | runtime metrics | `tokio_metrics::RuntimeMonitor` (stable set), sampled once per window |
@@ -363,6 +363,10 @@ impl LoopwatchBuilder {
         drop(provider);
         // loopwatch's own pipeline exports when the probe asks (see `export::OwnedPipeline`).
         let drive_exports = matches!(target, FlushTarget::Owned(_));
+        let idle_window = match &target {
+            FlushTarget::Owned(p) => p.heartbeat,
+            FlushTarget::Borrowed(_) => settings.export_interval,
+        };
         // Cannot fail: the flush thread waits for exactly this message.
         let _ = target_tx.send(target);
 
@@ -373,6 +377,7 @@ impl LoopwatchBuilder {
             probe_interval: settings.probe_interval,
             stall_threshold: settings.stall_threshold,
             export_interval: settings.export_interval,
+            idle_window,
             runtime_name: settings.runtime_name.clone(),
             window,
             flush: flush.clone(),

@@ -30,9 +30,17 @@ pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(200);
 /// low, and a stall reported up to 25 ms later. 25 ms keeps the stall export within the
 /// detection budget (`stall_threshold` + 50 ms, an export taking ~15 ms) while cutting the
 /// idle probe thread's wake-ups from 100/s to 40/s. With an [`crate::UnparkHook`] installed,
-/// every wake-up of the runtime nudges the probe thread, which then sleeps one export interval
-/// instead (see [`HOOK_MISSES_TOLERATED`]).
+/// every wake-up of the runtime nudges the probe thread, which then sleeps until the next
+/// heartbeat export instead (`ProbeTask::idle_window`; see [`HOOK_MISSES_TOLERATED`]).
 pub(crate) const IDLE_TICK: Duration = Duration::from_millis(25);
+/// How much earlier than one probe interval after the last tick the probe thread asks to be
+/// woken: a sleep ends late by the timer slack (50 µs) plus the wake-up latency (0.1–0.3 ms on
+/// the benchmark VM), and the probe must sample at least once per interval. 1/20 of the
+/// interval, at most 0.5 ms: a 10 ms interval ticks every ~9.6 ms.
+fn tick_early(interval: Duration) -> Duration {
+    (interval / 20).min(Duration::from_micros(500))
+}
+
 /// Timed-out long idle sleeps after which the runtime had woken without the hook reporting it:
 /// beyond this many, the hook is taken as not installed on the watched runtime and ignored.
 const HOOK_MISSES_TOLERATED: u32 = 2;
@@ -380,6 +388,10 @@ pub(crate) struct ProbeTask {
     pub(crate) probe_interval: Duration,
     pub(crate) stall_threshold: Duration,
     pub(crate) export_interval: Duration,
+    /// How long the probe thread sleeps while the runtime is quiet and a trusted unpark hook
+    /// reports its wake-ups: the pipeline's heartbeat (an export happens no more often then),
+    /// or the export interval for a provider loopwatch does not own.
+    pub(crate) idle_window: Duration,
     pub(crate) runtime_name: String,
     pub(crate) window: Window,
     pub(crate) flush: FlushTrigger,
@@ -408,7 +420,7 @@ impl ProbeTask {
         let mut last_probe: Option<Instant> = None;
         let mut quiet = Quiet::default();
         let idle_tick = IDLE_TICK.max(self.probe_interval);
-        let long_tick = self.export_interval.max(idle_tick);
+        let long_tick = self.idle_window.max(idle_tick);
         let mut hook_misses = 0u32;
 
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -559,7 +571,9 @@ impl ProbeTask {
                 } else if idle {
                     idle_tick
                 } else {
-                    self.probe_interval
+                    // Aim early by the OS timer's overshoot, so that two probes are at most one
+                    // interval apart and a block is read at most one interval low.
+                    self.probe_interval - tick_early(self.probe_interval)
                 };
             loop {
                 if self.shared.stop.load(Ordering::Acquire) {
@@ -680,6 +694,26 @@ impl ProbeTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_aim_early_by_a_twentieth_of_the_interval_at_most_half_a_millisecond() {
+        assert_eq!(
+            tick_early(Duration::from_millis(10)),
+            Duration::from_micros(500)
+        );
+        assert_eq!(
+            tick_early(Duration::from_millis(100)),
+            Duration::from_micros(500)
+        );
+        assert_eq!(
+            tick_early(Duration::from_millis(2)),
+            Duration::from_micros(100)
+        );
+        assert_eq!(
+            tick_early(Duration::from_micros(100)),
+            Duration::from_micros(5)
+        );
+    }
 
     #[test]
     fn quiet_tracks_a_parked_runtime_and_resets_on_a_wake_up() {

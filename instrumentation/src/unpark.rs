@@ -116,8 +116,9 @@ impl Drop for Claim {
 /// Without it, the probe thread of a quiet runtime (every worker parked) looks at the runtime
 /// every 25 ms (40 wake-ups a second), because a block may start from quiet in work that no
 /// request announces (a timer, a message). With it, a worker waking up wakes the probe thread
-/// at once, so the probe thread sleeps up to one export interval while the runtime is quiet
-/// (about 1 wake-up a second; no idle probe wakes the runtime) and still probes a block from
+/// at once, so the probe thread sleeps until the next heartbeat export while the runtime is
+/// quiet (one wake-up per 2.5 s with loopwatch's own pipeline, or per export interval if
+/// longer; no idle probe wakes the runtime) and still probes a block from
 /// its start.
 ///
 /// Cost on the runtime: per worker wake-up (not per task or request), one atomic increment and
