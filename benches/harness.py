@@ -527,11 +527,11 @@ def cmd_detect(args):
 
 # ---------------------------------------------------------------- item 5: idle cost
 
-def start_node_idle(out_dir, name, resolution_ms):
+def start_node_idle(out_dir, name, resolution_ms, cpu=None):
     """benches/node/idle.js: an idle Node HTTP server, with monitorEventLoopDelay enabled at
     `resolution_ms` (0: none). Returns the Proc once it listens."""
     p = Proc(["node", os.path.join(REPO, "benches", "node", "idle.js"), str(resolution_ms)],
-             out_dir, name)
+             out_dir, name, cpu=cpu)
     log = os.path.join(out_dir, f"{name}.log")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -543,6 +543,53 @@ def start_node_idle(out_dir, name, resolution_ms):
         time.sleep(0.05)
     p.stop()
     raise RuntimeError(f"node idle.js did not start (see {log})")
+
+
+def measure_idle(pid, args):
+    """CPU (schedstat, per thread and summed; utime+stime) and RSS of an idle process over
+    args.duration after args.warmup."""
+    time.sleep(args.warmup)
+    c0, th0 = cpu_seconds(pid), sched_threads(pid)
+    t0 = time.monotonic()
+    time.sleep(args.duration)
+    c1, th1 = cpu_seconds(pid), sched_threads(pid)
+    wall = time.monotonic() - t0
+    threads = {}
+    for k, (c, n) in th1.items():
+        c_0, n_0 = th0.get(k, (0.0, 0))
+        threads[k] = {"cpu_pct": round((c - c_0) / wall * 100, 4),
+                      "runs_per_s": round((n - n_0) / wall, 1)}
+    return {"cpu_pct_of_core": sum(t["cpu_pct"] for t in threads.values()),
+            "stat_cpu_pct_of_core": (c1 - c0) / wall * 100, "rss_mib": rss_mib(pid),
+            "threads_pct": threads, "wall_s": wall}
+
+
+def idle_with_busy_neighbour(args, aports, out):
+    """The same idle measurement with the other CPU kept busy (a spinning process on CPU 1,
+    the measured process on CPU 0): on this VM a wake-up costs far more when the whole guest
+    was idle than when it was not. Returns {variant: cpu %}."""
+    spin = subprocess.Popen(pinned([sys.executable, "-c", "while True: pass"], 1))
+    got = {}
+    try:
+        for variant in ("with", "node + monitorEventLoopDelay 10 ms"):
+            if variant.startswith("node"):
+                if not shutil.which("node"):
+                    continue
+                p = start_node_idle(args.out, "idle-neighbour-node", 10, cpu=0)
+            else:
+                p, _ = start_service(args, args.out, "idle-neighbour-with", True,
+                                     aports["grpc"], workers=args.workers, cpu=0)
+            try:
+                row = {"bench": "idle_neighbour", "variant": variant,
+                       **measure_idle(p.pid, args)}
+                out.row(row)
+                got[variant] = row["cpu_pct_of_core"]
+            finally:
+                p.stop()
+    finally:
+        spin.kill()
+        spin.wait()
+    return got
 
 
 def cmd_idle(args):
@@ -569,28 +616,13 @@ def cmd_idle(args):
                                            aports["grpc"], workers=args.workers, bare=not lw,
                                            extra=extra)
                 try:
-                    time.sleep(args.warmup)
-                    c0, th0 = cpu_seconds(svc.pid), sched_threads(svc.pid)
-                    t0 = time.monotonic()
-                    time.sleep(args.duration)
-                    c1, th1 = cpu_seconds(svc.pid), sched_threads(svc.pid)
-                    wall = time.monotonic() - t0
-                    threads = {}
-                    for k, (c, n) in th1.items():
-                        c_0, n_0 = th0.get(k, (0.0, 0))
-                        threads[k] = {"cpu_pct": round((c - c_0) / wall * 100, 4),
-                                      "runs_per_s": round((n - n_0) / wall, 1)}
-                    sched_total = sum(t["cpu_pct"] for t in threads.values())
                     row = {"bench": "idle", "variant": variant, "repeat": i,
-                           "workers": args.workers,
-                           "cpu_pct_of_core": sched_total,
-                           "stat_cpu_pct_of_core": (c1 - c0) / wall * 100,
-                           "rss_mib": rss_mib(svc.pid), "threads_pct": threads,
-                           "wall_s": wall}
+                           "workers": args.workers, **measure_idle(svc.pid, args)}
                     res[variant].append(row)
                     out.row(row)
                 finally:
                     svc.stop()
+        neighbour = idle_with_busy_neighbour(args, aports, out) if args.neighbour else {}
     finally:
         agent.stop()
     rows = []
@@ -625,6 +657,10 @@ def cmd_idle(args):
                         "RSS MiB", "runs", "per thread: CPU % (runs/s)"], rows)
             + f"\n\nloopwatch adds **{delta:.3f}% of a core** (target < 0.3%); without the "
             f"unpark hook {delta_nohook:.3f}%" + scale)
+    if neighbour:
+        text += ("\n\nThe same idle processes with the other CPU kept busy (a spinning process "
+                 "on CPU 1, the measured one on CPU 0; one run each): "
+                 + "; ".join(f"{v} **{c:.3f}%**" for v, c in neighbour.items()))
     out.table(text)
 
 
@@ -787,6 +823,8 @@ def main():
     i.add_argument("--duration", type=float, default=30.0)
     i.add_argument("--warmup", type=float, default=3.0)
     i.add_argument("--workers", type=int, default=0)
+    i.add_argument("--neighbour", action="store_true",
+                   help="also measure loopwatch and Node's monitor once with the other CPU busy")
     g = sub.add_parser("ingest")
     g.add_argument("--repeats", type=int, default=3)
     g.add_argument("--duration", type=float, default=10.0)

@@ -46,11 +46,11 @@ cat "$OUT/machine.md"
 
 if [[ "${QUICK:-0}" == 1 ]]; then
   E2E=(--pairs 2 --duration 5); ACC=(--repeats 1); DET=(--repeats 2)
-  IDLE=(--repeats 1 --duration 10); ING=(--repeats 1 --duration 5 --paced-duration 10)
+  IDLE=(--repeats 1 --duration 10 --neighbour); ING=(--repeats 1 --duration 5 --paced-duration 10)
   CRIT=(--warm-up-time 1 --measurement-time 2); AB=10
 else
   E2E=(--pairs 5 --duration 10); ACC=(--repeats 3); DET=(--repeats 5)
-  IDLE=(--repeats 3 --duration 30); ING=(--repeats 3 --duration 10 --paced-duration 30)
+  IDLE=(--repeats 3 --duration 20 --neighbour); ING=(--repeats 3 --duration 10 --paced-duration 30)
   CRIT=(--warm-up-time 2 --measurement-time 5); AB=40
 fi
 
