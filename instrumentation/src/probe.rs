@@ -603,7 +603,14 @@ impl ProbeTask {
                     next_roll = now + self.export_interval;
                 }
                 let until = if idle {
-                    due
+                    // A window in which the runtime was busy still ends on time: its export
+                    // tells the agent that the runtime is calm again (after a stall, readiness
+                    // recovers one export interval after it, not one heartbeat). Windows
+                    // that are quiet throughout stretch to the heartbeat.
+                    let busy_window = tick
+                        .checked_sub(quiet_for)
+                        .is_some_and(|quiet_since| quiet_since > self.window_start);
+                    if busy_window { due.min(next_roll) } else { due }
                 } else {
                     due.min(self.sampler.next_check_due())
                 };
