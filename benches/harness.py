@@ -286,17 +286,30 @@ def parse_wrk(text):
             "non2xx": int(errs.group(1)) if errs else 0}
 
 
+# e2e variants: (description, loopwatch on, bare build, extra flags)
+E2E_VARIANTS = {
+    "A": ("uninstrumented", False, True, []),
+    "B": ("full loopwatch", True, False, []),
+    "C": ("loopwatch without the route layer", True, False, ["--no-route-layer"]),
+    "D": ("CountingAllocator only (--no-loopwatch)", False, False, []),
+}
+
+
 def cmd_e2e(args):
     out = Out(args, "e2e_overhead")
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in names if v not in E2E_VARIANTS]
+    if bad or names[:2] != ["A", "B"]:
+        sys.exit(f"harness e2e: --variants must start with A,B and use {sorted(E2E_VARIANTS)}")
     agent, aports = start_agent(args, args.out, "e2e-agent", cpu=1)
-    results = {"A": [], "B": []}
+    results = {v: [] for v in names}
     try:
         for i in range(args.pairs):
             # A B, B A, A B, ...: a slot bias (warm caches, neighbours) cancels out over pairs.
-            for variant in (("A", "B") if i % 2 == 0 else ("B", "A")):
-                lw = variant == "B"
+            for variant in (names if i % 2 == 0 else names[::-1]):
+                _, lw, bare, extra = E2E_VARIANTS[variant]
                 svc, port = start_service(args, args.out, f"e2e-{variant}{i}", lw,
-                                          aports["grpc"], cpu=0, bare=not lw)
+                                          aports["grpc"], cpu=0, bare=bare, extra=extra)
                 try:
                     url = f"http://127.0.0.1:{port}/"
                     wrk = ["wrk", f"-t{args.threads}", f"-c{args.conns}", "--latency"]
@@ -314,29 +327,37 @@ def cmd_e2e(args):
                     svc.stop()
     finally:
         agent.stop()
-    a, b = results["A"], results["B"]
-    ra, rb = med([x["rps"] for x in a]), med([x["rps"] for x in b])
-    rows = [
-        ["A: uninstrumented", f"{ra:.0f}", f"{med([x['p50_ms'] for x in a]):.3f}",
-         f"{med([x['p99_ms'] for x in a]):.3f}", len(a)],
-        ["B: full loopwatch", f"{rb:.0f}", f"{med([x['p50_ms'] for x in b]):.3f}",
-         f"{med([x['p99_ms'] for x in b]):.3f}", len(b)],
-    ]
+    a = results["A"]
+    ra = med([x["rps"] for x in a])
+    rows = []
+    for v in names:
+        xs = results[v]
+        rv = med([x["rps"] for x in xs])
+        rows.append([f"{v}: {E2E_VARIANTS[v][0]}", f"{rv:.0f}",
+                     f"{rv / ra:.4f}" if ra else "nan",
+                     f"{med([x['p50_ms'] for x in xs]):.3f}",
+                     f"{med([x['p99_ms'] for x in xs]):.3f}", len(xs)])
+    b = results["B"]
+    rb = med([x["rps"] for x in b])
     ratio = rb / ra if ra else float("nan")
     dp50 = med([x['p50_ms'] for x in b]) - med([x['p50_ms'] for x in a])
     dp99 = med([x['p99_ms'] for x in b]) - med([x['p99_ms'] for x in a])
     pair_ratios = [y["rps"] / x["rps"] for x, y in zip(a, b) if x["rps"]]
-    bare = os.path.exists(bin_path(args, "example-service") + "-bare")
-    desc = (f"A = `example-service{'-bare' if bare else ''} --no-loopwatch`"
-            + (" (built without the CountingAllocator)" if bare
+    has_bare = os.path.exists(bin_path(args, "example-service") + "-bare")
+    desc = (f"A = `example-service{'-bare' if has_bare else ''} --no-loopwatch`"
+            + (" (built without the CountingAllocator)" if has_bare
                else " (CountingAllocator still installed)")
             + "; B = `example-service` with loopwatch (probe, sampler, route layer, counting "
-            "allocator, OTLP export to the agent).")
+            "allocator, OTLP export to the agent)"
+            + ("; C = B with `--no-route-layer`" if "C" in names else "")
+            + ("; D = `example-service --no-loopwatch` (the CountingAllocator only)"
+               if "D" in names else "") + ".")
+    order = " ".join(["".join(names), "".join(names[::-1]), "..."])
     text = (f"### End-to-end overhead (wrk -t{args.threads} -c{args.conns} -d{args.duration}s, "
-            f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} pairs in order "
-            f"AB BA AB ..., fresh process per run, 2 s warm-up, medians)\n\n"
+            f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} rounds in order "
+            f"{order}, fresh process per run, 2 s warm-up, medians)\n\n"
             + desc + "\n\n"
-            + md_table(["variant", "req/s", "p50 ms", "p99 ms", "runs"], rows)
+            + md_table(["variant", "req/s", "ratio to A", "p50 ms", "p99 ms", "runs"], rows)
             + f"\n\nthroughput ratio B/A = **{ratio:.4f}** (target >= 0.985; per pair: "
             + ", ".join(f"{r:.3f}" for r in pair_ratios)
             + f"); p50 delta {dp50 * 1000:+.1f} us; p99 delta {dp99 * 1000:+.1f} us")
@@ -811,6 +832,9 @@ def main():
     e.add_argument("--duration", type=int, default=10)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--conns", type=int, default=64)
+    e.add_argument("--variants", default="A,B",
+                   help="A,B plus optional C (no route layer) and D (allocator only), to "
+                        "attribute B's cost")
     a = sub.add_parser("accuracy")
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--blocks", default="1,5,20,100,500,2000")
