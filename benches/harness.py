@@ -587,8 +587,8 @@ def measure_idle(pid, args):
 
 def idle_with_busy_neighbour(args, aports, out):
     """The same idle measurement with the other CPU kept busy (a spinning process on CPU 1,
-    the measured process on CPU 0): on this VM a wake-up costs far more when the whole guest
-    was idle than when it was not. Returns {variant: cpu %}."""
+    the measured process on CPU 0): whether a wake-up's cost on this VM depends on the whole
+    guest being idle or only on the measured process's own vCPU. Returns {variant: cpu %}."""
     spin = subprocess.Popen(pinned([sys.executable, "-c", "while True: pass"], 1))
     got = {}
     try:
