@@ -15,11 +15,24 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
-/// Counts exports and keeps the largest `tokio.eventloop.stall.duration` seen.
+/// Counts exports and keeps the largest `tokio.eventloop.stall.duration` seen, and per export
+/// its `(tokio.eventloop.stall.duration, tokio.eventloop.delay.max)` in seconds.
 #[derive(Default, Clone)]
 struct Receiver {
     exports: Arc<AtomicUsize>,
     max_stall: Arc<Mutex<f64>>,
+    seen: Arc<Mutex<Vec<(f64, f64)>>>,
+}
+
+/// The first value of a double gauge.
+fn gauge_value(data: Option<&metric::Data>) -> Option<f64> {
+    match data {
+        Some(metric::Data::Gauge(g)) => g.data_points.iter().find_map(|p| match p.value {
+            Some(number_data_point::Value::AsDouble(v)) => Some(v),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 #[tonic::async_trait]
@@ -28,22 +41,24 @@ impl MetricsService for Receiver {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let (mut stall, mut delay_max) = (None, None);
         for rm in request.into_inner().resource_metrics {
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
-                    if m.name != "tokio.eventloop.stall.duration" {
-                        continue;
-                    }
-                    if let Some(metric::Data::Gauge(g)) = m.data {
-                        for p in g.data_points {
-                            if let Some(number_data_point::Value::AsDouble(v)) = p.value {
-                                let mut max = self.max_stall.lock().expect("lock");
-                                *max = max.max(v);
-                            }
-                        }
+                    match m.name.as_str() {
+                        "tokio.eventloop.stall.duration" => stall = gauge_value(m.data.as_ref()),
+                        "tokio.eventloop.delay.max" => delay_max = gauge_value(m.data.as_ref()),
+                        _ => {}
                     }
                 }
             }
+        }
+        if let Some(v) = stall {
+            let mut max = self.max_stall.lock().expect("lock");
+            *max = max.max(v);
+        }
+        if let (Some(st), Some(dm)) = (stall, delay_max) {
+            self.seen.lock().expect("lock").push((st, dm));
         }
         self.exports.fetch_add(1, Ordering::SeqCst);
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
@@ -251,5 +266,59 @@ fn unpark_hook_lets_the_probe_sleep_and_still_probes_a_block_from_its_start() {
         .start_with_handle(handle.clone())
         .expect("hook reusable after shutdown");
     again.shutdown();
+    runtime.stop();
+}
+
+/// After a stall, the window that follows it ends one export interval later even though the
+/// runtime has gone quiet (only windows quiet throughout stretch to the 2.5 s heartbeat): the
+/// export after the stall's own export already reads the calm runtime, so an agent's readiness
+/// recovers one export interval after the stall, not one heartbeat. (Were the stall's window
+/// kept, the next export, whichever of the heartbeat and the probe's roll came first, could
+/// still read the stall.)
+#[test]
+fn the_export_after_a_stall_reads_the_calm_window() {
+    let receiver = Receiver::default();
+    let (_server_rt, addr) = common::serve_metrics(receiver.clone());
+    let hook = loopwatch::UnparkHook::new();
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    hook.install(&mut b).enable_all();
+    let runtime = Driven::new(b.build().expect("runtime"));
+    let handle = runtime.handle.clone();
+    // The default 1 s export interval: longer than the 200 ms after which a quiet runtime's
+    // probe thread sleeps long.
+    let guard = loopwatch::Loopwatch::builder()
+        .service_name("calm-after-stall")
+        .endpoint(format!("http://{addr}"))
+        .protocol(loopwatch::Protocol::Grpc)
+        .probe_interval(PROBE)
+        .stall_threshold(THRESHOLD)
+        .unpark_hook(hook)
+        .start_with_handle(handle.clone())
+        .expect("start");
+
+    let block = THRESHOLD * 3;
+    let blocker = handle.spawn(async move { std::thread::sleep(block) });
+    assert!(wait_for(Duration::from_secs(10), || blocker.is_finished()));
+    // The stall's own export: no stall in progress any more, its window's max is the stall.
+    let half = block.as_secs_f64() / 2.0;
+    let stall_end = |seen: &[(f64, f64)]| {
+        seen.iter()
+            .position(|&(stall, max)| stall == 0.0 && max >= half)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let seen = receiver.seen.lock().expect("lock");
+            stall_end(&seen).is_some_and(|i| seen.len() > i + 1)
+        }),
+        "the stall's export and one after it: {:?}",
+        receiver.seen.lock().expect("lock")
+    );
+    let seen = receiver.seen.lock().expect("lock").clone();
+    let i = stall_end(&seen).expect("found above");
+    assert!(
+        seen[i + 1].1 < half,
+        "the export after the stall's reads a calm window, not the stall again: {seen:?}"
+    );
+    guard.shutdown();
     runtime.stop();
 }
