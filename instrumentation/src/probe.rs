@@ -433,6 +433,9 @@ impl ProbeTask {
         let idle_tick = IDLE_TICK.max(self.probe_interval);
         let long_tick = self.idle_window.max(idle_tick);
         let mut hook_misses = 0u32;
+        // When the last nudge woke this thread, if it settled before this tick's probe: the
+        // next probe is then due one interval after the nudge, not after the settled probe.
+        let mut nudged_at: Option<Instant> = None;
 
         while !self.shared.stop.load(Ordering::Acquire) {
             let tick = Instant::now();
@@ -586,6 +589,13 @@ impl ProbeTask {
                     // interval apart and a block is read at most one interval low.
                     self.probe_interval - tick_early(self.probe_interval)
                 };
+            // After a settled nudge, count the interval from the nudge: the settled probe may
+            // run before a block that started with the woken work (a worker still free), and
+            // the next one must still come within one interval of that work's start.
+            let due = match nudged_at.take() {
+                Some(n) if !idle => n + (due - tick),
+                _ => due,
+            };
             loop {
                 if self.shared.stop.load(Ordering::Acquire) {
                     break;
@@ -621,6 +631,7 @@ impl ProbeTask {
                 // Nudged: a worker has just woken for new work. Let it get going before the
                 // next probe is spawned, so that the probe does not count the worker's own
                 // start-up from a quiet spell as scheduling delay (see `nudge_settle`).
+                nudged_at = Some(Instant::now());
                 thread::sleep(nudge_settle(self.probe_interval));
             }
             if slept_through && let Some((workers0, hook0)) = before_sleep {
