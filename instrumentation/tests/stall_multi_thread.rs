@@ -12,17 +12,23 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 fn multi_thread_all_workers_blocked_is_reported_during_and_after() {
     const WORKERS: usize = 3;
     let block = Duration::from_millis(500);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The runtime is quiet when the block starts (spawned from outside, no request to nudge
+    // the probe): with the UnparkHook, as a service installs it, the probe thread wakes with
+    // the workers and reads the block at most one probe interval low. (Without it, a quiet
+    // runtime is looked at every 25 ms and such a block is read up to 25 ms low.)
+    let hook = loopwatch::UnparkHook::new();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    hook.install(&mut builder)
         .worker_threads(WORKERS)
-        .enable_all()
-        .build()
-        .expect("runtime");
+        .enable_all();
+    let rt = builder.build().expect("runtime");
     let guard = loopwatch::Loopwatch::builder()
         .meter_provider(SdkMeterProvider::builder().build())
         .probe_interval(PROBE)
         .stall_threshold(THRESHOLD)
         .export_interval(Duration::from_secs(60))
         .runtime_name("mt")
+        .unpark_hook(hook)
         .start_with_handle(rt.handle().clone())
         .expect("start");
     std::thread::sleep(Duration::from_millis(300));
