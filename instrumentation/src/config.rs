@@ -132,8 +132,8 @@ impl LoopwatchBuilder {
         self
     }
     /// The [`crate::UnparkHook`] installed on the watched runtime: lets the probe thread sleep
-    /// while the runtime is quiet (about 1 wake-up a second instead of 40) without seeing a
-    /// block that starts from quiet any later. Default: none.
+    /// while the runtime is quiet (one wake-up per 2.5 s heartbeat instead of 40 a second)
+    /// without seeing a block that starts from quiet any later. Default: none.
     pub fn unpark_hook(mut self, hook: crate::UnparkHook) -> Self {
         self.unpark_hook = Some(hook);
         self

@@ -579,7 +579,14 @@ impl ProbeTask {
             }
             let long = idle && hook_trusted;
             let before_sleep = long.then(|| (Quiet::unparks(&self.handle), nudge.unparks()));
-            let due = tick
+            // After a settled nudge, count the busy interval from the nudge: the settled probe
+            // may run before a block that started with the woken work (a worker still free),
+            // and the next one must still come within one interval of that work's start.
+            let base = match nudged_at.take() {
+                Some(n) if !idle => n,
+                _ => tick,
+            };
+            let due = base
                 + if long {
                     long_tick
                 } else if idle {
@@ -589,13 +596,6 @@ impl ProbeTask {
                     // interval apart and a block is read at most one interval low.
                     self.probe_interval - tick_early(self.probe_interval)
                 };
-            // After a settled nudge, count the interval from the nudge: the settled probe may
-            // run before a block that started with the woken work (a worker still free), and
-            // the next one must still come within one interval of that work's start.
-            let due = match nudged_at.take() {
-                Some(n) if !idle => n + (due - tick),
-                _ => due,
-            };
             loop {
                 if self.shared.stop.load(Ordering::Acquire) {
                     break;
