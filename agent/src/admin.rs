@@ -2,7 +2,9 @@
 //! status page `/` and `POST /drain` ([`crate::drain`]; the only endpoint that changes state).
 //! The exact shapes are in the README, section "The agent".
 //!
-//! - `GET /livez` -> 200 `{"status":"ok"}`.
+//! - `GET /livez` -> 200 `{"status":"ok"}`; `GET /livez?service=NAME` with
+//!   `health.liveness_stall` set -> 503 `{"status":"stalled","reasons":[{"service","instance",
+//!   "reason"}]}` while a stall in progress of that service lasts longer.
 //! - `GET /readyz[?service=NAME]` -> 200 `{"status":"ready","services":N}`, or 503
 //!   `{"status":"not_ready","reasons":[{"service":..,"instance":..,"state":"unhealthy|stale","reason":..}]}`
 //!   when any (matching) service instance is unhealthy or stale, or reports lifecycle
@@ -13,14 +15,16 @@
 //! - `GET /metrics` -> Prometheus text exposition 0.0.4 (see [`crate::prometheus`]).
 //! - `GET /v1/status` -> `{"services":[{"service","instance","state","reasons","lag_seconds",
 //!   "stall_seconds","delay_p99_seconds","utilization","pressure","last_seen_age_seconds",
-//!   "runtime","heap_growth_bytes_per_second","active_requests","lifecycle"}],"draining":B}`;
+//!   "runtime","heap_growth_bytes_per_second","active_requests","lifecycle",
+//!   "export_interval_seconds","warnings","stall_in_progress_seconds","shed_ratio",
+//!   "stuck_workers":[{"worker","seconds","location"}]}],"draining":B}`;
 //!   unknown numbers are `null`.
 //! - `GET /v1/pressure` -> `{"services":[{"service","instance","pressure"}],"max":M}` (0 when
 //!   no services).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -49,8 +53,47 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .with_state(state)
 }
 
-async fn livez() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `/livez[?service=NAME]`: the agent's own liveness, or with `health.liveness_stall` set
+/// and a service named, 503 while that service's stall in progress (for an exporter on the
+/// event loop: its overdue export) lasts longer than the setting.
+async fn livez(State(state): State<Arc<AgentState>>, Query(q): Query<ReadyQuery>) -> Response {
+    let (Some(service), Some(limit)) = (q.service, state.config().health.liveness_stall) else {
+        return Json(json!({"status": "ok"})).into_response();
+    };
+    let views = state.evaluate(Instant::now());
+    let (code, body) = liveness(&views, &service, limit);
+    (code, Json(body)).into_response()
+}
+
+/// The `/livez?service=` answer: 503 with the stalled instances when a stall in progress of
+/// a live (not superseded) instance of `service` lasts longer than `limit`.
+pub fn liveness(views: &[ServiceView], service: &str, limit: Duration) -> (StatusCode, Value) {
+    let newest_live = newest_live_ages(views);
+    let reasons: Vec<Value> = views
+        .iter()
+        .filter(|v| v.key.service == service && !superseded(v, &newest_live))
+        .filter_map(|v| {
+            let stall = v.stall_in_progress_seconds?;
+            (stall > limit.as_secs_f64()).then(|| {
+                json!({
+                    "service": v.key.service,
+                    "instance": v.key.instance,
+                    "reason": format!(
+                        "stall in progress {stall:.3} s > health.liveness_stall {:.3} s",
+                        limit.as_secs_f64()
+                    ),
+                })
+            })
+        })
+        .collect();
+    if reasons.is_empty() {
+        (StatusCode::OK, json!({"status": "ok"}))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "stalled", "reasons": reasons}),
+        )
+    }
 }
 
 /// Query of `/readyz`.
@@ -204,6 +247,15 @@ pub fn status_json(views: &[ServiceView], draining: bool) -> Value {
                 "heap_growth_bytes_per_second": finite(v.heap_growth),
                 "active_requests": finite(v.active_requests),
                 "lifecycle": v.lifecycle.map(|l| l.as_str()),
+                "export_interval_seconds": finite(v.export_interval_seconds),
+                "warnings": v.warnings,
+                "stall_in_progress_seconds": finite(v.stall_in_progress_seconds),
+                "shed_ratio": finite(v.shed_ratio),
+                "stuck_workers": v.stuck_workers.iter().map(|w| json!({
+                    "worker": w.worker,
+                    "seconds": finite(Some(w.seconds)),
+                    "location": w.location,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -250,6 +302,11 @@ mod tests {
             heap_growth: None,
             lifecycle: None,
             active_requests: None,
+            export_interval_seconds: None,
+            warnings: Vec::new(),
+            stuck_workers: Vec::new(),
+            stall_in_progress_seconds: None,
+            shed_ratio: None,
         }
     }
 

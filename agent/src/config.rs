@@ -28,6 +28,9 @@
 //! | `health.heap_growth_enter` | `LOOPWATCH_HEALTH_HEAP_GROWTH_ENTER` | `10485760` | heap growth (By/s) at or above which a service becomes unhealthy |
 //! | `health.heap_growth_leave` | `LOOPWATCH_HEALTH_HEAP_GROWTH_LEAVE` | `1048576` | heap growth (By/s) below which it may recover |
 //! | `health.heap_hold` | `LOOPWATCH_HEALTH_HEAP_HOLD` | `30s` | heap growth must stay below the leave level this long |
+//! | `health.stuck_enter` | `LOOPWATCH_HEALTH_STUCK_ENTER` | `1s` | a worker stuck this long (`tokio.worker.stuck.duration`) is a reason and lowers capacity in pressure |
+//! | `health.stuck_workers` | `LOOPWATCH_HEALTH_STUCK_WORKERS` | `report` | `report`: stuck workers are reasons and pressure only; `unready`: they also make the service unhealthy |
+//! | `health.liveness_stall` | `LOOPWATCH_HEALTH_LIVENESS_STALL` | `off` | `/livez?service=NAME` answers 503 while that service's stall in progress (or overdue export) lasts longer; `off` disables |
 //! | `drain.timeout` | `LOOPWATCH_DRAIN_TIMEOUT` | `20s` | default wait of `POST /drain` |
 //! | `drain.max_timeout` | `LOOPWATCH_DRAIN_MAX_TIMEOUT` | `120s` | cap on `POST /drain?timeout=` |
 //! | `drain.token` | `LOOPWATCH_DRAIN_TOKEN` | empty | bearer token accepted from non-loopback peers (empty: loopback only) |
@@ -89,6 +92,8 @@ pub const DEFAULT_HEAP_GROWTH_ENTER: f64 = 10.0 * 1024.0 * 1024.0;
 pub const DEFAULT_HEAP_GROWTH_LEAVE: f64 = 1024.0 * 1024.0;
 /// Default time heap growth must stay below the leave level before recovery (30 s).
 pub const DEFAULT_HEAP_HOLD: Duration = Duration::from_secs(30);
+/// Default time a worker must be stuck before it is a reason (1 s).
+pub const DEFAULT_STUCK_ENTER: Duration = Duration::from_secs(1);
 /// Default wait of `POST /drain` without `?timeout=` (20 s).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default cap on `POST /drain?timeout=` (120 s).
@@ -148,6 +153,9 @@ pub const KEYS: &[&str] = &[
     "health.heap_growth_enter",
     "health.heap_growth_leave",
     "health.heap_hold",
+    "health.stuck_enter",
+    "health.stuck_workers",
+    "health.liveness_stall",
     "drain.timeout",
     "drain.max_timeout",
     "drain.token",
@@ -253,6 +261,31 @@ pub struct HealthConfig {
     pub heap_growth_leave: f64,
     /// Heap growth must stay below `heap_growth_leave` this long before recovery.
     pub heap_hold: Duration,
+    /// A worker stuck this long is a reason (and lost capacity in pressure).
+    pub stuck_enter: Duration,
+    /// Whether stuck workers make a service unhealthy.
+    pub stuck_workers: StuckPolicy,
+    /// `/livez?service=` answers 503 while a stall in progress lasts longer; `None`: off.
+    pub liveness_stall: Option<Duration>,
+}
+
+/// What stuck workers do to readiness (`health.stuck_workers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StuckPolicy {
+    /// `report`: a reason and pressure; one stuck worker of N still serves.
+    Report,
+    /// `unready`: also unhealthy while a worker is stuck.
+    Unready,
+}
+
+impl StuckPolicy {
+    /// Config string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StuckPolicy::Report => "report",
+            StuckPolicy::Unready => "unready",
+        }
+    }
 }
 
 /// `POST /drain` settings (`[drain]`).
@@ -344,6 +377,9 @@ impl Default for Config {
                 heap_growth_enter: DEFAULT_HEAP_GROWTH_ENTER,
                 heap_growth_leave: DEFAULT_HEAP_GROWTH_LEAVE,
                 heap_hold: DEFAULT_HEAP_HOLD,
+                stuck_enter: DEFAULT_STUCK_ENTER,
+                stuck_workers: StuckPolicy::Report,
+                liveness_stall: None,
             },
             drain: DrainConfig {
                 timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -442,6 +478,24 @@ impl Config {
             "health.heap_growth_enter" => h.heap_growth_enter = positive(value)?,
             "health.heap_growth_leave" => h.heap_growth_leave = positive(value)?,
             "health.heap_hold" => h.heap_hold = dur(value)?,
+            "health.stuck_enter" => h.stuck_enter = dur(value)?,
+            "health.stuck_workers" => {
+                h.stuck_workers = match value.trim() {
+                    "report" => StuckPolicy::Report,
+                    "unready" => StuckPolicy::Unready,
+                    other => {
+                        return Err(invalid(format!(
+                            "invalid policy {other:?} (expected \"report\" or \"unready\")"
+                        )));
+                    }
+                }
+            }
+            "health.liveness_stall" => {
+                h.liveness_stall = match value.trim() {
+                    "" | "off" => None,
+                    v => Some(dur(v)?).filter(|d| !d.is_zero()),
+                }
+            }
             "drain.timeout" => self.drain.timeout = dur(value)?,
             "drain.max_timeout" => self.drain.max_timeout = dur(value)?,
             "drain.token" => self.drain.token = value.trim().to_string(),
@@ -623,6 +677,10 @@ impl Config {
         let _ = writeln!(out, "heap_growth_enter = {}", h.heap_growth_enter);
         let _ = writeln!(out, "heap_growth_leave = {}", h.heap_growth_leave);
         let _ = writeln!(out, "heap_hold = \"{}\"", format_duration(h.heap_hold));
+        let _ = writeln!(out, "stuck_enter = \"{}\"", format_duration(h.stuck_enter));
+        let _ = writeln!(out, "stuck_workers = \"{}\"", h.stuck_workers.as_str());
+        let stall = h.liveness_stall.map_or("off".into(), format_duration);
+        let _ = writeln!(out, "liveness_stall = \"{stall}\"");
         let d = &self.drain;
         let _ = writeln!(out, "\n[drain]");
         let _ = writeln!(out, "timeout = \"{}\"", format_duration(d.timeout));
@@ -770,6 +828,19 @@ impl ConfigBuilder {
         self.config.health.heap_growth_leave = leave;
         self
     }
+    /// `health.stuck_enter` and `health.stuck_workers`.
+    pub fn stuck_workers(mut self, enter: Duration, policy: StuckPolicy) -> Self {
+        self.config.health.stuck_enter = enter;
+        self.config.health.stuck_workers = policy;
+        self
+    }
+
+    /// `health.liveness_stall` (`None`: off).
+    pub fn liveness_stall(mut self, d: Option<Duration>) -> Self {
+        self.config.health.liveness_stall = d;
+        self
+    }
+
     /// Sets the heap growth recovery hold time.
     pub fn heap_hold(mut self, d: Duration) -> Self {
         self.config.health.heap_hold = d;

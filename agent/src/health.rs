@@ -28,7 +28,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::config::HealthConfig;
+use crate::cadence::Overdue;
+use crate::config::{HealthConfig, StuckPolicy};
+use crate::evidence::{SHED_ERROR_TYPE, StuckSummary};
 use crate::store::{Series, SeriesKey, SeriesMap, SeriesValue};
 
 /// The runtime a service reports from.
@@ -64,6 +66,8 @@ impl Runtime {
 pub enum Signal {
     /// p99 scheduling delay over the last export window (seconds).
     DelayP99,
+    /// Longest scheduling delay over the last export window (seconds).
+    DelayMax,
     /// Current in-progress stall (seconds, 0 when none).
     Stall,
     /// Busy ratio of the event loop (0..1).
@@ -104,6 +108,11 @@ pub const SIGNALS: &[SignalMapping] = &[
         signal: Signal::DelayP99,
     },
     SignalMapping {
+        metric: "nodejs.eventloop.delay.max",
+        runtime: Runtime::Nodejs,
+        signal: Signal::DelayMax,
+    },
+    SignalMapping {
         metric: "nodejs.eventloop.utilization",
         runtime: Runtime::Nodejs,
         signal: Signal::Utilization,
@@ -117,6 +126,14 @@ pub struct Signals {
     pub runtime: Runtime,
     /// Latest delay p99, seconds.
     pub delay_p99: Option<f64>,
+    /// Latest longest delay of a window, seconds.
+    pub delay_max: Option<f64>,
+    /// The export that is late, for an exporter on the event loop.
+    pub(crate) overdue: Option<Overdue>,
+    /// Stuck workers against the workers reporting.
+    pub stuck: StuckSummary,
+    /// Shed responses over all responses in the error window.
+    pub shed_ratio: Option<f64>,
     /// Latest current stall, seconds.
     pub stall: Option<f64>,
     /// Latest utilization ratio.
@@ -172,15 +189,26 @@ pub const REQUEST_DURATION_METRIC: &str = "http.server.request.duration";
 pub const GO_SCHEDULE_METRIC: &str = "go.schedule.duration";
 
 impl Signals {
-    /// lag = max(delay p99, stall), seconds; `None` when neither is known.
+    /// lag = max(delay p99, delay max, stall, time an export is overdue), seconds; `None`
+    /// when none is known.
     pub fn lag(&self) -> Option<f64> {
-        match (self.delay_p99, self.stall) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        let overdue = self.overdue.map(|o| o.late_seconds());
+        [self.delay_p99, self.delay_max, self.stall, overdue]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max)
     }
 
-    /// pressure = max(lag / target_lag, utilization / target_utilization); 0 when unknown.
+    /// The current stall in progress, seconds: the reported one, or the overdue export's
+    /// lateness for an exporter on the event loop.
+    pub fn stall_in_progress(&self) -> Option<f64> {
+        let overdue = self.overdue.map(|o| o.late_seconds());
+        [self.stall, overdue].into_iter().flatten().reduce(f64::max)
+    }
+
+    /// pressure = max(lag / target_lag, utilization / target_utilization), scaled up by the
+    /// capacity stuck workers take away (N / (N - stuck)), and at least 1 + the shed ratio
+    /// while the service sheds load; 0 when unknown.
     pub fn pressure(&self, cfg: &HealthConfig) -> f64 {
         let lag = self
             .lag()
@@ -188,7 +216,14 @@ impl Signals {
         let util = self
             .utilization
             .map_or(0.0, |u| u / cfg.target_utilization.max(1e-9));
-        let p = lag.max(util);
+        let mut p = lag.max(util);
+        let StuckSummary { stuck, workers, .. } = self.stuck;
+        if stuck > 0 && workers > 0 {
+            p *= workers as f64 / workers.saturating_sub(stuck).max(1) as f64;
+        }
+        if let Some(shed) = self.shed_ratio.filter(|r| *r > 0.0) {
+            p = p.max(1.0 + shed);
+        }
         if p.is_finite() { p } else { 0.0 }
     }
 }
@@ -208,6 +243,10 @@ pub fn signals(series: &SeriesMap) -> Signals {
     let mut out = Signals {
         runtime: Runtime::Unknown,
         delay_p99: None,
+        delay_max: None,
+        overdue: None,
+        stuck: StuckSummary::default(),
+        shed_ratio: None,
         stall: None,
         utilization: None,
         heap_growth: None,
@@ -247,6 +286,7 @@ pub fn signals(series: &SeriesMap) -> Signals {
             }
             let slot = match mapping.signal {
                 Signal::DelayP99 => &mut out.delay_p99,
+                Signal::DelayMax => &mut out.delay_max,
                 Signal::Stall => &mut out.stall,
                 Signal::Utilization => &mut out.utilization,
             };
@@ -274,10 +314,11 @@ fn named<'a>(
     series.named(name)
 }
 
-/// Requests and errors per route from `http.server.request.duration` (cumulative counts),
-/// borrowing the route names from the series keys.
-pub fn route_counts(series: &SeriesMap) -> BTreeMap<&str, (u64, u64)> {
-    let mut out: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+/// Requests, errors and shed responses per route from `http.server.request.duration`
+/// (cumulative counts), borrowing the route names from the series keys. A shed response
+/// ([`SHED_ERROR_TYPE`]) is not an error.
+pub fn route_counts(series: &SeriesMap) -> BTreeMap<&str, Counts> {
+    let mut out: BTreeMap<&str, Counts> = BTreeMap::new();
     for (key, s) in named(series, REQUEST_DURATION_METRIC) {
         let count = match &s.value {
             SeriesValue::Histogram { count, .. } => *count,
@@ -290,14 +331,20 @@ pub fn route_counts(series: &SeriesMap) -> BTreeMap<&str, (u64, u64)> {
                 .map(|(_, v)| v.as_str())
         };
         let route = attr("http.route").unwrap_or("");
-        let error = attr("error.type").is_some()
-            || attr("http.response.status_code")
-                .and_then(|c| c.parse::<f64>().ok())
-                .is_some_and(|c| c >= 500.0);
-        let e = out.entry(route).or_insert((0, 0));
+        let error_type = attr("error.type");
+        let shed = error_type == Some(SHED_ERROR_TYPE);
+        let error = !shed
+            && (error_type.is_some()
+                || attr("http.response.status_code")
+                    .and_then(|c| c.parse::<f64>().ok())
+                    .is_some_and(|c| c >= 500.0));
+        let e = out.entry(route).or_insert((0, 0, 0));
         e.0 = e.0.saturating_add(count);
         if error {
             e.1 = e.1.saturating_add(count);
+        }
+        if shed {
+            e.2 = e.2.saturating_add(count);
         }
     }
     out
@@ -387,8 +434,11 @@ impl Band {
 /// Maximum snapshots kept for the error window (older ones are dropped first).
 const MAX_ERROR_SNAPSHOTS: usize = 4096;
 
-/// (requests, errors) per `http.route`.
-pub type RouteCounts = BTreeMap<String, (u64, u64)>;
+/// (requests, errors, shed) of one route.
+pub type Counts = (u64, u64, u64);
+
+/// [`Counts`] per `http.route`.
+pub type RouteCounts = BTreeMap<String, Counts>;
 
 /// Per-route counts over time, for the sliding error ratio.
 #[derive(Debug, Clone, Default)]
@@ -397,7 +447,7 @@ struct ErrorWindow {
 }
 
 impl ErrorWindow {
-    fn observe(&mut self, now: Instant, counts: BTreeMap<&str, (u64, u64)>, window: Duration) {
+    fn observe(&mut self, now: Instant, counts: BTreeMap<&str, Counts>, window: Duration) {
         let unchanged = self.snapshots.back().is_some_and(|(_, c)| {
             c.len() == counts.len()
                 && c.iter()
@@ -422,21 +472,21 @@ impl ErrorWindow {
         }
     }
 
-    /// (requests, errors) per route within the window, ordered by route.
-    fn in_window(&self) -> Vec<(&str, (u64, u64))> {
+    /// [`Counts`] per route within the window, ordered by route.
+    fn in_window(&self) -> Vec<(&str, Counts)> {
         let (Some((_, base)), Some((_, last))) = (self.snapshots.front(), self.snapshots.back())
         else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(last.len());
-        for (route, (t, e)) in last {
-            let (bt, be) = base.get(route).copied().unwrap_or((0, 0));
-            let (dt, de) = if *t < bt || *e < be {
-                (*t, *e) // counter reset
+        for (route, (t, e, s)) in last {
+            let (bt, be, bs) = base.get(route).copied().unwrap_or((0, 0, 0));
+            let delta = if *t < bt || *e < be || *s < bs {
+                (*t, *e, *s) // counter reset
             } else {
-                (t - bt, e - be)
+                (t - bt, e - be, s - bs)
             };
-            out.push((route.as_str(), (dt, de)));
+            out.push((route.as_str(), delta));
         }
         out
     }
@@ -472,6 +522,7 @@ pub struct Tracker {
     errors: ErrorWindow,
     routes: BTreeMap<String, Band>,
     heap: Band,
+    stuck: Band,
     go_prev: Option<Vec<u64>>,
     go_p99: Option<f64>,
     rules_unhealthy: bool,
@@ -527,32 +578,55 @@ impl Tracker {
         }
     }
 
-    /// [`signals`] plus what only the tracker knows (Go p99 from histogram deltas).
-    pub fn signals(&self, series: &SeriesMap) -> Signals {
+    /// [`signals`] plus what only the tracker knows (Go p99 from histogram deltas, the
+    /// shed ratio of the error window) and the stuck workers' summary.
+    pub fn signals(&self, series: &SeriesMap, stuck: StuckSummary) -> Signals {
         let mut s = signals(series);
         if s.delay_p99.is_none() && s.runtime == Runtime::Go {
             s.delay_p99 = self.go_p99;
         }
+        s.stuck = stuck;
+        let (requests, shed) = self
+            .errors
+            .in_window()
+            .iter()
+            .fold((0u64, 0u64), |(r, sh), (_, c)| {
+                (r.saturating_add(c.0), sh.saturating_add(c.2))
+            });
+        s.shed_ratio = (requests > 0).then(|| shed as f64 / requests as f64);
         s
     }
 
-    /// Full evaluation: staleness, lag hysteresis, per-route error ratio and heap growth.
+    /// Full evaluation: staleness (after `stale_after`, which follows the learned export
+    /// cadence), lag hysteresis, per-route error ratio, heap growth and stuck workers.
     pub fn assess(
         &mut self,
         cfg: &HealthConfig,
         now: Instant,
         sig: &Signals,
         last_seen: Instant,
+        stale_after: Duration,
     ) -> Evaluation {
-        let mut e = self.evaluate(cfg, now, sig.lag(), last_seen);
+        let mut e = self.evaluate(cfg, now, sig.lag(), last_seen, stale_after);
         if e.state == HealthState::Stale {
             return e;
+        }
+        if let Some(o) = sig.overdue.filter(|o| Some(o.late_seconds()) == sig.lag()) {
+            // The lag is the overdue export: say so instead of a bare number.
+            for r in e.reasons.iter_mut().filter(|r| r.starts_with("lag ")) {
+                *r = format!(
+                    "no export for {:.2} s (every {:.2} s): event loop blocked, {r}",
+                    secs(o.since),
+                    secs(o.every)
+                );
+            }
         }
         self.errors.prune(now, cfg.error_window);
         let mut rules = false;
         let window = self.errors.in_window();
         let in_window = |route: &str| window.binary_search_by(|(r, _)| (*r).cmp(route)).is_ok();
-        for (route, (total, errors)) in &window {
+        for (route, (requests, errors, shed)) in &window {
+            let total = &requests.saturating_sub(*shed);
             let ratio = (*total >= cfg.error_min_requests as u64 && *total > 0)
                 .then(|| *errors as f64 / *total as f64);
             if !self.routes.contains_key(*route) {
@@ -636,6 +710,19 @@ impl Tracker {
                 ),
             });
         }
+        let enter = secs(cfg.stuck_enter);
+        let longest = (sig.stuck.stuck > 0).then_some(sig.stuck.longest);
+        let (stuck, holding) = self.stuck.update(longest, enter, enter, cfg.hold, now);
+        if stuck && cfg.stuck_workers == StuckPolicy::Unready {
+            rules = true;
+            if let Some(low) = holding {
+                e.reasons.push(format!(
+                    "no worker stuck for {:.3} s, holding {:.3} s",
+                    secs(low),
+                    secs(cfg.hold)
+                ));
+            }
+        }
         self.rules_unhealthy = rules;
         if rules {
             e.state = HealthState::Unhealthy;
@@ -643,22 +730,24 @@ impl Tracker {
         e
     }
 
-    /// Evaluates at `now` with the latest `lag` (seconds) and the time of the last export.
+    /// Evaluates at `now` with the latest `lag` (seconds) and the time of the last export;
+    /// stale after `stale_after` without one.
     pub fn evaluate(
         &mut self,
         cfg: &HealthConfig,
         now: Instant,
         lag: Option<f64>,
         last_seen: Instant,
+        stale_after: Duration,
     ) -> Evaluation {
         let age = now.saturating_duration_since(last_seen);
-        if age >= cfg.stale_after {
+        if age >= stale_after {
             return Evaluation {
                 state: HealthState::Stale,
                 reasons: vec![format!(
                     "no data for {:.3} s >= {:.3} s",
                     secs(age),
-                    secs(cfg.stale_after)
+                    secs(stale_after)
                 )],
             };
         }
@@ -713,6 +802,18 @@ mod tests {
         Config::default().health
     }
 
+    impl Tracker {
+        fn evaluate_default(
+            &mut self,
+            c: &HealthConfig,
+            now: Instant,
+            lag: Option<f64>,
+            last_seen: Instant,
+        ) -> Evaluation {
+            self.evaluate(c, now, lag, last_seen, c.stale_after)
+        }
+    }
+
     #[test]
     fn hysteresis_enter_hold_leave() {
         let c = cfg();
@@ -720,33 +821,33 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut t = Tracker::default();
         assert_eq!(
-            t.evaluate(&c, at(0), Some(0.05), at(0)).state,
+            t.evaluate_default(&c, at(0), Some(0.05), at(0)).state,
             HealthState::Ok
         );
         // 0.2 s is above leave but below enter: stays Ok.
         assert_eq!(
-            t.evaluate(&c, at(100), Some(0.2), at(100)).state,
+            t.evaluate_default(&c, at(100), Some(0.2), at(100)).state,
             HealthState::Ok
         );
-        let e = t.evaluate(&c, at(200), Some(1.204), at(200));
+        let e = t.evaluate_default(&c, at(200), Some(1.204), at(200));
         assert_eq!(e.state, HealthState::Unhealthy);
         assert_eq!(e.reasons, vec!["lag 1.204 s >= 0.250 s".to_string()]);
         // Between leave and enter: still unhealthy, restarts the hold.
         assert_eq!(
-            t.evaluate(&c, at(1200), Some(0.15), at(1200)).state,
+            t.evaluate_default(&c, at(1200), Some(0.15), at(1200)).state,
             HealthState::Unhealthy
         );
         // Below leave, but hold (3 s since 1.2 s) not over.
         assert_eq!(
-            t.evaluate(&c, at(2000), Some(0.01), at(2000)).state,
+            t.evaluate_default(&c, at(2000), Some(0.01), at(2000)).state,
             HealthState::Unhealthy
         );
         assert_eq!(
-            t.evaluate(&c, at(4100), Some(0.01), at(4000)).state,
+            t.evaluate_default(&c, at(4100), Some(0.01), at(4000)).state,
             HealthState::Unhealthy
         );
         // Hold expires on a timer evaluation with no new export.
-        let e = t.evaluate(&c, at(4200), Some(0.01), at(4000));
+        let e = t.evaluate_default(&c, at(4200), Some(0.01), at(4000));
         assert_eq!(e.state, HealthState::Ok);
         assert!(e.reasons.is_empty());
     }
@@ -756,13 +857,13 @@ mod tests {
         let c = cfg();
         let t0 = Instant::now();
         let mut t = Tracker::default();
-        let e = t.evaluate(&c, t0 + Duration::from_secs(5), Some(0.0), t0);
+        let e = t.evaluate_default(&c, t0 + Duration::from_secs(5), Some(0.0), t0);
         assert_eq!(e.state, HealthState::Stale);
         assert_eq!(
             e.reasons,
             vec!["no data for 5.000 s >= 5.000 s".to_string()]
         );
-        let e = t.evaluate(
+        let e = t.evaluate_default(
             &c,
             t0 + Duration::from_secs(6),
             Some(0.0),
@@ -802,13 +903,13 @@ mod tests {
         let t0 = Instant::now();
         let w = Duration::from_secs(10);
         let mut e = ErrorWindow::default();
-        let counts = |t: u64, err: u64| BTreeMap::from([("/r", (t, err))]);
+        let counts = |t: u64, err: u64| BTreeMap::from([("/r", (t, err, 1))]);
         e.observe(t0, counts(100, 10), w);
         e.observe(t0 + Duration::from_secs(1), counts(150, 30), w);
-        assert_eq!(e.in_window(), [("/r", (50, 20))]);
+        assert_eq!(e.in_window(), [("/r", (50, 20, 0))]);
         // The process restarted: counts fell, the new values are the window.
         e.observe(t0 + Duration::from_secs(2), counts(5, 1), w);
-        assert_eq!(e.in_window(), [("/r", (5, 1))]);
+        assert_eq!(e.in_window(), [("/r", (5, 1, 1))]);
     }
 
     #[test]
@@ -826,6 +927,10 @@ mod tests {
         let s = Signals {
             runtime: Runtime::Tokio,
             delay_p99: Some(0.05),
+            delay_max: None,
+            overdue: None,
+            stuck: StuckSummary::default(),
+            shed_ratio: None,
             stall: Some(0.2),
             utilization: Some(0.4),
             heap_growth: None,
@@ -836,5 +941,19 @@ mod tests {
         assert!((s.pressure(&c) - 2.0).abs() < 1e-9);
         let s = Signals { stall: None, ..s };
         assert!((s.pressure(&c) - 0.5).abs() < 1e-9);
+        // One stuck worker of 4 takes a quarter of the capacity.
+        let stuck = StuckSummary {
+            stuck: 1,
+            workers: 4,
+            longest: 2.0,
+        };
+        let s = Signals { stuck, ..s };
+        assert!((s.pressure(&c) - 0.5 * 4.0 / 3.0).abs() < 1e-9);
+        // Shedding is past the target.
+        let s = Signals {
+            shed_ratio: Some(0.25),
+            ..s
+        };
+        assert!((s.pressure(&c) - 1.25).abs() < 1e-9);
     }
 }

@@ -52,9 +52,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod admin;
+mod cadence;
 pub mod config;
 pub mod deadline;
+mod derived;
 pub mod drain;
+pub mod evidence;
 pub mod export;
 pub mod health;
 pub mod prometheus;

@@ -12,21 +12,18 @@
 //!
 //! Derived per service instance (labels `service_name`, `service_instance_id`):
 //!
-//! | family | type | meaning |
-//! |---|---|---|
-//! | `loopwatch_service_lag_seconds` | gauge | event-loop lag = max(delay p99, current stall), seconds |
-//! | `loopwatch_service_ready` | gauge | 1 when the service is neither unhealthy nor stale, else 0 |
-//! | `loopwatch_service_stale` | gauge | 1 when no data arrived for `health.stale_after` |
-//! | `loopwatch_service_utilization_ratio` | gauge | event-loop utilization, 0..1 |
-//! | `loopwatch_pressure` | gauge | max(lag / target_lag, utilization / target_utilization); 1 = at target |
-//! | `loopwatch_service_last_seen_age_seconds` | gauge | seconds since the last export |
+//! Derived per-service gauges: the table in `derived` (`loopwatch_service_lag_seconds`,
+//! `loopwatch_service_ready`, `loopwatch_service_stale`, `loopwatch_service_utilization_ratio`,
+//! `loopwatch_pressure`, `loopwatch_service_last_seen_age_seconds`,
+//! `loopwatch_service_stuck_workers`, `loopwatch_service_export_interval_seconds`,
+//! `loopwatch_service_shed_ratio`).
 //!
 //! Self-telemetry: `loopwatch_agent_datapoints_received_total` (counter, accepted metric
 //! datapoints), `loopwatch_agent_requests_refused_total{reason}` (counter, refused export
 //! requests), `loopwatch_agent_datapoints_dropped_total{reason}` (counter, datapoints skipped
 //! inside accepted requests: `non_finite`, `unsupported`, `oversize`, `invalid`),
 //! `loopwatch_agent_spans_received_total`, `loopwatch_agent_log_records_received_total`
-//! (counters; received and dropped, forwarding is not implemented yet),
+//! (counters; received and forwarded upstream when an exporter is configured),
 //! `loopwatch_agent_connections_timed_out_total` (counter, connections closed by the header or
 //! idle deadline of [`crate::deadline`]),
 //! `loopwatch_agent_export_sent_total`, `loopwatch_agent_export_dropped_total{reason}`
@@ -41,7 +38,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use crate::health::HealthState;
 use crate::state::{AgentState, RefuseReason, ServiceView};
 use crate::store::{DropReason, SeriesKind, SeriesValue, ServiceKey};
 
@@ -50,12 +46,6 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Families the agent derives itself; received metrics mapping to these names are skipped.
 const RESERVED: &[&str] = &[
-    "loopwatch_service_lag_seconds",
-    "loopwatch_service_ready",
-    "loopwatch_service_stale",
-    "loopwatch_service_utilization_ratio",
-    "loopwatch_pressure",
-    "loopwatch_service_last_seen_age_seconds",
     "loopwatch_agent_datapoints_received_total",
     "loopwatch_agent_requests_refused_total",
     "loopwatch_agent_datapoints_dropped_total",
@@ -246,7 +236,9 @@ pub fn render(state: &AgentState, views: &[ServiceView]) -> String {
             let base = service_labels(skey);
             for (key, series) in &s.series {
                 let name = metric_name(&key.name, &series.unit, series.kind);
-                if RESERVED.contains(&name.as_str()) {
+                if RESERVED.contains(&name.as_str())
+                    || crate::derived::DERIVED.iter().any(|d| d.prometheus == name)
+                {
                     continue;
                 }
                 let mut pairs = base.clone();
@@ -308,52 +300,14 @@ pub fn render(state: &AgentState, views: &[ServiceView]) -> String {
 }
 
 fn derived(fams: &mut Families, views: &[ServiceView]) {
-    type Getter = fn(&ServiceView) -> Option<f64>;
-    let gauges: [(&str, &str, Getter); 6] = [
-        (
-            "loopwatch_service_lag_seconds",
-            "Event-loop lag of the service: max(delay p99, current stall), in seconds.",
-            |v| v.lag_seconds,
-        ),
-        (
-            "loopwatch_service_ready",
-            "1 when the service is neither unhealthy nor stale, else 0.",
-            |v| Some(if v.state == HealthState::Ok { 1.0 } else { 0.0 }),
-        ),
-        (
-            "loopwatch_service_stale",
-            "1 when no data arrived from the service for health.stale_after, else 0.",
-            |v| {
-                Some(if v.state == HealthState::Stale {
-                    1.0
-                } else {
-                    0.0
-                })
-            },
-        ),
-        (
-            "loopwatch_service_utilization_ratio",
-            "Event-loop utilization (busy ratio, 0..1) of the service.",
-            |v| v.utilization,
-        ),
-        (
-            "loopwatch_pressure",
-            "Autoscaling pressure: max(lag / target_lag, utilization / target_utilization); 1 = at target.",
-            |v| Some(v.pressure),
-        ),
-        (
-            "loopwatch_service_last_seen_age_seconds",
-            "Seconds since the last OTLP export from the service.",
-            |v| Some(v.last_seen_age_seconds),
-        ),
-    ];
-    for (name, help, get) in gauges {
-        if let Some(buf) = fams.family(name, "gauge", help) {
+    for d in crate::derived::DERIVED {
+        if let Some(buf) = fams.family(d.prometheus, "gauge", d.help) {
             for v in views {
-                if let Some(x) = get(v).filter(|x| x.is_finite()) {
+                if let Some(x) = (d.get)(v).filter(|x| x.is_finite()) {
                     let _ = writeln!(
                         buf,
-                        "{name}{} {}",
+                        "{}{} {}",
+                        d.prometheus,
                         labels(&service_labels(&v.key)),
                         format_value(x)
                     );

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 
-use crate::config::Config;
+use crate::config::{Config, HealthConfig};
+use crate::evidence::{self, StuckWorker};
 use crate::export::Pipeline;
 use crate::health::{Evaluation, HealthState, Lifecycle, Runtime, Signals};
 use crate::store::{
@@ -73,9 +74,9 @@ impl From<CapError> for RefuseReason {
 pub struct Telemetry {
     /// Metric datapoints accepted.
     pub datapoints_received: AtomicU64,
-    /// Spans received over OTLP (accepted and dropped: forwarding is not implemented yet).
+    /// Spans received over OTLP (forwarded upstream when an exporter is configured).
     pub spans_received: AtomicU64,
-    /// Log records received over OTLP (accepted and dropped: forwarding is not implemented yet).
+    /// Log records received over OTLP (forwarded upstream when an exporter is configured).
     pub log_records_received: AtomicU64,
     /// Connections closed by a header or idle deadline ([`crate::deadline`]).
     pub connections_timed_out: std::sync::Arc<AtomicU64>,
@@ -152,6 +153,72 @@ pub struct ServiceView {
     pub lifecycle: Option<Lifecycle>,
     /// Sum of `http.server.active_requests` (in-flight requests).
     pub active_requests: Option<f64>,
+    /// The learned export interval, seconds.
+    pub export_interval_seconds: Option<f64>,
+    /// What readiness cannot see for this instance, and the fix.
+    pub warnings: Vec<String>,
+    /// Workers stuck for at least `health.stuck_enter`.
+    pub stuck_workers: Vec<StuckWorker>,
+    /// The stall in progress (reported, or an overdue export of an exporter on the loop).
+    pub stall_in_progress_seconds: Option<f64>,
+    /// Shed responses over all responses in the error window.
+    pub shed_ratio: Option<f64>,
+}
+
+/// An export interval at or above this is slow: readiness hears of a blocked event loop
+/// only that late.
+pub const SLOW_EXPORT: Duration = Duration::from_secs(5);
+
+/// One instance evaluated at one instant.
+struct Assessed {
+    sig: Signals,
+    eval: Evaluation,
+    stuck: Vec<StuckWorker>,
+    stale_after: Duration,
+    /// Whether any rule said unhealthy before this evaluation.
+    before: bool,
+}
+
+/// Staleness waits for two learned intervals, and never less than `health.stale_after`.
+fn stale_after(cfg: &HealthConfig, s: &ServiceState) -> Duration {
+    s.cadence.expected().map_or(cfg.stale_after, |c| {
+        cfg.stale_after.max(c.saturating_mul(2))
+    })
+}
+
+/// Evaluates one instance at `now`: its evidence (series, cadence, stuck workers) through
+/// the hysteresis.
+fn assess(cfg: &HealthConfig, now: Instant, s: &mut ServiceState) -> Assessed {
+    let (stuck, summary) = evidence::stuck_workers(&s.series, cfg.stuck_enter);
+    let mut sig = s.health.signals(&s.series, summary);
+    if evidence::exporter_on_loop(sig.runtime, s.sdk_language.as_deref()) {
+        sig.overdue = s.cadence.overdue(now);
+    }
+    let stale_after = stale_after(cfg, s);
+    let before = s.health.any_unhealthy();
+    let mut eval = s.health.assess(cfg, now, &sig, s.last_seen, stale_after);
+    if eval.state != HealthState::Stale {
+        eval.reasons.extend(stuck.iter().map(StuckWorker::reason));
+    }
+    Assessed {
+        sig,
+        eval,
+        stuck,
+        stale_after,
+        before,
+    }
+}
+
+/// The slow-exporter warning of an instance exporting every `every`.
+fn slow_warning(every: Duration, stale_after: Duration) -> String {
+    format!(
+        "exports every {:.1} s: readiness hears of a blocked event loop only with the next export \
+         (up to {:.1} s late) and calls the instance stale only after {:.1} s without data; \
+         export every second for readiness to follow the loop (OTEL_METRIC_EXPORT_INTERVAL=1000)",
+        every.as_secs_f64(),
+        every.as_secs_f64(),
+        stale_after.as_secs_f64()
+    )
 }
 
 /// State shared by the receivers, the admin server and the health timer.
@@ -252,10 +319,8 @@ impl AgentState {
                 for key in &touched {
                     if let Some(s) = store.service_mut(key) {
                         s.health.observe(cfg, now, &s.series);
-                        let sig = s.health.signals(&s.series);
-                        let before = s.health.any_unhealthy();
-                        let e = s.health.assess(cfg, now, &sig, s.last_seen);
-                        self.transition(key, before, s.health.any_unhealthy(), &e.reasons);
+                        let a = assess(cfg, now, s);
+                        self.transition(key, a.before, s.health.any_unhealthy(), &a.eval.reasons);
                     }
                 }
                 drop(store);
@@ -277,11 +342,18 @@ impl AgentState {
     pub fn evaluate(&self, now: Instant) -> Vec<ServiceView> {
         let cfg = &self.config.health;
         let mut out = Vec::new();
-        self.reassess(now, |key, s, sig, e| {
+        self.reassess(now, |key, s, a| {
+            let sig = &a.sig;
+            let every = s.cadence.interval();
+            let warnings = every
+                .filter(|e| *e >= SLOW_EXPORT)
+                .map(|e| slow_warning(e, a.stale_after))
+                .into_iter()
+                .collect();
             out.push(ServiceView {
                 key: key.clone(),
-                state: e.state,
-                reasons: e.reasons,
+                state: a.eval.state,
+                reasons: a.eval.reasons,
                 runtime: sig.runtime,
                 lag_seconds: sig.lag(),
                 stall_seconds: sig.stall,
@@ -292,6 +364,11 @@ impl AgentState {
                 heap_growth: sig.heap_growth,
                 lifecycle: sig.lifecycle,
                 active_requests: sig.active_requests,
+                export_interval_seconds: every.map(|e| e.as_secs_f64()),
+                warnings,
+                stuck_workers: a.stuck,
+                stall_in_progress_seconds: sig.stall_in_progress(),
+                shed_ratio: sig.shed_ratio,
             });
         });
         out
@@ -309,13 +386,18 @@ impl AgentState {
         let cfg = &self.config.health;
         let evict_after = cfg.stale_after.saturating_mul(EVICT_AFTER_STALE);
         let mut due = now + cfg.stale_after;
-        self.reassess(now, |_, s, _, e| {
-            let at = if s.health.any_unhealthy() && e.state != HealthState::Stale {
+        self.reassess(now, |_, s, a| {
+            let at = if s.health.any_unhealthy() && a.eval.state != HealthState::Stale {
                 now + period
-            } else if e.state == HealthState::Stale {
+            } else if a.eval.state == HealthState::Stale {
                 s.last_seen + evict_after
             } else {
-                s.last_seen + cfg.stale_after
+                let overdue = evidence::exporter_on_loop(a.sig.runtime, s.sdk_language.as_deref())
+                    .then(|| s.cadence.overdue_at(cfg.lag_enter))
+                    .flatten()
+                    .filter(|at| *at > now);
+                let stale = s.last_seen + a.stale_after;
+                overdue.map_or(stale, |o| o.min(stale))
             };
             due = due.min(at);
         });
@@ -338,11 +420,7 @@ impl AgentState {
         }
     }
 
-    fn reassess(
-        &self,
-        now: Instant,
-        mut each: impl FnMut(&ServiceKey, &ServiceState, &Signals, Evaluation),
-    ) {
+    fn reassess(&self, now: Instant, mut each: impl FnMut(&ServiceKey, &ServiceState, Assessed)) {
         let cfg = &self.config.health;
         let mut store = self.store();
         let forgotten =
@@ -354,11 +432,20 @@ impl AgentState {
             );
         }
         for (key, s) in store.services_mut() {
-            let sig = s.health.signals(&s.series);
-            let before = s.health.any_unhealthy();
-            let e = s.health.assess(cfg, now, &sig, s.last_seen);
-            self.transition(key, before, s.health.any_unhealthy(), &e.reasons);
-            each(key, s, &sig, e);
+            let a = assess(cfg, now, s);
+            self.transition(key, a.before, s.health.any_unhealthy(), &a.eval.reasons);
+            if !s.warned_slow
+                && let Some(every) = s.cadence.interval().filter(|e| *e >= SLOW_EXPORT)
+            {
+                s.warned_slow = true;
+                tracing::warn!(
+                    service = %key.service,
+                    instance = %key.instance,
+                    "{}",
+                    slow_warning(every, a.stale_after)
+                );
+            }
+            each(key, s, a);
         }
     }
 }

@@ -15,12 +15,13 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
+use crate::cadence::Cadence;
 use crate::health::Tracker;
 use crate::wire;
 
@@ -189,6 +190,32 @@ pub struct ServiceState {
     pub last_seen: Instant,
     /// Health hysteresis state.
     pub health: Tracker,
+    /// The learned export interval.
+    pub(crate) cadence: Cadence,
+    /// Resource `telemetry.sdk.language`, when sent.
+    pub sdk_language: Option<String>,
+    /// Whether the slow-exporter warning was logged for this instance.
+    pub(crate) warned_slow: bool,
+}
+
+/// What an export says about its sender beyond its series.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceInfo {
+    /// Resource `telemetry.sdk.language`.
+    language: Option<String>,
+    /// The longest time minus start time among the points.
+    window: Option<Duration>,
+}
+
+fn resource_info(attrs: AttrSlice<'_>, window_ns: u64) -> ResourceInfo {
+    let language = (0..attrs.len())
+        .find(|&i| attrs.key(i) == "telemetry.sdk.language")
+        .map(|i| attrs.render(i))
+        .filter(|l| l.len() <= 64);
+    ResourceInfo {
+        language,
+        window: (window_ns > 0).then(|| Duration::from_nanos(window_ns)),
+    }
 }
 
 /// Why datapoints were dropped while decoding an otherwise accepted request.
@@ -646,6 +673,8 @@ pub struct Update<'a> {
 #[derive(Debug, Default)]
 pub struct Prepared<'a> {
     batches: Vec<(ServiceKey, Vec<Update<'a>>)>,
+    /// One per batch, in order.
+    infos: Vec<ResourceInfo>,
     /// Datapoints dropped during decoding, by reason.
     pub dropped: Vec<(DropReason, u64)>,
 }
@@ -736,12 +765,43 @@ fn service_key_of(attrs: AttrSlice<'_>) -> ServiceKey {
 pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared<'_> {
     let mut prepared = Prepared::default();
     for rm in &req.resource_metrics {
-        let key = service_key(
-            rm.resource
-                .as_ref()
-                .map(|r| r.attributes.as_slice())
-                .unwrap_or(&[]),
-        );
+        let resource_attrs = rm
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.as_slice())
+            .unwrap_or(&[]);
+        let key = service_key(resource_attrs);
+        let window_ns = rm
+            .scope_metrics
+            .iter()
+            .flat_map(|sm| &sm.metrics)
+            .flat_map(|m| -> Box<dyn Iterator<Item = (u64, u64)> + '_> {
+                match &m.data {
+                    Some(metric::Data::Gauge(g)) => Box::new(
+                        g.data_points
+                            .iter()
+                            .map(|p| (p.start_time_unix_nano, p.time_unix_nano)),
+                    ),
+                    Some(metric::Data::Sum(g)) => Box::new(
+                        g.data_points
+                            .iter()
+                            .map(|p| (p.start_time_unix_nano, p.time_unix_nano)),
+                    ),
+                    Some(metric::Data::Histogram(g)) => Box::new(
+                        g.data_points
+                            .iter()
+                            .map(|p| (p.start_time_unix_nano, p.time_unix_nano)),
+                    ),
+                    _ => Box::new(std::iter::empty()),
+                }
+            })
+            .filter(|(start, _)| *start > 0)
+            .map(|(start, time)| time.saturating_sub(start))
+            .max()
+            .unwrap_or(0);
+        prepared
+            .infos
+            .push(resource_info(AttrSlice::Proto(resource_attrs), window_ns));
         // One allocation: the datapoints of the resource (an upper bound of its updates).
         let points = rm
             .scope_metrics
@@ -772,6 +832,9 @@ pub(crate) fn prepare_wire<'a>(req: &'a wire::Request<'a>) -> Prepared<'a> {
     let attrs = |r: &Range<usize>| AttrSlice::Wire(req.attrs.get(r.clone()).unwrap_or(&[]));
     for res in &req.resources {
         let key = service_key_of(attrs(&res.attrs));
+        prepared
+            .infos
+            .push(resource_info(attrs(&res.attrs), res.window_ns));
         let metrics = req.metrics.get(res.metrics.clone()).unwrap_or(&[]);
         let mut updates = Vec::with_capacity(metrics.iter().map(|m| m.points.len()).sum());
         for m in metrics {
@@ -1142,7 +1205,13 @@ impl Store {
         // Pass 2: apply.
         let mut touched = Vec::with_capacity(prepared.batches.len());
         let mut at = 0usize;
-        for ((skey, updates), generation) in prepared.batches.into_iter().zip(generations) {
+        let infos = prepared
+            .infos
+            .into_iter()
+            .chain(std::iter::repeat_with(Default::default));
+        for (((skey, updates), generation), info) in
+            prepared.batches.into_iter().zip(generations).zip(infos)
+        {
             let state = match self.services.get_mut(&skey) {
                 Some(state) => state,
                 None => self
@@ -1152,9 +1221,16 @@ impl Store {
                         series: SeriesMap::default(),
                         last_seen: now,
                         health: Tracker::default(),
+                        cadence: Cadence::default(),
+                        sdk_language: None,
+                        warned_slow: false,
                     }),
             };
             state.last_seen = now;
+            state.cadence.observe(now, info.window);
+            if info.language.is_some() && state.sdk_language != info.language {
+                state.sdk_language = info.language;
+            }
             let found = positions.get(at..at + updates.len()).unwrap_or(&[]);
             at += updates.len();
             let map = &mut state.series;

@@ -28,6 +28,8 @@ pub(crate) struct Request<'a> {
     pub(crate) histograms: Vec<HistogramPoint<'a>>,
     /// Attributes of every resource and datapoint.
     pub(crate) attrs: Vec<Attr<'a>>,
+    /// The longest data window of the resource being decoded.
+    window_ns: u64,
 }
 
 /// A `ResourceMetrics`: its resource attributes and metrics.
@@ -35,6 +37,8 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Resource {
     pub(crate) attrs: Range<usize>,
     pub(crate) metrics: Range<usize>,
+    /// The longest `time_unix_nano - start_time_unix_nano` among its points (0: none).
+    pub(crate) window_ns: u64,
 }
 
 /// The data of a metric.
@@ -255,6 +259,7 @@ pub(crate) fn decode(body: &[u8]) -> Option<Request<'_>> {
         numbers: Vec::with_capacity(body.len() / 160),
         histograms: Vec::with_capacity(body.len() / 1024),
         attrs: Vec::with_capacity(body.len() / 48),
+        window_ns: 0,
     };
     decode_request(body, &mut out).ok()?;
     Some(out)
@@ -278,6 +283,7 @@ fn resource_metrics<'a>(b: &'a [u8], out: &mut Request<'a>) -> R<()> {
     let mut r = Reader { buf: b };
     let mut attrs = out.attrs.len()..out.attrs.len();
     let metrics_start = out.metrics.len();
+    out.window_ns = 0;
     let mut seen_resource = false;
     while let Some((field, wire)) = r.key()? {
         match field {
@@ -302,6 +308,7 @@ fn resource_metrics<'a>(b: &'a [u8], out: &mut Request<'a>) -> R<()> {
     out.resources.push(Resource {
         attrs,
         metrics: metrics_start..out.metrics.len(),
+        window_ns: out.window_ns,
     });
     Ok(())
 }
@@ -444,13 +451,15 @@ fn number_point<'a>(b: &'a [u8], out: &mut Request<'a>) -> R<()> {
     let mut r = Reader { buf: b };
     let start = out.attrs.len();
     let mut value = None;
+    let (mut start_ns, mut time_ns) = (0, 0);
     while let Some((field, wire)) = r.key()? {
         match field {
             7 => {
                 let b = r.message(wire)?;
                 key_value(b, out)?;
             }
-            2 | 3 => r.skip_as(wire, FIXED64)?,
+            2 => start_ns = r.bits64(wire)?,
+            3 => time_ns = r.bits64(wire)?,
             4 => {
                 value = Some(f64::from_bits(r.bits64(wire)?));
             }
@@ -463,6 +472,7 @@ fn number_point<'a>(b: &'a [u8], out: &mut Request<'a>) -> R<()> {
             _ => r.skip(wire)?,
         }
     }
+    note_window(out, start_ns, time_ns);
     out.numbers.push(NumberPoint {
         attrs: start..out.attrs.len(),
         value,
@@ -481,13 +491,15 @@ fn histogram_point<'a>(b: &'a [u8], out: &mut Request<'a>) -> R<()> {
         explicit_bounds: &[],
     };
     let (mut counts_seen, mut bounds_seen) = (false, false);
+    let (mut start_ns, mut time_ns) = (0, 0);
     while let Some((field, wire)) = r.key()? {
         match field {
             9 => {
                 let b = r.message(wire)?;
                 key_value(b, out)?;
             }
-            2 | 3 => r.skip_as(wire, FIXED64)?,
+            2 => start_ns = r.bits64(wire)?,
+            3 => time_ns = r.bits64(wire)?,
             4 => {
                 p.count = r.bits64(wire)?;
             }
@@ -524,8 +536,16 @@ fn histogram_point<'a>(b: &'a [u8], out: &mut Request<'a>) -> R<()> {
         }
     }
     p.attrs = start..out.attrs.len();
+    note_window(out, start_ns, time_ns);
     out.histograms.push(p);
     Ok(())
+}
+
+/// Keeps the longest data window of the resource (a point without a start has none).
+fn note_window(out: &mut Request<'_>, start_ns: u64, time_ns: u64) {
+    if start_ns > 0 {
+        out.window_ns = out.window_ns.max(time_ns.saturating_sub(start_ns));
+    }
 }
 
 fn key_value<'a>(b: &'a [u8], out: &mut Request<'a>) -> R<()> {

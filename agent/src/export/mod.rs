@@ -17,9 +17,9 @@
 //!   (`reason="rejected"`); at shutdown whatever cannot be sent before the flush deadline is
 //!   dropped (`reason="shutdown"`).
 //!
-//! Derived metrics exported per service: `loopwatch.pressure` (gauge, 1 = at target),
-//! `loopwatch.service.lag` (gauge, s), `loopwatch.service.utilization` (gauge, 1),
-//! `loopwatch.service.ready` (gauge, 1 ready / 0 not). Self-telemetry:
+//! Derived metrics exported per service: the table in `derived`, the same gauges as
+//! `/metrics` under their OTel names (`loopwatch.pressure`, `loopwatch.service.lag`,
+//! `loopwatch.service.ready`, `loopwatch.service.stuck_workers`, ...). Self-telemetry:
 //! `loopwatch.agent.datapoints.received`, `loopwatch.agent.requests.refused{reason}`,
 //! `loopwatch.agent.datapoints.dropped{reason}`, `loopwatch.agent.spans.received`,
 //! `loopwatch.agent.log_records.received`, `loopwatch.agent.export.sent`,
@@ -45,7 +45,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::{Notify, watch};
 
 use crate::config::ExporterConfig;
-use crate::health::HealthState;
 use crate::state::{AgentState, RefuseReason, ServiceView};
 use crate::store::{DropReason, ServiceKey};
 
@@ -520,41 +519,13 @@ fn gauge_metric(name: &str, unit: &str, desc: &str, v: f64, now: u64) -> Metric 
     }
 }
 
-/// The derived health metrics of one service.
+/// The derived health metrics of one service (the table in `derived`).
 pub fn derived_metrics(v: &ServiceView, now: u64) -> Vec<Metric> {
-    let mut out = vec![
-        gauge_metric(
-            "loopwatch.pressure",
-            "",
-            "Autoscaling pressure: max(lag / target_lag, utilization / target_utilization); 1 = at target.",
-            v.pressure,
-            now,
-        ),
-        gauge_metric(
-            "loopwatch.service.ready",
-            "",
-            "1 when the service is neither unhealthy nor stale, else 0.",
-            if v.state == HealthState::Ok { 1.0 } else { 0.0 },
-            now,
-        ),
-    ];
-    if let Some(lag) = v.lag_seconds.filter(|x| x.is_finite()) {
-        out.push(gauge_metric(
-            "loopwatch.service.lag",
-            "s",
-            "Event-loop lag: max(delay p99, current stall), in seconds.",
-            lag,
-            now,
-        ));
-    }
-    if let Some(u) = v.utilization.filter(|x| x.is_finite()) {
-        out.push(gauge_metric(
-            "loopwatch.service.utilization",
-            "1",
-            "Event-loop utilization (busy ratio, 0..1).",
-            u,
-            now,
-        ));
-    }
-    out
+    crate::derived::DERIVED
+        .iter()
+        .filter_map(|d| {
+            let x = (d.get)(v).filter(|x| x.is_finite())?;
+            Some(gauge_metric(d.otel, d.unit, d.help, x, now))
+        })
+        .collect()
 }
