@@ -2,11 +2,10 @@
 //! `@opentelemetry/instrumentation-runtime-node` busy-loops for 1.5 s: its `/readyz` entry
 //! turns 503 (lag from `nodejs.eventloop.delay.p99`) and it recovers afterwards.
 //!
-//! Node exports on its own event loop, so the report of the block arrives after the loop
-//! ends; the test polls `/v1/status` and `/readyz?service=` over a bounded time and records
-//! what it saw, instead of timing anything. The instrumentation occasionally drops the one
-//! sample of a block from its histogram; `busy.mjs` watches its own exports and blocks again
-//! (at most 3 times) until it has reported p99 >= 250 ms, so the agent side stays strict.
+//! Node exports on its own event loop, so its exports stop during the block: the agent
+//! learns the 200 ms cadence and reads the overdue export as lag while the block goes on.
+//! The test polls `/v1/status` and `/readyz?service=` over a bounded time and records what it
+//! saw, instead of timing anything. The script blocks exactly once.
 
 mod common;
 
@@ -100,7 +99,7 @@ fn node_busy_loop_turns_readyz_503_then_recovers() {
     assert!(
         reasons.as_array().is_some_and(|r| r
             .iter()
-            .any(|x| x["reason"].as_str().is_some_and(|s| s.starts_with("lag ")))),
+            .any(|x| x["reason"].as_str().is_some_and(|s| s.contains("lag ")))),
         "{reasons}"
     );
     assert!(recovered, "did not recover; node: {log}");

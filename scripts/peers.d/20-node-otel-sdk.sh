@@ -3,4 +3,5 @@
 set -euo pipefail
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
 agent/tests/peers/install.sh >/dev/null
+agent/tests/peers/install.sh zerocode >/dev/null
 echo "node otel sdk: .cache/agent/npm"

@@ -1,9 +1,7 @@
 // A Node.js service instrumented with the real OpenTelemetry JS SDK and
 // @opentelemetry/instrumentation-runtime-node that blocks its event loop with a 1.5 s busy
 // loop, then idles so it can recover. Exports OTLP/HTTP protobuf every 200 ms.
-// The script watches its own exports: if the runtime instrumentation did not report the block
-// (nodejs.eventloop.delay.p99 >= 0.25 s; it occasionally misses one), it blocks again, at
-// most 3 times, and prints what it reported.
+// It blocks once, and prints the largest p99 it reported (for the test's log).
 // usage: node busy.mjs URL SERVICE IDLE_AFTER_MS
 import { MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
 import { resourceFromAttributes } from '@opentelemetry/resources';
@@ -36,17 +34,13 @@ registerInstrumentations({
 });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 await sleep(1000);
-for (let attempt = 1; attempt <= 3; attempt++) {
-  console.log('busy start', attempt);
-  const end = Date.now() + 1500;
-  let x = 0;
-  while (Date.now() < end) { x += Math.sqrt(x + 1); }
-  console.log('busy end', x > 0);
-  const until = Date.now() + 2000;
-  while (reportedMax < 0.25 && Date.now() < until) await sleep(50);
-  console.log('reported p99 max', reportedMax);
-  if (reportedMax >= 0.25) break;
-}
+console.log('busy start');
+const end = Date.now() + 1500;
+let x = 0;
+while (Date.now() < end) { x += Math.sqrt(x + 1); }
+console.log('busy end', x > 0);
+await sleep(2000);
+console.log('reported p99 max', reportedMax);
 await sleep(Number(idleAfter) || 6000);
 await provider.forceFlush();
 await provider.shutdown();
