@@ -70,12 +70,19 @@ pub struct StuckSummary {
     pub workers: usize,
     /// The longest stuck duration among them, seconds.
     pub longest: f64,
+    /// How long after the last export a worker stuck but not yet for `stuck_enter` reaches
+    /// it (when the health timer must look again).
+    pub next_enter_after: Option<Duration>,
 }
 
 /// The workers of `series` stuck for at least `enter`, ordered by worker, and the summary.
+/// A reported duration is how long the worker had been stuck when the export was collected;
+/// a worker still stuck has been stuck `age` (time since that export) longer, so it counts
+/// from the moment it passes `enter`, not from the next export.
 pub(crate) fn stuck_workers(
     series: &SeriesMap,
     enter: Duration,
+    age: Duration,
 ) -> (Vec<StuckWorker>, StuckSummary) {
     let mut out = Vec::new();
     let mut summary = StuckSummary::default();
@@ -84,7 +91,17 @@ pub(crate) fn stuck_workers(
             continue;
         };
         summary.workers += 1;
-        if !v.is_finite() || v < enter.as_secs_f64() {
+        if !v.is_finite() || v <= 0.0 {
+            continue;
+        }
+        let reported = Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX);
+        if reported < enter {
+            let after = enter - reported;
+            summary.next_enter_after =
+                Some(summary.next_enter_after.map_or(after, |a| a.min(after)));
+        }
+        let v = v + age.as_secs_f64();
+        if v < enter.as_secs_f64() {
             continue;
         }
         let attr = |k: &str| {

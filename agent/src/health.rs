@@ -946,6 +946,7 @@ mod tests {
             stuck: 1,
             workers: 4,
             longest: 2.0,
+            ..StuckSummary::default()
         };
         let s = Signals { stuck, ..s };
         assert!((s.pressure(&c) - 0.5 * 4.0 / 3.0).abs() < 1e-9);

@@ -189,7 +189,8 @@ fn stale_after(cfg: &HealthConfig, s: &ServiceState) -> Duration {
 /// Evaluates one instance at `now`: its evidence (series, cadence, stuck workers) through
 /// the hysteresis.
 fn assess(cfg: &HealthConfig, now: Instant, s: &mut ServiceState) -> Assessed {
-    let (stuck, summary) = evidence::stuck_workers(&s.series, cfg.stuck_enter);
+    let age = now.saturating_duration_since(s.last_seen);
+    let (stuck, summary) = evidence::stuck_workers(&s.series, cfg.stuck_enter, age);
     let mut sig = s.health.signals(&s.series, summary);
     if evidence::exporter_on_loop(sig.runtime, s.sdk_language.as_deref()) {
         sig.overdue = s.cadence.overdue(now);
@@ -396,8 +397,17 @@ impl AgentState {
                     .then(|| s.cadence.overdue_at(cfg.lag_enter))
                     .flatten()
                     .filter(|at| *at > now);
+                let stuck = a
+                    .sig
+                    .stuck
+                    .next_enter_after
+                    .map(|d| s.last_seen + d)
+                    .filter(|at| *at > now);
                 let stale = s.last_seen + a.stale_after;
-                overdue.map_or(stale, |o| o.min(stale))
+                [overdue, stuck]
+                    .into_iter()
+                    .flatten()
+                    .fold(stale, Instant::min)
             };
             due = due.min(at);
         });
