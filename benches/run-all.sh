@@ -6,7 +6,7 @@
 #
 # Raw results (JSON lines), per-benchmark tables and process logs go to
 # target/bench-results/<UTC timestamp>/ ; the combined tables to .../RESULTS.md.
-# Needs: cargo, python3, wrk, taskset, node (for the Node baseline; skipped if missing) and
+# Needs: cargo, python3, wrk, taskset, valgrind (callgrind table), node (for the Node baseline; skipped if missing) and
 # Rotel (installed into .cache/rotel by scripts/peers.d/30-rotel.sh when missing).
 # Builds with CARGO_TARGET_DIR (default: target-bench) so it does not disturb other builds.
 set -euo pipefail
@@ -94,6 +94,13 @@ echo "== 1b. route layer cost, interleaved A/B (fastest of $AB rounds per case)"
 
 echo "== 2. end-to-end overhead (wrk)" >&2
 "${H[@]}" e2e "${E2E[@]}"
+echo "== 2b. end-to-end instructions per request (callgrind)" >&2
+if command -v valgrind >/dev/null; then
+  CALLGRIND_BIN_DIR="$BIN" CALLGRIND_OUT="$OUT/callgrind" benches/callgrind.sh \
+    | tee "$OUT/callgrind.md" >&2
+else
+  echo "valgrind missing: callgrind table not run" | tee "$OUT/callgrind.md" >&2
+fi
 echo "== 3. probe accuracy" >&2
 "${H[@]}" accuracy "${ACC[@]}"
 echo "== 4. detection latency" >&2
@@ -103,7 +110,7 @@ echo "== 5. idle cost" >&2
 echo "== 6. agent ingest vs Rotel" >&2
 "${H[@]}" ingest "${ING[@]}"
 
-cat "$OUT/machine.md" "$OUT/route_layers.md" "$OUT/e2e_overhead.md" "$OUT/probe_accuracy.md" \
+cat "$OUT/machine.md" "$OUT/route_layers.md" "$OUT/e2e_overhead.md" "$OUT/callgrind.md" "$OUT/probe_accuracy.md" \
   "$OUT/detection_latency.md" "$OUT/idle_cost.md" "$OUT/agent_ingest.md" \
   | sed -e '$a\' > "$OUT/RESULTS.md"
 echo

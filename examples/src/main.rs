@@ -232,7 +232,14 @@ fn main() -> ExitCode {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // With OTLP traces on, the route layer's DEBUG request spans are wanted too.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(if traces.is_some() {
+                        "info,loopwatch::http=debug"
+                    } else {
+                        "info"
+                    })
+                }),
         )
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(traces.as_ref().map(|t| t.layer()))

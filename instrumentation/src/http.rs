@@ -10,19 +10,20 @@
 //! than one poll: a request done in one poll spent no time outside it. With a probe, one
 //! relaxed load tells whether the probe thread sleeps an idle tick (then one `unpark`, once per
 //! quiet -> busy transition, the only syscall besides the clock). No lock, no allocation
-//! (after a route's first request), no reference count (the state is `'static`). One
-//! background `loopwatch-http` thread for all route metrics (every 2–100 ms, following the
-//! request rate so that the hot ring never fills; parked while no requests arrive, until the next
-//! request wakes it; and at every
+//! (after a route's first request). One background `loopwatch-http` thread per
+//! [`RouteMetrics`] (every 2–100 ms, following the request rate so that the hot ring never
+//! fills; parked while no requests arrive, until the next request wakes it; and at every
 //! export) drains the rings into the SDK histogram and the per-route sliding windows; when both
-//! rings are full the record is dropped and counted (`loopwatch.http.dropped`).
+//! rings are full the record is dropped and counted (`loopwatch.http.dropped`). The state is
+//! reference counted: it is freed, and its thread ends, once the last [`RouteMetrics`], layer,
+//! in-flight request and registered instrument callback is gone.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -67,7 +68,7 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 /// Longest drain period while requests arrive.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// Longest park of the drain thread while no requests arrive (the last drain moved nothing):
-/// the next request wakes it ([`wake_drain`]); every read of the metrics drains first anyway,
+/// the next request wakes it ([`Inner::wake_drain`]); every read of the metrics drains first anyway,
 /// so the bound only matters for a wake-up lost to the race with parking (a lone request's
 /// record then waits for the next request or export). Long: on a VM every wake-up of an idle
 /// process touches cold memory (~0.1 ms of CPU or more).
@@ -269,9 +270,22 @@ struct Inner {
     trace_spans: bool,
     monitors: Option<Box<[OnceLock<TaskMonitor>]>>,
     base: Instant,
-    /// Per-poll timestamps: the TSC where it is invariant (~8 ns a read, no syscall), else
-    /// the OS monotonic clock. Raw readings, scaled to ns only for differences.
+    /// Per-poll timestamps: the TSC where it is invariant (no syscall), else the OS
+    /// monotonic clock. Raw readings, scaled to ns only for differences.
     clock: quanta::Clock,
+    /// Set while the drain thread parks with nothing to drain; [`Inner::wake_drain`] takes it.
+    drain_parked: AtomicBool,
+    /// This state's `loopwatch-http` thread, once started.
+    drain_thread: OnceLock<std::thread::Thread>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The drain thread holds only a weak reference: woken, it finds the state gone and ends.
+        if let Some(t) = self.drain_thread.get() {
+            t.unpark();
+        }
+    }
 }
 
 impl Inner {
@@ -680,8 +694,10 @@ impl RouteMetricsBuilder {
         self.task_monitors = Some(on);
         self
     }
-    /// Whether the layer opens an `http.request` `tracing` span per request (only paid when a
-    /// subscriber enables it); default true.
+    /// Whether the layer opens an `http.request` `tracing` span per request; default true. The
+    /// span is at DEBUG level (target `loopwatch::http`), so it is built only when a
+    /// subscriber enables that, e.g. `RUST_LOG=info,loopwatch::http=debug` for OTLP traces;
+    /// under a plain `info` filter it costs one level check per request.
     pub fn trace_spans(mut self, on: bool) -> Self {
         self.trace_spans = Some(on);
         self
@@ -700,8 +716,9 @@ impl RouteMetricsBuilder {
 
     /// Builds the metrics and registers their instruments on the meter (if any).
     ///
-    /// The state lives for the rest of the process (~700 KiB with the default ring): build
-    /// one per service and clone it, not one per router, connection or request.
+    /// The state (~700 KiB with the default ring) and its `loopwatch-http` thread are one per
+    /// build: build one per service and clone it, not one per router, connection or request.
+    /// With a meter, the instruments' callbacks keep the state until the provider shuts down.
     pub fn build(self) -> RouteMetrics {
         let max_routes = self
             .max_routes
@@ -719,11 +736,7 @@ impl RouteMetricsBuilder {
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build()
         });
-        // Leaked on purpose: the state lives for the rest of the process, so services and
-        // request futures hold a plain `&'static` reference. An `Arc` cost four locked
-        // instructions per request (axum clones the service per request, the future held its
-        // own count): ~35 ns of the layer's ~95 ns on this machine class.
-        let inner: &'static Inner = Box::leak(Box::new(Inner {
+        let inner = Arc::new(Inner {
             table: (0..table_size).map(|_| OnceLock::new()).collect(),
             ptr_cache: (0..PTR_CACHE).map(|_| AtomicU64::new(0)).collect(),
             table_mask: table_size - 1,
@@ -759,75 +772,75 @@ impl RouteMetricsBuilder {
             base: Instant::now(),
             // Calibrated once per process (under 1 ms here, at most 200 ms by quanta's bound).
             clock: quanta::Clock::new(),
-        }));
+            drain_parked: AtomicBool::new(false),
+            drain_thread: OnceLock::new(),
+        });
         if let Some(meter) = &self.meter {
-            register(meter, inner);
+            register(meter, &inner);
         }
-        drain_in_background(inner);
+        drain_in_background(&inner);
         RouteMetrics { inner }
     }
 }
 
-/// Every route metrics' state, drained by one `loopwatch-http` thread.
-static DRAINED: Mutex<Vec<&'static Inner>> = Mutex::new(Vec::new());
-
-/// Adds `inner` to the drained set; the first call starts the `loopwatch-http` thread. Its
-/// period follows the request rate: the time for half a hot ring (512 records) to arrive at
-/// the last drain's rate, between 2 ms and 100 ms; parked (at most [`DRAIN_IDLE`]) while none
-/// arrive, until a request wakes it. (A period that
-/// let the hot ring fill sent records to the spill ring: a cache miss each.)
-/// Set while the `loopwatch-http` thread parks with nothing to drain; [`wake_drain`] takes it.
-static DRAIN_PARKED: AtomicBool = AtomicBool::new(false);
-/// The `loopwatch-http` thread, once started.
-static DRAIN_THREAD: OnceLock<std::thread::Thread> = OnceLock::new();
-
-/// A request starts: if the drain thread parks idle, wakes it (once per idle -> busy
-/// transition); otherwise one relaxed load. A wake-up lost to the race with the thread
-/// parking costs nothing but latency: reads drain first, and the park is bounded.
-fn wake_drain() {
-    if DRAIN_PARKED.load(Ordering::Relaxed)
-        && DRAIN_PARKED.swap(false, Ordering::AcqRel)
-        && let Some(t) = DRAIN_THREAD.get()
-    {
-        t.unpark();
+impl Inner {
+    /// A request starts: if the drain thread parks idle, wakes it (once per idle -> busy
+    /// transition); otherwise one relaxed load. A wake-up lost to the race with the thread
+    /// parking costs nothing but latency: reads drain first, and the park is bounded.
+    fn wake_drain(&self) {
+        if self.drain_parked.load(Ordering::Relaxed)
+            && self.drain_parked.swap(false, Ordering::AcqRel)
+            && let Some(t) = self.drain_thread.get()
+        {
+            t.unpark();
+        }
     }
 }
 
-fn drain_in_background(inner: &'static Inner) {
-    static STARTED: OnceLock<()> = OnceLock::new();
-    lock(&DRAINED).push(inner);
-    STARTED.get_or_init(|| {
-        let spawned = std::thread::Builder::new()
-            .name("loopwatch-http".into())
-            .spawn(|| {
-                let _ = DRAIN_THREAD.set(std::thread::current());
-                let mut pause = DRAIN_EVERY;
-                let mut last = Instant::now();
-                loop {
-                    if pause == DRAIN_IDLE {
-                        DRAIN_PARKED.store(true, Ordering::SeqCst);
-                        std::thread::park_timeout(pause);
-                        DRAIN_PARKED.store(false, Ordering::Release);
-                    } else {
-                        std::thread::sleep(pause);
+/// Starts the `loopwatch-http` thread of `inner`. Its period follows the request rate: the
+/// time for half a hot ring (512 records) to arrive at the last drain's rate, between 2 ms and
+/// 100 ms; parked (at most [`DRAIN_IDLE`]) while none arrive, until a request wakes it. (A
+/// period that let the hot ring fill sent records to the spill ring: a cache miss each.) The
+/// thread holds a weak reference and ends once the state is dropped.
+fn drain_in_background(inner: &Arc<Inner>) {
+    let weak = Arc::downgrade(inner);
+    let spawned = std::thread::Builder::new()
+        .name("loopwatch-http".into())
+        .spawn(move || {
+            let mut pause = DRAIN_EVERY;
+            let mut last = Instant::now();
+            loop {
+                let parked = pause == DRAIN_IDLE;
+                if parked {
+                    match weak.upgrade() {
+                        Some(i) => i.drain_parked.store(true, Ordering::SeqCst),
+                        None => return,
                     }
-                    let now = Instant::now();
-                    // Lock order: DRAINED, then each state's drain mutex (nothing takes
-                    // them the other way round).
-                    let moved = lock(&DRAINED)
-                        .iter()
-                        .map(|i| i.drain().last_drained)
-                        .max()
-                        .unwrap_or(0);
-                    // Gathered since the previous drain (an idle park may end early).
-                    pause = next_drain_pause(moved, now.saturating_duration_since(last));
-                    last = now;
+                    std::thread::park_timeout(pause);
+                } else {
+                    std::thread::sleep(pause);
                 }
-            });
-        if let Err(e) = spawned {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if parked {
+                    inner.drain_parked.store(false, Ordering::Release);
+                }
+                let now = Instant::now();
+                let moved = inner.drain().last_drained;
+                // Gathered since the previous drain (an idle park may end early).
+                pause = next_drain_pause(moved, now.saturating_duration_since(last));
+                last = now;
+            }
+        });
+    match spawned {
+        Ok(h) => {
+            let _ = inner.drain_thread.set(h.thread().clone());
+        }
+        Err(e) => {
             tracing::warn!(error = %e, "loopwatch: cannot spawn loopwatch-http; draining only at export");
         }
-    });
+    }
 }
 
 /// The next drain period after a drain that moved `moved` records (at most, per route metrics)
@@ -844,8 +857,8 @@ fn next_drain_pause(moved: usize, over: Duration) -> Duration {
 
 /// Registers the observable instruments. Callbacks hold the metrics (so the final export,
 /// after the server and its layers are gone, still drains and reports them).
-fn register(meter: &Meter, inner: &'static Inner) {
-    let w = inner;
+fn register(meter: &Meter, inner: &Arc<Inner>) {
+    let w = Arc::clone(inner);
     let _ = meter
         .i64_observable_up_down_counter("http.server.active_requests")
         .with_description("Number of active HTTP server requests")
@@ -914,6 +927,7 @@ fn register(meter: &Meter, inner: &'static Inner) {
         ),
     ];
     let per_route = |read: Read| {
+        let inner = Arc::clone(inner);
         move |obs: &dyn AsyncInstrument<f64>| {
             for s in inner.stats() {
                 obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
@@ -936,7 +950,7 @@ fn register(meter: &Meter, inner: &'static Inner) {
             .with_callback(per_route(read))
             .build();
     }
-    let w = inner;
+    let w = Arc::clone(inner);
     let _ = meter
         .u64_observable_counter("loopwatch.http.dropped")
         .with_description(
@@ -944,15 +958,14 @@ fn register(meter: &Meter, inner: &'static Inner) {
         )
         .with_unit("{record}")
         .with_callback(move |obs| {
-            let inner = &w;
-            obs.observe(inner.dropped.load(Ordering::Relaxed), &[]);
+            obs.observe(w.dropped.load(Ordering::Relaxed), &[]);
         })
         .build();
 }
 
 /// Per-route HTTP metrics shared by every [`RouteLayer`] made from it (cheap to clone: a
-/// reference). The state is allocated once by [`RouteMetricsBuilder::build`] and lives for the
-/// rest of the process, so requests carry no reference count.
+/// reference count). The state is allocated once by [`RouteMetricsBuilder::build`] and freed
+/// when the last clone, layer, in-flight request and instrument callback holding it is gone.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -966,7 +979,7 @@ fn register(meter: &Meter, inner: &'static Inner) {
 /// ```
 #[derive(Clone)]
 pub struct RouteMetrics {
-    inner: &'static Inner,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -987,7 +1000,9 @@ impl RouteMetrics {
     /// A tower layer recording into these metrics; use with axum's `Router::layer` (unmatched
     /// requests counted as [`UNMATCHED_ROUTE`]) or `Router::route_layer` (matched only).
     pub fn layer(&self) -> RouteLayer {
-        RouteLayer { inner: self.inner }
+        RouteLayer {
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// Per-route statistics (drains pending records first). Routes with no request in the
@@ -1015,7 +1030,7 @@ impl RouteMetrics {
 /// Tower layer recording `http.server.*` metrics per route; made by [`RouteMetrics::layer`].
 #[derive(Clone)]
 pub struct RouteLayer {
-    inner: &'static Inner,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RouteLayer {
@@ -1028,7 +1043,7 @@ impl<S> Layer<S> for RouteLayer {
     type Service = RouteService<S>;
     fn layer(&self, service: S) -> Self::Service {
         RouteService {
-            inner: self.inner,
+            inner: Arc::clone(&self.inner),
             service,
         }
     }
@@ -1037,7 +1052,7 @@ impl<S> Layer<S> for RouteLayer {
 /// The service produced by [`RouteLayer`].
 #[derive(Clone)]
 pub struct RouteService<S> {
-    inner: &'static Inner,
+    inner: Arc<Inner>,
     service: S,
 }
 
@@ -1060,7 +1075,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = self.inner;
+        let inner = &*self.inner;
         let route = inner.route_id(req.extensions().get::<MatchedPath>());
         let method = method_code(req.method());
         inner.started_by_method[method].fetch_add(1, Ordering::Relaxed);
@@ -1069,8 +1084,10 @@ where
             // a block that starts with this request is probed from its start.
             p.wake_probe();
         }
-        wake_drain();
-        let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::INFO) {
+        inner.wake_drain();
+        // DEBUG: the `info` filter most services run leaves the span out, so by default it
+        // costs one level check per request.
+        let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::DEBUG) {
             request_span(inner, route, method)
         } else {
             None
@@ -1081,7 +1098,7 @@ where
             .and_then(|m| m.get(route))
             .map(|m| m.get_or_init(TaskMonitor::new));
         let rec = Rec {
-            inner: self.inner,
+            inner: Arc::clone(&self.inner),
             start: 0,
             delayed_at_start: 0,
             poll_ns: 0,
@@ -1128,10 +1145,10 @@ fn call_in_span<S: Service<R>, R>(service: &mut S, req: R, span: Option<&SpanSta
 }
 
 /// The request's `http.request` span; `None` (nothing allocated or formatted) unless a
-/// subscriber enables `loopwatch::http` at INFO.
+/// subscriber enables `loopwatch::http` at DEBUG.
 #[cold]
 fn request_span(inner: &Inner, route: usize, method: usize) -> Option<Box<SpanState>> {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         target: "loopwatch::http",
         "http.request",
         otel.name = Empty,
@@ -1166,7 +1183,7 @@ struct SpanState {
 
 /// Per-request state; recording as cancelled on drop if the request never completed.
 struct Rec {
-    inner: &'static Inner,
+    inner: Arc<Inner>,
     /// Raw clock reading at the first poll (the request's start as far as the layer can
     /// tell: right after `call`); 0 until then.
     start: u64,
@@ -1187,7 +1204,7 @@ impl Rec {
     /// Records the request once: `dur_ns` from the first poll to its end.
     fn finish(&mut self, dur_ns: u64, status: u16, kind: u64) {
         self.done = true;
-        let inner = self.inner;
+        let inner = &*self.inner;
         let method = usize::from(self.method);
         // Runtime lateness during the request: probe-measured delay between the end of the
         // first poll and the end, at most the time the request spent outside its own polls
@@ -1217,12 +1234,14 @@ impl Rec {
         }
         if let Some(s) = &self.span {
             self.record_span(s, dur_ns, status, waited_ns);
+        } else if waited_ns >= inner.wait_event_ns && waited_ns > 0 {
+            warn_waited(waited_ns, dur_ns, self.poll_ns);
         }
     }
 
     #[cold]
     fn record_span(&self, s: &SpanState, dur_ns: u64, status: u16, waited_ns: u64) {
-        let inner = self.inner;
+        let inner = &*self.inner;
         let span = &s.span;
         if status != 0 {
             span.record("http.response.status_code", status);
@@ -1253,6 +1272,19 @@ impl Rec {
             );
         }
     }
+}
+
+/// The "waited behind a blocked runtime" warning of a request without a span (rare path).
+#[cold]
+fn warn_waited(waited_ns: u64, dur_ns: u64, poll_ns: u64) {
+    tracing::warn!(
+        target: "loopwatch::http",
+        waited_ms = waited_ns / 1_000_000,
+        duration_ms = dur_ns / 1_000_000,
+        poll_ms = poll_ns / 1_000_000,
+        "request waited {} ms behind a blocked runtime",
+        waited_ns / 1_000_000
+    );
 }
 
 impl Drop for Rec {
@@ -1595,6 +1627,42 @@ mod tests {
         let s = m.route("/wait").expect("route");
         assert!(s.scheduled > Duration::ZERO, "{s:?}");
         assert!(s.polls >= 2, "{s:?}");
+    }
+
+    /// Counts the `http.request` spans a subscriber is asked to create.
+    #[derive(Clone, Default)]
+    struct SpanCount(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanCount {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if attrs.metadata().name() == "http.request" {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_span_is_built_only_under_a_debug_filter() {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::filter::LevelFilter;
+        use tracing_subscriber::layer::SubscriberExt;
+        let m = RouteMetrics::builder().build();
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(m.layer());
+        for (level, want) in [(LevelFilter::INFO, 0), (LevelFilter::DEBUG, 1)] {
+            let count = SpanCount::default();
+            let sub = tracing_subscriber::registry().with(count.clone().with_filter(level));
+            let _default = tracing::subscriber::set_default(sub);
+            assert_eq!(get_path(&app, "/").await, 200);
+            assert_eq!(count.0.load(Ordering::SeqCst), want, "filter {level}");
+        }
+        assert_eq!(m.route("/").expect("/").total_requests, 2);
     }
 
     #[test]

@@ -421,6 +421,7 @@ impl LoopwatchBuilder {
             extras,
             meter,
             lifecycle,
+            routes: std::sync::OnceLock::new(),
         })
     }
 }
@@ -435,6 +436,8 @@ pub struct LoopwatchGuard {
     extras: process::Extras,
     meter: opentelemetry::metrics::Meter,
     lifecycle: shutdown::Lifecycle,
+    /// The route metrics [`LoopwatchGuard::route_metrics`] hands out, built on first use.
+    routes: std::sync::OnceLock<RouteMetrics>,
 }
 
 impl LoopwatchGuard {
@@ -476,12 +479,19 @@ impl LoopwatchGuard {
     }
 
     /// Per-route HTTP metrics exported on loopwatch's pipeline, with per-request runtime
-    /// lateness from the probe. Use [`LoopwatchGuard::route_metrics_builder`] to change limits.
+    /// lateness from the probe. Every call returns the same metrics (built and registered on
+    /// the first call; later calls only clone a reference), so routers built per test or per
+    /// tenant share one set of series. Use [`LoopwatchGuard::route_metrics_builder`] to change
+    /// limits.
     pub fn route_metrics(&self) -> RouteMetrics {
-        self.route_metrics_builder().build()
+        self.routes
+            .get_or_init(|| self.route_metrics_builder().build())
+            .clone()
     }
 
-    /// A [`RouteMetricsBuilder`] preset with loopwatch's meter and pressure.
+    /// A [`RouteMetricsBuilder`] preset with loopwatch's meter and pressure. Each
+    /// [`RouteMetricsBuilder::build`] makes new metrics and registers their instruments again:
+    /// build once and clone the result (or use [`LoopwatchGuard::route_metrics`]).
     pub fn route_metrics_builder(&self) -> RouteMetricsBuilder {
         RouteMetrics::builder()
             .meter(self.meter())
