@@ -47,10 +47,16 @@ fn one_stuck_worker_of_four_is_a_reason_during_the_spin_and_gone_after() {
         "stuck reason after {at:?}, beyond stuck_enter + 200 ms: {status}"
     );
     assert!(reason.starts_with("worker "), "{reason}");
-    assert_eq!(status["state"], "ok", "report mode keeps it ready: {status}");
+    assert_eq!(
+        status["state"], "ok",
+        "report mode keeps it ready: {status}"
+    );
     let workers = status["stuck_workers"].as_array().expect("stuck_workers");
     assert_eq!(workers.len(), 1, "{status}");
-    assert!(workers[0]["seconds"].as_f64().unwrap_or(0.0) >= 1.0, "{status}");
+    assert!(
+        workers[0]["seconds"].as_f64().unwrap_or(0.0) >= 1.0,
+        "{status}"
+    );
     let pressure = status["pressure"].as_f64().expect("pressure");
     let lag = status["lag_seconds"].as_f64().unwrap_or(0.0);
     let util = status["utilization"].as_f64().unwrap_or(0.0);

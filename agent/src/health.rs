@@ -607,7 +607,13 @@ impl Tracker {
         last_seen: Instant,
         stale_after: Duration,
     ) -> Evaluation {
-        let mut e = self.evaluate(cfg, now, sig.lag(), last_seen, stale_after);
+        // A reported lag describes the export window that ended when it arrived; an overdue
+        // export is lag at this very moment.
+        let overdue_now = sig
+            .overdue
+            .is_some_and(|o| Some(o.late_seconds()) == sig.lag());
+        let lag_at = if overdue_now { now } else { last_seen };
+        let mut e = self.evaluate(cfg, now, sig.lag(), lag_at, last_seen, stale_after);
         if e.state == HealthState::Stale {
             return e;
         }
@@ -730,13 +736,16 @@ impl Tracker {
         e
     }
 
-    /// Evaluates at `now` with the latest `lag` (seconds) and the time of the last export;
-    /// stale after `stale_after` without one.
+    /// Evaluates at `now` with the latest `lag` (seconds, observed at `lag_at`) and the time
+    /// of the last export; stale after `stale_after` without one. The hold runs from when a
+    /// lag at or above `lag_leave` was observed, so re-reading the same report on a timer does
+    /// not extend it.
     pub fn evaluate(
         &mut self,
         cfg: &HealthConfig,
         now: Instant,
         lag: Option<f64>,
+        lag_at: Instant,
         last_seen: Instant,
         stale_after: Duration,
     ) -> Evaluation {
@@ -756,7 +765,7 @@ impl Tracker {
         let mut reasons = Vec::new();
         if let Some(lag) = lag {
             if lag >= leave {
-                self.last_high = Some(now);
+                self.last_high = Some(self.last_high.map_or(lag_at, |t| t.max(lag_at)));
             }
             if !self.unhealthy && lag >= enter {
                 self.unhealthy = true;
@@ -810,7 +819,7 @@ mod tests {
             lag: Option<f64>,
             last_seen: Instant,
         ) -> Evaluation {
-            self.evaluate(c, now, lag, last_seen, c.stale_after)
+            self.evaluate(c, now, lag, last_seen, last_seen, c.stale_after)
         }
     }
 

@@ -84,6 +84,10 @@ const KIND_OK: u64 = 0;
 const KIND_5XX: u64 = 1;
 const KIND_SERVICE_ERROR: u64 = 2;
 const KIND_CANCELLED: u64 = 3;
+/// A response of the service's own load shedding ([`crate::ShedLayer`]): not an error.
+const KIND_SHED: u64 = 4;
+/// `error.type` of a shed response; namespaced so another SDK's `"503"` never collides.
+pub const SHED_ERROR_TYPE: &str = "loopwatch.shed";
 
 fn method_code(m: &Method) -> usize {
     match *m {
@@ -396,7 +400,11 @@ impl Inner {
             }
             let bucket_ns = st.bucket_ns;
             let w = st.windows.entry(route).or_default();
-            w.record(now / bucket_ns, dur_ns, kind != KIND_OK);
+            w.record(
+                now / bucket_ns,
+                dur_ns,
+                kind != KIND_OK && kind != KIND_SHED,
+            );
             w.polls += (b >> 36) & 0x3fff;
             w.slow_polls += (b >> 50) & 0x3fff;
             w.poll_ns = w.poll_ns.saturating_add(poll_ns);
@@ -424,6 +432,7 @@ impl Inner {
             KIND_5XX => v.push(KeyValue::new("error.type", status.to_string())),
             KIND_SERVICE_ERROR => v.push(KeyValue::new("error.type", "_OTHER")),
             KIND_CANCELLED => v.push(KeyValue::new("error.type", "cancelled")),
+            KIND_SHED => v.push(KeyValue::new("error.type", SHED_ERROR_TYPE)),
             _ => {}
         }
         v
@@ -1373,7 +1382,14 @@ where
                 let (status, kind) = match r {
                     Ok(resp) => {
                         let s = resp.status().as_u16();
-                        (s, if s >= 500 { KIND_5XX } else { KIND_OK })
+                        let kind = if s < 500 {
+                            KIND_OK
+                        } else if resp.extensions().get::<crate::shed::Shed>().is_some() {
+                            KIND_SHED
+                        } else {
+                            KIND_5XX
+                        };
+                        (s, kind)
                     }
                     Err(_) => (0, KIND_SERVICE_ERROR),
                 };

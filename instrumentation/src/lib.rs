@@ -240,7 +240,7 @@ pub use heap::{
 pub use http::{
     DEFAULT_MAX_ROUTES, DEFAULT_RING_CAPACITY, DEFAULT_ROUTE_WINDOW, DEFAULT_SLOW_POLL_THRESHOLD,
     DEFAULT_WAIT_EVENT_THRESHOLD, DURATION_BUCKETS, OVERFLOW_ROUTE, RouteFuture, RouteLayer,
-    RouteMetrics, RouteMetricsBuilder, RouteService, RouteStats, UNMATCHED_ROUTE,
+    RouteMetrics, RouteMetricsBuilder, RouteService, RouteStats, SHED_ERROR_TYPE, UNMATCHED_ROUTE,
 };
 pub use probe::ProbeSnapshot;
 pub use runtime::RuntimeSnapshot;

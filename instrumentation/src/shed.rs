@@ -282,6 +282,11 @@ struct ShedInner {
     shed: AtomicU64,
 }
 
+/// Marks a response [`ShedLayer`] produced, so that the route layer records it with
+/// `error.type` = [`crate::SHED_ERROR_TYPE`] instead of as a server error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shed;
+
 /// Tower layer answering `503` + `Retry-After` while the runtime is overloaded. Reads the
 /// pressure per request (a few atomics); requests to exempt paths always pass.
 ///
@@ -371,6 +376,8 @@ where
                 *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, self.inner.retry_after.clone());
+                // Marks the response for the route layer: shed, not an error.
+                resp.extensions_mut().insert(Shed);
                 return ShedFuture::Shed { resp: Some(resp) };
             }
         }
