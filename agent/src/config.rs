@@ -13,7 +13,11 @@
 //! | `receiver.max_body_bytes` | `LOOPWATCH_RECEIVER_MAX_BODY_BYTES` | `8388608` (8 MiB) | cap on a request body, applied after decompression (bytes) |
 //! | `receiver.max_services` | `LOOPWATCH_RECEIVER_MAX_SERVICES` | `1000` | max tracked service instances; new ones beyond are refused (429) |
 //! | `receiver.max_series_per_service` | `LOOPWATCH_RECEIVER_MAX_SERIES_PER_SERVICE` | `10000` | max series per service instance; new ones beyond are refused (429) |
+//! | `receiver.max_connections` | `LOOPWATCH_RECEIVER_MAX_CONNECTIONS` | `512` | open connections per OTLP listener (gRPC, HTTP); new ones beyond are closed at accept and counted |
+//! | `receiver.handshake_timeout` | `LOOPWATCH_RECEIVER_HANDSHAKE_TIMEOUT` | `10s` | a new connection must send its HTTP/2 preface (gRPC) or first request head (HTTP) within this long |
+//! | `receiver.idle_timeout` | `LOOPWATCH_RECEIVER_IDLE_TIMEOUT` | `5m` | a receiver connection with no request in flight for this long is closed |
 //! | `admin.listen` | `LOOPWATCH_ADMIN_LISTEN` | `0.0.0.0:9464` | admin HTTP listen address (`/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`) |
+//! | `admin.max_connections` | `LOOPWATCH_ADMIN_MAX_CONNECTIONS` | `128` | open connections on the admin listener; new ones beyond are closed at accept and counted |
 //! | `health.lag_enter` | `LOOPWATCH_HEALTH_LAG_ENTER` | `250ms` | lag at or above which a service becomes unhealthy |
 //! | `health.lag_leave` | `LOOPWATCH_HEALTH_LAG_LEAVE` | `100ms` | lag below which an unhealthy service may recover |
 //! | `health.hold` | `LOOPWATCH_HEALTH_HOLD` | `3s` | lag must stay below `lag_leave` this long before recovery |
@@ -60,6 +64,14 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_SERVICES: usize = 1000;
 /// Default cap on series per service instance.
 pub const DEFAULT_MAX_SERIES_PER_SERVICE: usize = 10_000;
+/// Default cap on open connections per OTLP listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default time a new receiver connection has for its HTTP/2 preface or first request head.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a receiver connection may stay without a request in flight (5 minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default cap on open connections on the admin listener.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 128;
 /// Default lag at or above which a service enters the unhealthy state (250 ms).
 pub const DEFAULT_LAG_ENTER: Duration = Duration::from_millis(250);
 /// Default lag below which an unhealthy service may leave the unhealthy state (100 ms).
@@ -133,7 +145,11 @@ pub const KEYS: &[&str] = &[
     "receiver.max_body_bytes",
     "receiver.max_services",
     "receiver.max_series_per_service",
+    "receiver.max_connections",
+    "receiver.handshake_timeout",
+    "receiver.idle_timeout",
     "admin.listen",
+    "admin.max_connections",
     "health.lag_enter",
     "health.lag_leave",
     "health.hold",
@@ -211,6 +227,12 @@ pub struct ReceiverConfig {
     pub max_services: usize,
     /// Cap on series per service instance.
     pub max_series_per_service: usize,
+    /// Cap on open connections per OTLP listener.
+    pub max_connections: usize,
+    /// A new connection's HTTP/2 preface or first request head must arrive within this long.
+    pub handshake_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Admin HTTP settings (`[admin]`).
@@ -219,6 +241,8 @@ pub struct ReceiverConfig {
 pub struct AdminConfig {
     /// Admin HTTP listen address.
     pub listen: SocketAddr,
+    /// Cap on open connections on the admin listener.
+    pub max_connections: usize,
 }
 
 /// Health engine settings (`[health]`).
@@ -325,9 +349,13 @@ impl Default for Config {
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 max_services: DEFAULT_MAX_SERVICES,
                 max_series_per_service: DEFAULT_MAX_SERIES_PER_SERVICE,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
             },
             admin: AdminConfig {
                 listen: addr(DEFAULT_ADMIN_LISTEN),
+                max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             },
             health: HealthConfig {
                 lag_enter: DEFAULT_LAG_ENTER,
@@ -427,7 +455,11 @@ impl Config {
             "receiver.max_body_bytes" => r.max_body_bytes = count(value)?,
             "receiver.max_services" => r.max_services = count(value)?,
             "receiver.max_series_per_service" => r.max_series_per_service = count(value)?,
+            "receiver.max_connections" => r.max_connections = count(value)?,
+            "receiver.handshake_timeout" => r.handshake_timeout = dur(value)?,
+            "receiver.idle_timeout" => r.idle_timeout = dur(value)?,
             "admin.listen" => self.admin.listen = sock(value)?,
+            "admin.max_connections" => self.admin.max_connections = count(value)?,
             "health.lag_enter" => h.lag_enter = dur(value)?,
             "health.lag_leave" => h.lag_leave = dur(value)?,
             "health.hold" => h.hold = dur(value)?,
@@ -524,6 +556,11 @@ impl Config {
             ("health.error_window", h.error_window),
             ("exporter.interval", self.exporter.interval),
             ("exporter.timeout", self.exporter.timeout),
+            (
+                "receiver.handshake_timeout",
+                self.receiver.handshake_timeout,
+            ),
+            ("receiver.idle_timeout", self.receiver.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::InvalidValue {
@@ -602,8 +639,20 @@ impl Config {
         let _ = writeln!(out, "max_body_bytes = {}", r.max_body_bytes);
         let _ = writeln!(out, "max_services = {}", r.max_services);
         let _ = writeln!(out, "max_series_per_service = {}", r.max_series_per_service);
+        let _ = writeln!(out, "max_connections = {}", r.max_connections);
+        let _ = writeln!(
+            out,
+            "handshake_timeout = \"{}\"",
+            format_duration(r.handshake_timeout)
+        );
+        let _ = writeln!(
+            out,
+            "idle_timeout = \"{}\"",
+            format_duration(r.idle_timeout)
+        );
         let _ = writeln!(out, "\n[admin]");
         let _ = writeln!(out, "listen = \"{}\"", self.admin.listen);
+        let _ = writeln!(out, "max_connections = {}", self.admin.max_connections);
         let _ = writeln!(out, "\n[health]");
         let _ = writeln!(out, "lag_enter = \"{}\"", format_duration(h.lag_enter));
         let _ = writeln!(out, "lag_leave = \"{}\"", format_duration(h.lag_leave));
@@ -711,6 +760,26 @@ impl ConfigBuilder {
     /// Sets the per-service series cap.
     pub fn max_series_per_service(mut self, n: usize) -> Self {
         self.config.receiver.max_series_per_service = n;
+        self
+    }
+    /// Sets the open-connection cap per OTLP listener.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.receiver.max_connections = n;
+        self
+    }
+    /// Sets the time a new receiver connection has for its preface or first request head.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.config.receiver.handshake_timeout = d;
+        self
+    }
+    /// Sets the time a receiver connection may stay without a request in flight.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.receiver.idle_timeout = d;
+        self
+    }
+    /// Sets the open-connection cap of the admin listener.
+    pub fn admin_max_connections(mut self, n: usize) -> Self {
+        self.config.admin.max_connections = n;
         self
     }
     /// Sets the lag that enters the unhealthy state.

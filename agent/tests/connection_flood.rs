@@ -1,0 +1,345 @@
+//! A flood of idle connections against the agent binary: 20,000 across the gRPC, HTTP and
+//! admin ports, or as many as this process's fd limit allows (the soft limit is raised to the
+//! hard one first). Throughout: the agent's RSS stays under 64 MiB, an OTLP export over the
+//! service's established connections (gRPC and HTTP) is answered within 1 s, `/readyz`
+//! answers, and gRPC connections that never send the HTTP/2 preface are closed within
+//! `receiver.handshake_timeout`. Afterwards the agent is as before: the same open
+//! connections, and new connections on every port are served.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_loopwatch-agent");
+const HANDSHAKE: Duration = Duration::from_secs(2);
+const RSS_CAP_KIB: u64 = 64 * 1024;
+/// gRPC connections that never send a preface, timed individually.
+const PROBES: usize = 40;
+
+struct Agent {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent() -> Agent {
+    let mut child = Command::new(BIN)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--set",
+            &format!("receiver.handshake_timeout={}s", HANDSHAKE.as_secs()),
+        ])
+        .env_remove("LOOPWATCH_LOG")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("startup line");
+    let addr = |p: &str| -> SocketAddr {
+        line.split(' ')
+            .find_map(|part| part.trim().strip_prefix(p))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {p} in {line}"))
+    };
+    Agent {
+        grpc: addr("grpc="),
+        http: addr("http="),
+        admin: addr("admin="),
+        child,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Raises this process's soft fd limit to the hard one and returns the new soft limit.
+fn raise_fd_limit() -> u64 {
+    let pid = std::process::id().to_string();
+    let out = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid,
+            "--nofile",
+            "--output",
+            "HARD",
+            "--noheadings",
+        ])
+        .output()
+        .expect("prlimit (util-linux) is needed to raise RLIMIT_NOFILE");
+    let hard = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let set = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+        .status()
+        .expect("prlimit");
+    assert!(set.success(), "cannot raise RLIMIT_NOFILE to {hard}");
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("soft fd limit")
+}
+
+/// The value of an unlabelled-or-labelled sample line of `/metrics`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+struct Service {
+    rt: tokio::runtime::Runtime,
+    grpc: MetricsServiceClient<tonic::transport::Channel>,
+    http: reqwest::blocking::Client,
+    agent_http: SocketAddr,
+    agent_admin: SocketAddr,
+}
+
+impl Service {
+    /// Connects like a service's exporter and the kubelet: one gRPC channel, one pooled
+    /// HTTP connection per port, all established before the flood.
+    fn connect(agent: &Agent) -> Service {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let grpc = rt
+            .block_on(MetricsServiceClient::connect(format!(
+                "http://{}",
+                agent.grpc
+            )))
+            .expect("gRPC connect");
+        let s = Service {
+            rt,
+            grpc,
+            http: common::client(),
+            agent_http: agent.http,
+            agent_admin: agent.admin,
+        };
+        s.export_and_probe("warm-up");
+        s
+    }
+
+    /// One gRPC export, one HTTP export and `/readyz`, each answered within 1 s.
+    fn export_and_probe(&self, when: &str) -> Duration {
+        let req = common::request("flooded", "i1", vec![common::gauge("g", "1", 1.0, &[])]);
+        let start = Instant::now();
+        let mut grpc = self.grpc.clone();
+        let answered = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), grpc.export(req.clone())).await
+        });
+        let grpc_took = start.elapsed();
+        assert!(
+            matches!(answered, Ok(Ok(_))),
+            "{when}: gRPC export not answered OK within 1 s: {answered:?}"
+        );
+        let start = Instant::now();
+        let status = self
+            .http
+            .post(format!("http://{}/v1/metrics", self.agent_http))
+            .header("content-type", "application/x-protobuf")
+            .timeout(Duration::from_secs(1))
+            .body(prost::Message::encode_to_vec(&req))
+            .send()
+            .unwrap_or_else(|e| panic!("{when}: HTTP export within 1 s: {e}"))
+            .status();
+        assert_eq!(status.as_u16(), 200, "{when}");
+        let http_took = start.elapsed();
+        let ready = self
+            .http
+            .get(format!("http://{}/readyz", self.agent_admin))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .unwrap_or_else(|e| panic!("{when}: /readyz within 1 s: {e}"));
+        assert_eq!(ready.status().as_u16(), 200, "{when}");
+        grpc_took.max(http_took)
+    }
+
+    fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.agent_admin))
+            .send()
+            .expect("/metrics")
+            .text()
+            .expect("body")
+    }
+}
+
+/// Opens `PROBES` gRPC connections that never send a preface; returns how long after its
+/// connect each one was closed by the agent (`None`: still open after the timeout + 1 s).
+fn probe_preface_timeout(grpc: SocketAddr) -> std::thread::JoinHandle<Vec<Option<Duration>>> {
+    let conns: Vec<(TcpStream, Instant)> = (0..PROBES)
+        .map(|_| {
+            let c = TcpStream::connect(grpc).expect("probe connect");
+            (c, Instant::now())
+        })
+        .collect();
+    std::thread::spawn(move || {
+        conns
+            .into_iter()
+            .map(|(mut c, opened)| {
+                let deadline = opened + HANDSHAKE + Duration::from_secs(1);
+                let left = deadline.saturating_duration_since(Instant::now());
+                c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .expect("timeout");
+                // The server's own SETTINGS frame arrives first; the close is the EOF.
+                let mut buf = [0u8; 256];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => return Some(opened.elapsed()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                            return Some(opened.elapsed());
+                        }
+                        Err(_) => return None,
+                    }
+                }
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn idle_connection_flood_leaves_the_agent_serving_within_bounds() {
+    let limit = raise_fd_limit();
+    // Headroom for the test harness, the clients and the probes.
+    let total = 20_000usize.min(limit.saturating_sub(600) as usize);
+    assert!(
+        total >= 3000,
+        "fd limit {limit} too low for a meaningful flood"
+    );
+    let agent = start_agent();
+    let pid = agent.child.id();
+    let service = Service::connect(&agent);
+    let before = service.metrics();
+    let open_before: Vec<f64> = ["grpc", "http", "admin"]
+        .iter()
+        .map(|l| {
+            sample(
+                &before,
+                &format!("loopwatch_agent_connections_open{{listener=\"{l}\"}}"),
+            )
+        })
+        .collect();
+
+    let probes = probe_preface_timeout(agent.grpc);
+    let ports = [agent.grpc, agent.http, agent.admin];
+    let mut flood = Vec::with_capacity(total);
+    let mut max_rss = rss_kib(pid);
+    let mut slowest = Duration::ZERO;
+    let start = Instant::now();
+    let mut connect_errors = 0usize;
+    while flood.len() + connect_errors < total {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "flood took over 60 s"
+        );
+        for _ in 0..1000.min(total - flood.len() - connect_errors) {
+            let port = ports[(flood.len() + connect_errors) % 3];
+            match TcpStream::connect_timeout(&port, Duration::from_secs(1)) {
+                Ok(c) => flood.push(c),
+                Err(_) => connect_errors += 1,
+            }
+        }
+        max_rss = max_rss.max(rss_kib(pid));
+        assert!(
+            max_rss < RSS_CAP_KIB,
+            "agent RSS {max_rss} KiB during the flood"
+        );
+        slowest =
+            slowest.max(service.export_and_probe(&format!("after {} connections", flood.len())));
+    }
+    let flood_took = start.elapsed();
+    let closed = probes.join().expect("probe thread");
+    for (i, c) in closed.iter().enumerate() {
+        let c = c.unwrap_or_else(|| panic!("probe {i} still open after {HANDSHAKE:?} + 1 s"));
+        assert!(
+            c >= HANDSHAKE - Duration::from_millis(50),
+            "probe {i} closed after {c:?}: before the handshake timeout"
+        );
+    }
+    let during = service.metrics();
+    let refused: f64 = ["grpc", "http", "admin"]
+        .iter()
+        .map(|l| {
+            sample(
+                &during,
+                &format!(
+                    "loopwatch_agent_connections_refused_total{{listener=\"{l}\",reason=\"max_connections\"}}"
+                ),
+            )
+        })
+        .sum();
+    assert!(
+        refused > 0.0,
+        "a flood over the caps is refused and counted"
+    );
+    let timed_out = sample(&during, "loopwatch_agent_connections_timed_out_total");
+    assert!(
+        timed_out >= PROBES as f64,
+        "preface timeouts are counted: {timed_out}"
+    );
+    max_rss = max_rss.max(rss_kib(pid));
+    eprintln!(
+        "flood: {} connections ({connect_errors} connect errors) in {flood_took:?}; refused {refused}, \
+         timed out {timed_out}; max RSS {max_rss} KiB; slowest export {slowest:?}; probes closed after {:?}..{:?}",
+        flood.len(),
+        closed.iter().flatten().min(),
+        closed.iter().flatten().max()
+    );
+    assert!(max_rss < RSS_CAP_KIB);
+
+    drop(flood);
+    let settled = common::eventually(Duration::from_secs(15), || {
+        let m = service.metrics();
+        ["grpc", "http", "admin"]
+            .iter()
+            .zip(&open_before)
+            .all(|(l, b)| {
+                sample(
+                    &m,
+                    &format!("loopwatch_agent_connections_open{{listener=\"{l}\"}}"),
+                ) == *b
+            })
+    });
+    assert!(
+        settled,
+        "open connections back to {open_before:?}:\n{}",
+        service.metrics()
+    );
+    service.export_and_probe("after the flood, established connections");
+    let fresh = Service::connect(&agent);
+    fresh.export_and_probe("after the flood, new connections");
+}
