@@ -35,7 +35,7 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent() -> Agent {
+fn start_agent(extra: &[&str]) -> Agent {
     let mut child = Command::new(BIN)
         .args([
             "--grpc-listen",
@@ -44,6 +44,7 @@ fn start_agent() -> Agent {
             "127.0.0.1:0",
         ])
         .args(["--admin-listen", "127.0.0.1:0"])
+        .args(extra)
         .args([
             "--set",
             &format!("receiver.handshake_timeout={}s", HANDSHAKE.as_secs()),
@@ -240,7 +241,7 @@ fn idle_connection_flood_leaves_the_agent_serving_within_bounds() {
         total >= 3000,
         "fd limit {limit} too low for a meaningful flood"
     );
-    let agent = start_agent();
+    let agent = start_agent(&[]);
     let pid = agent.child.id();
     let service = Service::connect(&agent);
     let before = service.metrics();
@@ -342,4 +343,41 @@ fn idle_connection_flood_leaves_the_agent_serving_within_bounds() {
     service.export_and_probe("after the flood, established connections");
     let fresh = Service::connect(&agent);
     fresh.export_and_probe("after the flood, new connections");
+}
+
+#[test]
+fn idle_grpc_connection_is_closed_after_the_idle_timeout() {
+    let agent = start_agent(&["--set", "receiver.idle_timeout=1s"]);
+    let service = Service::connect(&agent);
+    let open = |s: &Service| {
+        sample(
+            &s.metrics(),
+            "loopwatch_agent_connections_open{listener=\"grpc\"}",
+        )
+    };
+    assert_eq!(open(&service), 1.0, "the exporter's connection is open");
+    let idle_from = Instant::now();
+    let closed = common::eventually(Duration::from_secs(5), || open(&service) == 0.0);
+    let after = idle_from.elapsed();
+    assert!(closed, "idle gRPC connection still open after 5 s");
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}, before the 1 s idle timeout"
+    );
+    let m = service.metrics();
+    assert!(
+        sample(&m, "loopwatch_agent_connections_timed_out_total") >= 1.0,
+        "{m}"
+    );
+    eprintln!("idle gRPC connection closed after {after:?} (idle_timeout=1s)");
+    // The close is a TCP close without an HTTP/2 GOAWAY: the channel may learn of it from
+    // one failed call; it then reconnects and is served.
+    let mut grpc = service.grpc.clone();
+    let req = common::request("idle", "i1", vec![common::gauge("g", "1", 1.0, &[])]);
+    let first = service.rt.block_on(grpc.export(req));
+    eprintln!(
+        "first export after the idle close: {:?}",
+        first.as_ref().map(|_| ())
+    );
+    service.export_and_probe("after the idle close");
 }
