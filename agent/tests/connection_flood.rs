@@ -5,6 +5,10 @@
 //! answers, and gRPC connections that never send the HTTP/2 preface are closed within
 //! `receiver.handshake_timeout`. Afterwards the agent is as before: the same open
 //! connections, and new connections on every port are served.
+//!
+//! Also: an HTTP/2 rapid-reset flood (streams opened and reset at once, bounded in count and
+//! time) is cut by the server's pending-reset limit while legitimate exports keep flowing, and
+//! an idle gRPC connection is closed after `receiver.idle_timeout`.
 
 mod common;
 
@@ -380,4 +384,88 @@ fn idle_grpc_connection_is_closed_after_the_idle_timeout() {
         first.as_ref().map(|_| ())
     );
     service.export_and_probe("after the idle close");
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime), counted after the command name.
+    (f[10] + f[11]) as f64 / 100.0
+}
+
+/// Opens streams on one HTTP/2 connection and resets each at once, until the server closes
+/// the connection or `budget` streams were sent. Returns the streams sent.
+async fn reset_streams(grpc: SocketAddr, budget: usize) -> usize {
+    let tcp = tokio::net::TcpStream::connect(grpc).await.expect("connect");
+    let Ok((mut client, conn)) = h2::client::handshake(tcp).await else {
+        return 0;
+    };
+    let driver = tokio::spawn(conn);
+    let mut sent = 0;
+    while sent < budget {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let req = axum::http::Request::post(format!(
+            "http://{grpc}/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+        ))
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("request");
+        let Ok((_resp, mut stream)) = client.send_request(req, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        tokio::task::yield_now().await;
+    }
+    driver.abort();
+    sent
+}
+
+#[test]
+fn rapid_reset_flood_is_cut_while_exports_keep_flowing() {
+    const STREAMS: usize = 20_000;
+    let agent = start_agent(&[]);
+    let pid = agent.child.id();
+    let service = Service::connect(&agent);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cpu_before = cpu_seconds(pid);
+    let start = Instant::now();
+    let (mut sent, mut connections, mut max_rss) = (0usize, 0usize, rss_kib(pid));
+    let mut slowest = Duration::ZERO;
+    while sent < STREAMS && start.elapsed() < Duration::from_secs(20) {
+        let n = rt.block_on(reset_streams(agent.grpc, (STREAMS - sent).min(2000)));
+        assert!(n > 0, "no stream could be opened on a new connection");
+        sent += n;
+        connections += 1;
+        max_rss = max_rss.max(rss_kib(pid));
+        assert!(
+            max_rss < RSS_CAP_KIB,
+            "agent RSS {max_rss} KiB during the reset flood"
+        );
+        slowest = slowest.max(service.export_and_probe(&format!("after {sent} reset streams")));
+    }
+    let wall = start.elapsed();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    eprintln!(
+        "rapid reset: {sent} streams reset over {connections} connections in {wall:?}; \
+         agent CPU {cpu:.2} s; max RSS {max_rss} KiB; slowest export {slowest:?}"
+    );
+    assert_eq!(sent, STREAMS, "bounded loop ended early after {wall:?}");
+    // The pending-reset limit closes a resetting connection long before 2000 streams.
+    assert!(
+        connections >= STREAMS / 2000 * 2,
+        "{connections} connections for {sent} streams: resets were not cut"
+    );
+    service.export_and_probe("after the reset flood");
 }
