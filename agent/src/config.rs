@@ -42,6 +42,8 @@
 //! | `exporter.timeout` | `LOOPWATCH_EXPORTER_TIMEOUT` | `10s` | timeout of one upstream request |
 //! | `exporter.queue_size` | `LOOPWATCH_EXPORTER_QUEUE_SIZE` | `256` | max queued export requests; beyond: dropped and counted |
 //! | `exporter.max_retry_time` | `LOOPWATCH_EXPORTER_MAX_RETRY_TIME` | `60s` | give up retrying one request after this long |
+//! | `exporter.headers` | `LOOPWATCH_EXPORTER_HEADERS` | empty | request headers `k=v,k2=v2` (the `OTEL_EXPORTER_OTLP_HEADERS` format) on every upstream request; printed `<redacted>` |
+//! | `exporter.compression` | `LOOPWATCH_EXPORTER_COMPRESSION` | `none` | `gzip` or `none` |
 //!
 //! Durations are strings with a unit: `ns`, `us`, `ms`, `s`, `m`, `h`, e.g. `"250ms"`,
 //! `"1.5s"`, `"2m"`. Flags: `--grpc-listen`, `--http-listen`, `--admin-listen`, and
@@ -174,6 +176,8 @@ pub const KEYS: &[&str] = &[
     "exporter.timeout",
     "exporter.queue_size",
     "exporter.max_retry_time",
+    "exporter.headers",
+    "exporter.compression",
 ];
 
 /// A configuration error. Every variant names the offending key or file.
@@ -315,6 +319,10 @@ pub struct ExporterConfig {
     pub queue_size: usize,
     /// Retrying one request stops after this long (the request is dropped and counted).
     pub max_retry_time: Duration,
+    /// Headers sent on every upstream request (names lower-case); secrets, never printed.
+    pub headers: Vec<(String, String)>,
+    /// Whether upstream requests are gzip-compressed.
+    pub gzip: bool,
 }
 
 /// The full agent configuration.
@@ -388,6 +396,8 @@ impl Default for Config {
                 timeout: DEFAULT_EXPORTER_TIMEOUT,
                 queue_size: DEFAULT_EXPORTER_QUEUE_SIZE,
                 max_retry_time: DEFAULT_EXPORTER_MAX_RETRY_TIME,
+                headers: Vec::new(),
+                gzip: false,
             },
         }
     }
@@ -502,6 +512,18 @@ impl Config {
             "exporter.timeout" => self.exporter.timeout = dur(value)?,
             "exporter.queue_size" => self.exporter.queue_size = count(value)?,
             "exporter.max_retry_time" => self.exporter.max_retry_time = dur(value)?,
+            "exporter.headers" => self.exporter.headers = parse_headers(value).map_err(invalid)?,
+            "exporter.compression" => {
+                self.exporter.gzip = match value.trim() {
+                    "gzip" => true,
+                    "none" | "" => false,
+                    other => {
+                        return Err(invalid(format!(
+                            "invalid compression {other:?} (expected \"gzip\" or \"none\")"
+                        )));
+                    }
+                }
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: key.to_string(),
@@ -693,6 +715,15 @@ impl Config {
             "max_retry_time = \"{}\"",
             format_duration(e.max_retry_time)
         );
+        // Header values carry credentials: printed redacted.
+        let headers = if e.headers.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        let _ = writeln!(out, "headers = \"{headers}\"");
+        let compression = if e.gzip { "gzip" } else { "none" };
+        let _ = writeln!(out, "compression = \"{compression}\"");
         out
     }
 
@@ -718,6 +749,54 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Parses `k=v,k2=v2` (the `OTEL_EXPORTER_OTLP_HEADERS` format: values may be
+/// percent-encoded) into valid HTTP header names (lower-cased) and values. The message of an
+/// error names the pair by position, never its value.
+fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, pair) in text.split(',').enumerate() {
+        if pair.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(format!("header {} is not key=value", i + 1));
+        };
+        let k = k.trim().to_ascii_lowercase();
+        let v = percent_decode(v.trim());
+        if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(format!("header {}: invalid name {k:?}", i + 1));
+        }
+        if axum::http::HeaderValue::from_str(&v).is_err() {
+            return Err(format!("header {} ({k}): invalid value", i + 1));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes; anything else is kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The environment variable for a `section.key`, e.g. `LOOPWATCH_HEALTH_LAG_ENTER`.
@@ -889,6 +968,11 @@ impl ConfigBuilder {
     pub fn exporter_max_retry_time(mut self, d: Duration) -> Self {
         self.config.exporter.max_retry_time = d;
         self
+    }
+    /// Sets any key from its string form, as [`Config::set`] does.
+    pub fn set(mut self, key: &str, value: &str) -> Result<Self, ConfigError> {
+        self.config.set(key, value, None)?;
+        Ok(self)
     }
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
