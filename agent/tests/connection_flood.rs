@@ -25,6 +25,14 @@ const RSS_CAP_KIB: u64 = 64 * 1024;
 /// gRPC connections that never send a preface, timed individually.
 const PROBES: usize = 40;
 
+/// The tests of this file run one at a time: the flood takes nearly every fd this process
+/// may open, and the other tests' timings would share the agent-side CPU with it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Agent {
     child: Child,
     grpc: SocketAddr,
@@ -238,6 +246,7 @@ fn probe_preface_timeout(grpc: SocketAddr) -> std::thread::JoinHandle<Vec<Option
 
 #[test]
 fn idle_connection_flood_leaves_the_agent_serving_within_bounds() {
+    let _serial = serial();
     let limit = raise_fd_limit();
     // Headroom for the test harness, the clients and the probes.
     let total = 20_000usize.min(limit.saturating_sub(600) as usize);
@@ -351,6 +360,7 @@ fn idle_connection_flood_leaves_the_agent_serving_within_bounds() {
 
 #[test]
 fn idle_grpc_connection_is_closed_after_the_idle_timeout() {
+    let _serial = serial();
     let agent = start_agent(&["--set", "receiver.idle_timeout=1s"]);
     let service = Service::connect(&agent);
     let open = |s: &Service| {
@@ -431,6 +441,7 @@ async fn reset_streams(grpc: SocketAddr, budget: usize) -> usize {
 
 #[test]
 fn rapid_reset_flood_is_cut_while_exports_keep_flowing() {
+    let _serial = serial();
     const STREAMS: usize = 20_000;
     let agent = start_agent(&[]);
     let pid = agent.child.id();
