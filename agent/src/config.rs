@@ -13,7 +13,11 @@
 //! | `receiver.max_body_bytes` | `LOOPWATCH_RECEIVER_MAX_BODY_BYTES` | `8388608` (8 MiB) | cap on a request body, applied after decompression (bytes) |
 //! | `receiver.max_services` | `LOOPWATCH_RECEIVER_MAX_SERVICES` | `1000` | max tracked service instances; new ones beyond are refused (429) |
 //! | `receiver.max_series_per_service` | `LOOPWATCH_RECEIVER_MAX_SERIES_PER_SERVICE` | `10000` | max series per service instance; new ones beyond are refused (429) |
+//! | `receiver.max_connections` | `LOOPWATCH_RECEIVER_MAX_CONNECTIONS` | `512` | open connections per OTLP listener (gRPC, HTTP); new ones beyond are closed at accept and counted |
+//! | `receiver.handshake_timeout` | `LOOPWATCH_RECEIVER_HANDSHAKE_TIMEOUT` | `10s` | a new connection must send its HTTP/2 preface (gRPC) or first request head (HTTP) within this long |
+//! | `receiver.idle_timeout` | `LOOPWATCH_RECEIVER_IDLE_TIMEOUT` | `5m` | a receiver connection with no request in flight for this long is closed |
 //! | `admin.listen` | `LOOPWATCH_ADMIN_LISTEN` | `0.0.0.0:9464` | admin HTTP listen address (`/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`) |
+//! | `admin.max_connections` | `LOOPWATCH_ADMIN_MAX_CONNECTIONS` | `128` | open connections on the admin listener; new ones beyond are closed at accept and counted |
 //! | `health.lag_enter` | `LOOPWATCH_HEALTH_LAG_ENTER` | `250ms` | lag at or above which a service becomes unhealthy |
 //! | `health.lag_leave` | `LOOPWATCH_HEALTH_LAG_LEAVE` | `100ms` | lag below which an unhealthy service may recover |
 //! | `health.hold` | `LOOPWATCH_HEALTH_HOLD` | `3s` | lag must stay below `lag_leave` this long before recovery |
@@ -41,6 +45,8 @@
 //! | `exporter.timeout` | `LOOPWATCH_EXPORTER_TIMEOUT` | `10s` | timeout of one upstream request |
 //! | `exporter.queue_size` | `LOOPWATCH_EXPORTER_QUEUE_SIZE` | `256` | max queued export requests; beyond: dropped and counted |
 //! | `exporter.max_retry_time` | `LOOPWATCH_EXPORTER_MAX_RETRY_TIME` | `60s` | give up retrying one request after this long |
+//! | `exporter.headers` | `LOOPWATCH_EXPORTER_HEADERS` | empty | request headers `k=v,k2=v2` (the `OTEL_EXPORTER_OTLP_HEADERS` format) on every upstream request; printed `<redacted>` |
+//! | `exporter.compression` | `LOOPWATCH_EXPORTER_COMPRESSION` | `none` | `gzip` or `none` |
 //!
 //! Durations are strings with a unit: `ns`, `us`, `ms`, `s`, `m`, `h`, e.g. `"250ms"`,
 //! `"1.5s"`, `"2m"`. Flags: `--grpc-listen`, `--http-listen`, `--admin-listen`, and
@@ -63,6 +69,14 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_SERVICES: usize = 1000;
 /// Default cap on series per service instance.
 pub const DEFAULT_MAX_SERIES_PER_SERVICE: usize = 10_000;
+/// Default cap on open connections per OTLP listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default time a new receiver connection has for its HTTP/2 preface or first request head.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a receiver connection may stay without a request in flight (5 minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default cap on open connections on the admin listener.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 128;
 /// Default lag at or above which a service enters the unhealthy state (250 ms).
 pub const DEFAULT_LAG_ENTER: Duration = Duration::from_millis(250);
 /// Default lag below which an unhealthy service may leave the unhealthy state (100 ms).
@@ -138,7 +152,11 @@ pub const KEYS: &[&str] = &[
     "receiver.max_body_bytes",
     "receiver.max_services",
     "receiver.max_series_per_service",
+    "receiver.max_connections",
+    "receiver.handshake_timeout",
+    "receiver.idle_timeout",
     "admin.listen",
+    "admin.max_connections",
     "health.lag_enter",
     "health.lag_leave",
     "health.hold",
@@ -166,6 +184,8 @@ pub const KEYS: &[&str] = &[
     "exporter.timeout",
     "exporter.queue_size",
     "exporter.max_retry_time",
+    "exporter.headers",
+    "exporter.compression",
 ];
 
 /// A configuration error. Every variant names the offending key or file.
@@ -219,6 +239,12 @@ pub struct ReceiverConfig {
     pub max_services: usize,
     /// Cap on series per service instance.
     pub max_series_per_service: usize,
+    /// Cap on open connections per OTLP listener.
+    pub max_connections: usize,
+    /// A new connection's HTTP/2 preface or first request head must arrive within this long.
+    pub handshake_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Admin HTTP settings (`[admin]`).
@@ -227,6 +253,8 @@ pub struct ReceiverConfig {
 pub struct AdminConfig {
     /// Admin HTTP listen address.
     pub listen: SocketAddr,
+    /// Cap on open connections on the admin listener.
+    pub max_connections: usize,
 }
 
 /// Health engine settings (`[health]`).
@@ -324,6 +352,10 @@ pub struct ExporterConfig {
     pub queue_size: usize,
     /// Retrying one request stops after this long (the request is dropped and counted).
     pub max_retry_time: Duration,
+    /// Headers sent on every upstream request (names lower-case); secrets, never printed.
+    pub headers: Vec<(String, String)>,
+    /// Whether upstream requests are gzip-compressed.
+    pub gzip: bool,
 }
 
 /// The full agent configuration.
@@ -358,9 +390,13 @@ impl Default for Config {
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 max_services: DEFAULT_MAX_SERVICES,
                 max_series_per_service: DEFAULT_MAX_SERIES_PER_SERVICE,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
             },
             admin: AdminConfig {
                 listen: addr(DEFAULT_ADMIN_LISTEN),
+                max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             },
             health: HealthConfig {
                 lag_enter: DEFAULT_LAG_ENTER,
@@ -396,6 +432,8 @@ impl Default for Config {
                 timeout: DEFAULT_EXPORTER_TIMEOUT,
                 queue_size: DEFAULT_EXPORTER_QUEUE_SIZE,
                 max_retry_time: DEFAULT_EXPORTER_MAX_RETRY_TIME,
+                headers: Vec::new(),
+                gzip: false,
             },
         }
     }
@@ -463,7 +501,11 @@ impl Config {
             "receiver.max_body_bytes" => r.max_body_bytes = count(value)?,
             "receiver.max_services" => r.max_services = count(value)?,
             "receiver.max_series_per_service" => r.max_series_per_service = count(value)?,
+            "receiver.max_connections" => r.max_connections = count(value)?,
+            "receiver.handshake_timeout" => r.handshake_timeout = dur(value)?,
+            "receiver.idle_timeout" => r.idle_timeout = dur(value)?,
             "admin.listen" => self.admin.listen = sock(value)?,
+            "admin.max_connections" => self.admin.max_connections = count(value)?,
             "health.lag_enter" => h.lag_enter = dur(value)?,
             "health.lag_leave" => h.lag_leave = dur(value)?,
             "health.hold" => h.hold = dur(value)?,
@@ -524,6 +566,18 @@ impl Config {
             "exporter.timeout" => self.exporter.timeout = dur(value)?,
             "exporter.queue_size" => self.exporter.queue_size = count(value)?,
             "exporter.max_retry_time" => self.exporter.max_retry_time = dur(value)?,
+            "exporter.headers" => self.exporter.headers = parse_headers(value).map_err(invalid)?,
+            "exporter.compression" => {
+                self.exporter.gzip = match value.trim() {
+                    "gzip" => true,
+                    "none" | "" => false,
+                    other => {
+                        return Err(invalid(format!(
+                            "invalid compression {other:?} (expected \"gzip\" or \"none\")"
+                        )));
+                    }
+                }
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: key.to_string(),
@@ -578,6 +632,11 @@ impl Config {
             ("health.error_window", h.error_window),
             ("exporter.interval", self.exporter.interval),
             ("exporter.timeout", self.exporter.timeout),
+            (
+                "receiver.handshake_timeout",
+                self.receiver.handshake_timeout,
+            ),
+            ("receiver.idle_timeout", self.receiver.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::InvalidValue {
@@ -656,8 +715,20 @@ impl Config {
         let _ = writeln!(out, "max_body_bytes = {}", r.max_body_bytes);
         let _ = writeln!(out, "max_services = {}", r.max_services);
         let _ = writeln!(out, "max_series_per_service = {}", r.max_series_per_service);
+        let _ = writeln!(out, "max_connections = {}", r.max_connections);
+        let _ = writeln!(
+            out,
+            "handshake_timeout = \"{}\"",
+            format_duration(r.handshake_timeout)
+        );
+        let _ = writeln!(
+            out,
+            "idle_timeout = \"{}\"",
+            format_duration(r.idle_timeout)
+        );
         let _ = writeln!(out, "\n[admin]");
         let _ = writeln!(out, "listen = \"{}\"", self.admin.listen);
+        let _ = writeln!(out, "max_connections = {}", self.admin.max_connections);
         let _ = writeln!(out, "\n[health]");
         let _ = writeln!(out, "lag_enter = \"{}\"", format_duration(h.lag_enter));
         let _ = writeln!(out, "lag_leave = \"{}\"", format_duration(h.lag_leave));
@@ -702,6 +773,15 @@ impl Config {
             "max_retry_time = \"{}\"",
             format_duration(e.max_retry_time)
         );
+        // Header values carry credentials: printed redacted.
+        let headers = if e.headers.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        let _ = writeln!(out, "headers = \"{headers}\"");
+        let compression = if e.gzip { "gzip" } else { "none" };
+        let _ = writeln!(out, "compression = \"{compression}\"");
         out
     }
 
@@ -727,6 +807,54 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Parses `k=v,k2=v2` (the `OTEL_EXPORTER_OTLP_HEADERS` format: values may be
+/// percent-encoded) into valid HTTP header names (lower-cased) and values. The message of an
+/// error names the pair by position, never its value.
+fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, pair) in text.split(',').enumerate() {
+        if pair.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(format!("header {} is not key=value", i + 1));
+        };
+        let k = k.trim().to_ascii_lowercase();
+        let v = percent_decode(v.trim());
+        if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(format!("header {}: invalid name {k:?}", i + 1));
+        }
+        if axum::http::HeaderValue::from_str(&v).is_err() {
+            return Err(format!("header {} ({k}): invalid value", i + 1));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes; anything else is kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The environment variable for a `section.key`, e.g. `LOOPWATCH_HEALTH_LAG_ENTER`.
@@ -769,6 +897,26 @@ impl ConfigBuilder {
     /// Sets the per-service series cap.
     pub fn max_series_per_service(mut self, n: usize) -> Self {
         self.config.receiver.max_series_per_service = n;
+        self
+    }
+    /// Sets the open-connection cap per OTLP listener.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.receiver.max_connections = n;
+        self
+    }
+    /// Sets the time a new receiver connection has for its preface or first request head.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.config.receiver.handshake_timeout = d;
+        self
+    }
+    /// Sets the time a receiver connection may stay without a request in flight.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.receiver.idle_timeout = d;
+        self
+    }
+    /// Sets the open-connection cap of the admin listener.
+    pub fn admin_max_connections(mut self, n: usize) -> Self {
+        self.config.admin.max_connections = n;
         self
     }
     /// Sets the lag that enters the unhealthy state.
@@ -891,6 +1039,11 @@ impl ConfigBuilder {
     pub fn exporter_max_retry_time(mut self, d: Duration) -> Self {
         self.config.exporter.max_retry_time = d;
         self
+    }
+    /// Sets any key from its string form, as [`Config::set`] does.
+    pub fn set(mut self, key: &str, value: &str) -> Result<Self, ConfigError> {
+        self.config.set(key, value, None)?;
+        Ok(self)
     }
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {

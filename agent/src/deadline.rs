@@ -10,8 +10,12 @@
 //!   request) the request head (up to the blank line `\r\n\r\n`) must arrive within
 //!   `head_timeout`, however the bytes trickle in; otherwise reads fail with `TimedOut` and
 //!   hyper closes the connection;
-//! - **idle deadline**: a keep-alive connection with no request for [`IDLE_TIMEOUT`] is
+//! - **idle deadline**: a keep-alive connection with no request for its idle timeout
+//!   (`receiver.idle_timeout` on the OTLP/HTTP listener, [`IDLE_TIMEOUT`] on admin) is
 //!   closed.
+//!
+//! Connections are admitted through a [`crate::conn::Gate`] (the listener's connection cap and
+//! accept-error backoff).
 //!
 //! The request *body* is not timed here (a handler may legitimately take long after the head,
 //! e.g. `POST /drain`): handlers that read a body bound it themselves (the OTLP/HTTP receiver
@@ -30,10 +34,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
-/// A keep-alive connection without a new request for this long is closed (5 minutes).
+use crate::conn::{Gate, Permit};
+
+/// An admin keep-alive connection without a new request for this long is closed (5 minutes).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// A request head (request line and headers) must arrive within this long of its first
-/// byte, or of accept for a connection's first request (10 s).
+/// An admin request head (request line and headers) must arrive within this long of its
+/// first byte, or of accept for a connection's first request (10 s).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The OTLP receivers must have the whole request body within this long of the head (10 s);
 /// HTTP answers 408 (counted as `requests_refused_total{reason="timeout"}`), gRPC
@@ -46,17 +52,27 @@ pub const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct DeadlineListener {
     inner: TcpListener,
+    gate: Gate,
     head_timeout: Duration,
+    idle_timeout: Duration,
     timed_out: Arc<AtomicU64>,
 }
 
 impl DeadlineListener {
-    /// Wraps `inner`; request heads must arrive within `head_timeout`. Connections closed
-    /// for a deadline are counted in `timed_out`.
-    pub fn new(inner: TcpListener, head_timeout: Duration, timed_out: Arc<AtomicU64>) -> Self {
+    /// Wraps `inner`, admitting connections through `gate`; request heads must arrive within
+    /// `timeouts.0`, and a connection idle between requests for `timeouts.1` is closed.
+    /// Connections closed for a deadline are counted in `timed_out`.
+    pub fn new(
+        inner: TcpListener,
+        gate: Gate,
+        timeouts: (Duration, Duration),
+        timed_out: Arc<AtomicU64>,
+    ) -> Self {
         DeadlineListener {
             inner,
-            head_timeout,
+            gate,
+            head_timeout: timeouts.0,
+            idle_timeout: timeouts.1,
             timed_out,
         }
     }
@@ -67,15 +83,13 @@ impl axum::serve::Listener for DeadlineListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        // No Nagle: a response written in parts must not wait for the peer's delayed ACK.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
+        let (stream, addr, permit) = self.gate.accept(&self.inner).await;
         let timer = Box::pin(tokio::time::sleep(self.head_timeout));
         let io = DeadlineStream {
             inner: stream,
+            _permit: Some(permit),
             head_timeout: self.head_timeout,
+            idle_timeout: self.idle_timeout,
             phase: Phase::Head,
             tail: [0; 3],
             timer,
@@ -104,7 +118,10 @@ enum Phase {
 #[derive(Debug)]
 pub struct DeadlineStream {
     inner: TcpStream,
+    /// The connection's slot under the listener's cap.
+    _permit: Option<Permit>,
     head_timeout: Duration,
+    idle_timeout: Duration,
     phase: Phase,
     /// The last three bytes of the head seen so far (to find `\r\n\r\n` across reads).
     tail: [u8; 3],
@@ -191,7 +208,7 @@ impl AsyncWrite for DeadlineStream {
         {
             // A response is going out: the request is over, the idle deadline starts.
             this.phase = Phase::Idle;
-            let deadline = Instant::now() + IDLE_TIMEOUT;
+            let deadline = Instant::now() + this.idle_timeout;
             this.timer.as_mut().reset(deadline);
         }
         result
@@ -217,7 +234,7 @@ impl AsyncWrite for DeadlineStream {
             && this.phase != Phase::Idle
         {
             this.phase = Phase::Idle;
-            let deadline = Instant::now() + IDLE_TIMEOUT;
+            let deadline = Instant::now() + this.idle_timeout;
             this.timer.as_mut().reset(deadline);
         }
         result
@@ -240,7 +257,9 @@ mod tests {
         let (s, _) = l.accept().await.expect("accept");
         let mut d = DeadlineStream {
             inner: s,
+            _permit: None,
             head_timeout: Duration::from_secs(1),
+            idle_timeout: IDLE_TIMEOUT,
             phase: Phase::Head,
             tail: [0; 3],
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(1))),

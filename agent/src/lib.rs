@@ -24,6 +24,7 @@
 //!   (flushes upstream). Endpoints and JSON shapes: the README, section "The agent".
 //! - [`prometheus`]: the text exposition and OTel -> Prometheus naming.
 //! - [`deadline`]: header/idle deadlines and body timeouts for the HTTP servers.
+//! - [`conn`]: connection caps, accept-error backoff, and the gRPC preface/idle deadlines.
 //!
 //! ## Embedding (tests do this)
 //!
@@ -54,6 +55,7 @@ use tokio::task::JoinHandle;
 pub mod admin;
 mod cadence;
 pub mod config;
+pub mod conn;
 pub mod deadline;
 mod derived;
 pub mod drain;
@@ -209,27 +211,32 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let routes = receiver::grpc::GrpcReceiver::new(state.clone()).router();
+    let r = &state.config().receiver;
+    let receiver_timeouts = (r.handshake_timeout, r.idle_timeout);
+    let conns = state.telemetry.connections.clone();
+    let gate = |l, max| conn::Gate::new(l, max, conns.clone());
+    let timed_out = state.telemetry.connections_timed_out.clone();
+    let incoming = conn::GrpcIncoming::spawn(
+        grpc,
+        gate(conn::Listener::Grpc, r.max_connections),
+        receiver_timeouts,
+        timed_out.clone(),
+    );
     let grpc_state = state.clone();
     let grpc_stop = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
-        // TCP_NODELAY: a response is several HTTP/2 frames; with Nagle the later ones waited
-        // for the client's delayed ACK (~40 ms) on every export after a quiet spell.
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-        if let Err(e) = tonic::transport::Server::builder()
-            .timeout(deadline::BODY_TIMEOUT)
-            .layer(receiver::grpc::CountRefusals::new(grpc_state))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, grpc_stop)
-            .await
-        {
+        if let Err(e) = receiver::grpc::serve(grpc_state, incoming, grpc_stop).await {
             tracing::error!(error = %e, "gRPC receiver failed");
         }
     }));
 
     let http_router = receiver::http::router(state.clone());
-    let timed_out = state.telemetry.connections_timed_out.clone();
-    let http = deadline::DeadlineListener::new(http, deadline::HEAD_TIMEOUT, timed_out.clone());
+    let http = deadline::DeadlineListener::new(
+        http,
+        gate(conn::Listener::Http, r.max_connections),
+        receiver_timeouts,
+        timed_out.clone(),
+    );
     let http_stop = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http, http_router)
@@ -243,7 +250,12 @@ pub async fn start(config: Config) -> Result<RunningAgent, StartError> {
     let admin_router = admin::router(state.clone()).layer(axum::extract::DefaultBodyLimit::max(
         deadline::ADMIN_MAX_BODY_BYTES,
     ));
-    let admin = deadline::DeadlineListener::new(admin, deadline::HEAD_TIMEOUT, timed_out);
+    let admin = deadline::DeadlineListener::new(
+        admin,
+        gate(conn::Listener::Admin, state.config().admin.max_connections),
+        (deadline::HEAD_TIMEOUT, deadline::IDLE_TIMEOUT),
+        timed_out,
+    );
     let admin_stop = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         let service = admin_router.into_make_service_with_connect_info::<drain::Peer>();

@@ -47,6 +47,44 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Log line format on stderr: `text` (coloured only when stderr is a terminal) or `json`
+    /// (one object per line). The level comes from `LOOPWATCH_LOG`, else `RUST_LOG`, else
+    /// `info`.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`).
+    Json,
+}
+
+/// Installs the stderr logger. A pipe or file gets no ANSI escapes: log aggregators show them
+/// as garbage. An invalid level filter is a startup error naming its variable.
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let (var, directives) = match (std::env::var("LOOPWATCH_LOG"), std::env::var("RUST_LOG")) {
+        (Ok(v), _) => ("LOOPWATCH_LOG", v),
+        (_, Ok(v)) => ("RUST_LOG", v),
+        _ => ("default", "info".to_string()),
+    };
+    let filter = EnvFilter::try_new(&directives)
+        .map_err(|e| format!("{var}: invalid log filter {directives:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    }
+    .map_err(|e| format!("cannot install the logger: {e}"))
 }
 
 fn overrides(args: &Args) -> Result<Vec<(String, String)>, String> {
@@ -94,13 +132,10 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    if let Err(e) = init_logging(args.log_format) {
+        eprintln!("loopwatch-agent: config error: {e}");
+        return ExitCode::from(2);
+    }
     // One thread: a request's work is tens of microseconds, and a multi-thread runtime wakes
     // a second worker to look for work on every request that arrives while idle (context
     // switches that cost more than the request itself at a few requests per second).

@@ -25,7 +25,10 @@
 //! `loopwatch_agent_spans_received_total`, `loopwatch_agent_log_records_received_total`
 //! (counters; received and forwarded upstream when an exporter is configured),
 //! `loopwatch_agent_connections_timed_out_total` (counter, connections closed by the header or
-//! idle deadline of [`crate::deadline`]),
+//! idle deadline of [`crate::deadline`], or a gRPC preface/idle deadline of [`crate::conn`]),
+//! `loopwatch_agent_connections_refused_total{listener, reason}` (counter, connections closed
+//! at accept; reason `max_connections`), `loopwatch_agent_connections_open{listener}` (gauge),
+//! `loopwatch_agent_accept_errors_total` (counter, e.g. `EMFILE`; the listener backs off),
 //! `loopwatch_agent_export_sent_total`, `loopwatch_agent_export_dropped_total{reason}`
 //! (counters, items = datapoints, spans, log records; reasons `queue_full`,
 //! `retries_exhausted`, `rejected`, `shutdown`), `loopwatch_agent_export_errors_total`
@@ -52,6 +55,9 @@ const RESERVED: &[&str] = &[
     "loopwatch_agent_spans_received_total",
     "loopwatch_agent_log_records_received_total",
     "loopwatch_agent_connections_timed_out_total",
+    "loopwatch_agent_connections_refused_total",
+    "loopwatch_agent_connections_open",
+    "loopwatch_agent_accept_errors_total",
     "loopwatch_agent_services",
     "loopwatch_agent_series_memory_bytes",
     "loopwatch_agent_export_queue_depth",
@@ -337,13 +343,39 @@ fn self_telemetry(fams: &mut Families, state: &AgentState, services: usize) {
         ),
         (
             "loopwatch_agent_connections_timed_out_total",
-            "HTTP connections closed because a request head did not arrive in time or a keep-alive connection stayed idle (slow-loris defence).",
+            "Connections closed because a request head or HTTP/2 preface did not arrive in time or a connection stayed idle (slow-loris defence).",
             t.connections_timed_out.load(Ordering::Relaxed),
+        ),
+        (
+            "loopwatch_agent_accept_errors_total",
+            "Accept errors other than per-connection ones (e.g. EMFILE); the listener backs off.",
+            t.connections.accept_errors(),
         ),
     ];
     for (name, help, v) in simple {
         if let Some(buf) = fams.family(name, "counter", help) {
             let _ = writeln!(buf, "{name} {v}");
+        }
+    }
+    let name = "loopwatch_agent_connections_refused_total";
+    if let Some(buf) = fams.family(
+        name,
+        "counter",
+        "Connections closed at accept, by listener and reason.",
+    ) {
+        for l in crate::conn::Listener::ALL {
+            let (l, n) = (l.as_str(), t.connections.refused(l));
+            let _ = writeln!(
+                buf,
+                "{name}{{listener=\"{l}\",reason=\"max_connections\"}} {n}"
+            );
+        }
+    }
+    let name = "loopwatch_agent_connections_open";
+    if let Some(buf) = fams.family(name, "gauge", "Open connections, by listener.") {
+        for l in crate::conn::Listener::ALL {
+            let (l, n) = (l.as_str(), t.connections.open(l));
+            let _ = writeln!(buf, "{name}{{listener=\"{l}\"}} {n}");
         }
     }
     let name = "loopwatch_agent_requests_refused_total";

@@ -80,6 +80,8 @@ pub struct Telemetry {
     pub log_records_received: AtomicU64,
     /// Connections closed by a header or idle deadline ([`crate::deadline`]).
     pub connections_timed_out: std::sync::Arc<AtomicU64>,
+    /// Open, refused (over a cap) and failed-accept connections ([`crate::conn`]).
+    pub connections: std::sync::Arc<crate::conn::ConnStats>,
     refused: [AtomicU64; 7],
     dropped: [AtomicU64; 4],
 }

@@ -87,6 +87,38 @@ struct Args {
     /// Also export tracing spans over OTLP (same endpoint/protocol as metrics).
     #[arg(long, env = "EXAMPLE_OTLP_TRACES")]
     otlp_traces: bool,
+    /// Log line format on stderr: `text` (coloured only when stderr is a terminal) or `json`
+    /// (one object per line). The level comes from `LOOPWATCH_LOG`, else `RUST_LOG`, else
+    /// `info`.
+    #[arg(long, env = "EXAMPLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The level filter from `LOOPWATCH_LOG`, else `RUST_LOG`, else `info` (with OTLP traces
+/// on, also the route layer's DEBUG request spans); an invalid one is an error naming its
+/// variable.
+fn log_filter(traces: bool) -> Result<tracing_subscriber::EnvFilter, String> {
+    let default = if traces {
+        "info,loopwatch::http=debug"
+    } else {
+        "info"
+    };
+    let (var, directives) = match (std::env::var("LOOPWATCH_LOG"), std::env::var("RUST_LOG")) {
+        (Ok(v), _) => ("LOOPWATCH_LOG", v),
+        (_, Ok(v)) => ("RUST_LOG", v),
+        _ => ("default", default.to_string()),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .map_err(|e| format!("{var}: invalid log filter {directives:?}: {e}"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,19 +261,30 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    let filter = match log_filter(traces.is_some()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("example-service: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A pipe or file gets no ANSI escapes: log aggregators show them as garbage.
+    let text = (args.log_format == LogFormat::Text).then(|| {
+        use std::io::IsTerminal as _;
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    let json = (args.log_format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+    });
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // With OTLP traces on, the route layer's DEBUG request spans are wanted too.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(if traces.is_some() {
-                        "info,loopwatch::http=debug"
-                    } else {
-                        "info"
-                    })
-                }),
-        )
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .with(text)
+        .with(json)
         .with(traces.as_ref().map(|t| t.layer()))
         .init();
     // Tells loopwatch when the runtime wakes up, so its probe thread can sleep while it is quiet.

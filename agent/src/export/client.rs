@@ -7,6 +7,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 use tonic::Code;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 
 use super::Payload;
@@ -41,10 +42,31 @@ pub enum ClientError {
 /// A connected (lazily) upstream client.
 #[derive(Debug)]
 pub enum Client {
-    /// OTLP/gRPC.
-    Grpc(Channel),
-    /// OTLP/HTTP protobuf: client and base URL.
-    Http(reqwest::Client, String),
+    /// OTLP/gRPC: the channel, headers as metadata, gzip.
+    Grpc(Channel, Vec<(String, String)>, bool),
+    /// OTLP/HTTP protobuf: client (headers built in), base URL, gzip.
+    Http(reqwest::Client, String, bool),
+}
+
+/// A gRPC request carrying `exporter.headers` as metadata (names validated by the config).
+fn with_headers<T>(message: T, headers: &[(String, String)]) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(v.as_str()),
+        ) {
+            req.metadata_mut().insert(k, v);
+        }
+    }
+    req
+}
+
+/// Gzip-compresses an HTTP body (writing into a Vec cannot fail).
+fn gzip_body(body: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = std::io::Write::write_all(&mut enc, body);
+    enc.finish().unwrap_or_default()
 }
 
 fn grpc_retryable(code: Code) -> bool {
@@ -77,14 +99,27 @@ impl Client {
                         .connect_timeout(config.timeout)
                         .timeout(config.timeout)
                         .connect_lazy(),
+                    config.headers.clone(),
+                    config.gzip,
                 ))
             }
             ExportProtocol::HttpProtobuf => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                for (k, v) in &config.headers {
+                    // Validated by the config; an invalid pair cannot reach here.
+                    if let (Ok(k), Ok(v)) = (
+                        reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                        reqwest::header::HeaderValue::from_str(v),
+                    ) {
+                        headers.insert(k, v);
+                    }
+                }
                 let client = reqwest::Client::builder()
                     .timeout(config.timeout)
+                    .default_headers(headers)
                     .build()
                     .map_err(|e| ClientError::Http(e.to_string()))?;
-                Ok(Client::Http(client, config.endpoint.clone()))
+                Ok(Client::Http(client, config.endpoint.clone(), config.gzip))
             }
         }
     }
@@ -102,43 +137,56 @@ impl Client {
 
     async fn send_inner(&mut self, payload: &Payload) -> Result<(), SendError> {
         match self {
-            Client::Grpc(channel) => {
+            Client::Grpc(channel, headers, gzip) => {
+                let ch = channel.clone();
                 let result = match payload {
-                    Payload::Metrics(r) => MetricsServiceClient::new(channel.clone())
-                        .export(r.clone())
-                        .await
-                        .map(|_| ()),
-                    Payload::Traces(r) => TraceServiceClient::new(channel.clone())
-                        .export(r.clone())
-                        .await
-                        .map(|_| ()),
-                    Payload::Logs(r) => LogsServiceClient::new(channel.clone())
-                        .export(r.clone())
-                        .await
-                        .map(|_| ()),
+                    Payload::Metrics(r) => {
+                        let mut c = MetricsServiceClient::new(ch);
+                        if *gzip {
+                            c = c.send_compressed(CompressionEncoding::Gzip);
+                        }
+                        c.export(with_headers(r.clone(), headers)).await.map(|_| ())
+                    }
+                    Payload::Traces(r) => {
+                        let mut c = TraceServiceClient::new(ch);
+                        if *gzip {
+                            c = c.send_compressed(CompressionEncoding::Gzip);
+                        }
+                        c.export(with_headers(r.clone(), headers)).await.map(|_| ())
+                    }
+                    Payload::Logs(r) => {
+                        let mut c = LogsServiceClient::new(ch);
+                        if *gzip {
+                            c = c.send_compressed(CompressionEncoding::Gzip);
+                        }
+                        c.export(with_headers(r.clone(), headers)).await.map(|_| ())
+                    }
                 };
                 result.map_err(|s| SendError {
                     retryable: grpc_retryable(s.code()),
                     message: format!("gRPC {:?}: {}", s.code(), s.message()),
                 })
             }
-            Client::Http(client, base) => {
+            Client::Http(client, base, gzip) => {
                 let (path, body) = match payload {
                     Payload::Metrics(r) => ("/v1/metrics", r.encode_to_vec()),
                     Payload::Traces(r) => ("/v1/traces", r.encode_to_vec()),
                     Payload::Logs(r) => ("/v1/logs", r.encode_to_vec()),
                 };
                 let url = format!("{base}{path}");
-                let resp = client
+                let mut post = client
                     .post(&url)
-                    .header("content-type", "application/x-protobuf")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| SendError {
-                        retryable: true,
-                        message: format!("POST {url}: {e}"),
-                    })?;
+                    .header("content-type", "application/x-protobuf");
+                let body = if *gzip {
+                    post = post.header("content-encoding", "gzip");
+                    gzip_body(&body)
+                } else {
+                    body
+                };
+                let resp = post.body(body).send().await.map_err(|e| SendError {
+                    retryable: true,
+                    message: format!("POST {url}: {e}"),
+                })?;
                 let status = resp.status();
                 if status.is_success() {
                     Ok(())

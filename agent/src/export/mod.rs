@@ -21,6 +21,7 @@
 //! `/metrics` under their OTel names (`loopwatch.pressure`, `loopwatch.service.lag`,
 //! `loopwatch.service.ready`, `loopwatch.service.stuck_workers`, ...). Self-telemetry:
 //! `loopwatch.agent.datapoints.received`, `loopwatch.agent.requests.refused{reason}`,
+//! `loopwatch.agent.connections.refused{listener,reason}`, `loopwatch.agent.connections.timed_out`,
 //! `loopwatch.agent.datapoints.dropped{reason}`, `loopwatch.agent.spans.received`,
 //! `loopwatch.agent.log_records.received`, `loopwatch.agent.export.sent`,
 //! `loopwatch.agent.export.dropped{reason}`, `loopwatch.agent.export.errors` (cumulative
@@ -342,6 +343,25 @@ impl Pipeline {
                     .iter()
                     .map(|r| (vec![kv("reason", r.as_str())], t.refused(*r)))
                     .collect(),
+            ),
+            counter(
+                "loopwatch.agent.connections.refused",
+                "{connection}",
+                "Connections closed at accept, by listener and reason.",
+                crate::conn::Listener::ALL
+                    .iter()
+                    .map(|l| {
+                        let attrs =
+                            vec![kv("listener", l.as_str()), kv("reason", "max_connections")];
+                        (attrs, t.connections.refused(*l))
+                    })
+                    .collect(),
+            ),
+            counter(
+                "loopwatch.agent.connections.timed_out",
+                "{connection}",
+                "Connections closed by a handshake, header or idle deadline.",
+                vec![(vec![], load(&t.connections_timed_out))],
             ),
             counter(
                 "loopwatch.agent.datapoints.dropped",

@@ -1,4 +1,10 @@
 //! OTLP/gRPC receiver (tonic): metrics, traces and logs services, gzip accepted.
+//!
+//! HTTP/2 limits per connection: [`MAX_CONCURRENT_STREAMS`] streams, header lists up to
+//! [`MAX_HEADER_LIST_BYTES`], and at most [`MAX_PENDING_RESETS`] streams the client opened
+//! and reset before the server accepted them (the rapid-reset defence: beyond it the
+//! connection is closed with GOAWAY). Messages pass the decode budget of
+//! [`crate::receiver::budget`] before prost decodes them.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,7 +30,36 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
+use crate::conn::{GrpcConnInfo, GrpcIncoming};
 use crate::state::AgentState;
+
+/// Concurrent HTTP/2 streams per connection (the HTTP/2 spec's recommended minimum; an OTLP
+/// exporter sends one export at a time).
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Largest request header list (16 KiB): OTLP requests carry a few short headers.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Streams opened and reset by the client before the server accepted them, per connection,
+/// before the connection is closed.
+pub const MAX_PENDING_RESETS: usize = 20;
+
+/// Serves the OTLP/gRPC receiver on `incoming` until `stop` completes.
+pub async fn serve(
+    state: Arc<AgentState>,
+    incoming: GrpcIncoming,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let routes = GrpcReceiver::new(state.clone()).router();
+    tonic::transport::Server::builder()
+        .timeout(crate::deadline::BODY_TIMEOUT)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .layer(CountRefusals::new(state.clone()))
+        .layer(crate::receiver::grpc_budget::GrpcBudget::new(state))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+}
 
 /// The gRPC service implementations, sharing the agent state.
 #[derive(Debug, Clone)]
@@ -122,8 +157,8 @@ pub fn count_log_records(req: &ExportLogsServiceRequest) -> u64 {
         .sum()
 }
 
-/// Tower layer for the gRPC server that counts the requests tonic refuses before a handler
-/// runs, in `loopwatch_agent_requests_refused_total{reason}`: a message over
+/// Tower layer for the gRPC server that marks a request in flight on its connection (see
+/// [`crate::conn::Activity`]) and counts the requests tonic refuses before a handler runs, in `loopwatch_agent_requests_refused_total{reason}`: a message over
 /// `receiver.max_body_bytes` (`OUT_OF_RANGE`, or `RESOURCE_EXHAUSTED` while decompressing)
 /// -> `too_large`; an undecodable message (`INTERNAL`, which the handlers never return) ->
 /// `malformed`; the request timeout (`CANCELLED` "Timeout expired") -> `timeout`.
@@ -175,10 +210,17 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        // The connection is busy until the response is produced (its idle deadline waits).
+        let busy = req
+            .extensions()
+            .get::<GrpcConnInfo>()
+            .map(|c| c.activity.begin());
         let fut = self.inner.call(req);
         let state = self.state.clone();
         Box::pin(async move {
-            let resp = fut.await?;
+            let resp = fut.await;
+            drop(busy);
+            let resp = resp?;
             if let Some(reason) = refusal(resp.headers()) {
                 state.telemetry.refuse(reason);
             }

@@ -14,4 +14,5 @@
 
 pub mod budget;
 pub mod grpc;
+pub mod grpc_budget;
 pub mod http;
