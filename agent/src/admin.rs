@@ -348,4 +348,28 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
+
+    #[test]
+    fn liveness_fails_only_past_the_stall_limit_of_the_named_service() {
+        let limit = Duration::from_secs(30);
+        let mut stalled = view("svc", "a", HealthState::Unhealthy, 0.5);
+        stalled.stall_in_progress_seconds = Some(31.0);
+        let mut short = view("svc", "b", HealthState::Unhealthy, 0.5);
+        short.stall_in_progress_seconds = Some(29.0);
+        let (code, body) = liveness(&[stalled.clone(), short.clone()], "svc", limit);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["reasons"].as_array().map(Vec::len), Some(1), "{body}");
+        assert_eq!(body["reasons"][0]["instance"], "a");
+        assert_eq!(liveness(&[short], "svc", limit).0, StatusCode::OK);
+        assert_eq!(
+            liveness(&[stalled.clone()], "other", limit).0,
+            StatusCode::OK
+        );
+        // A stale instance replaced by a live one no longer counts.
+        let mut old = stalled;
+        old.state = HealthState::Stale;
+        old.last_seen_age_seconds = 40.0;
+        let new = view("svc", "c", HealthState::Ok, 0.5);
+        assert_eq!(liveness(&[old, new], "svc", limit).0, StatusCode::OK);
+    }
 }

@@ -103,8 +103,10 @@ pub struct RunningAgent {
     export_task: Option<JoinHandle<()>>,
 }
 
-/// How long shutdown waits for servers to finish in-flight requests.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long [`RunningAgent::shutdown`] waits for the servers to finish in-flight requests,
+/// and then for the upstream flush. Not `shutdown.grace` (default 10 s): that is the wait for
+/// the services' final exports, which comes before ([`RunningAgent::wait_for_final_exports`]).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl RunningAgent {
     /// The startup line printed by the binary:
@@ -149,23 +151,23 @@ impl RunningAgent {
         }
     }
 
-    /// Stops all servers gracefully (bounded by [`SHUTDOWN_GRACE`]), then flushes the
+    /// Stops all servers gracefully (bounded by [`STOP_GRACE`]), then flushes the
     /// upstream exporter: the last metrics batch is queued and the queue is sent for up to
-    /// [`SHUTDOWN_GRACE`] (the rest is dropped and counted as `shutdown`).
+    /// [`STOP_GRACE`] (the rest is dropped and counted as `shutdown`).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
                 abort.abort();
             }
         }
         if let Some(task) = self.export_task {
             let views = self.state.evaluate(Instant::now());
             self.state.export.flush_interval(&self.state, &views);
-            let _ = self.export_stop.send(Some(Instant::now() + SHUTDOWN_GRACE));
+            let _ = self.export_stop.send(Some(Instant::now() + STOP_GRACE));
             let abort = task.abort_handle();
-            if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task)
+            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), task)
                 .await
                 .is_err()
             {
