@@ -59,6 +59,7 @@ pub mod conn;
 pub mod deadline;
 mod derived;
 pub mod drain;
+pub mod entry;
 pub mod evidence;
 pub mod export;
 pub mod health;

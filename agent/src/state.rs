@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 
-use crate::config::{Config, HealthConfig};
-use crate::evidence::{self, StuckWorker};
+use crate::config::Config;
+use crate::entry::{Assessed, ServiceEntry};
+use crate::evidence::StuckWorker;
 use crate::export::Pipeline;
-use crate::health::{Evaluation, HealthState, Lifecycle, Runtime, Signals};
+use crate::health::{HealthState, Lifecycle, Runtime};
 use crate::store::{
-    CapError, DropReason, Limits, MAX_TOTAL_BYTES, Prepared, ServiceKey, ServiceState, Store,
-    prepare, prepare_wire,
+    CapError, DropReason, Limits, MAX_TOTAL_BYTES, Prepared, ServiceKey, Store, prepare,
+    prepare_wire,
 };
 
 /// Why a request was refused (label `reason` of `loopwatch_agent_requests_refused_total`).
@@ -167,68 +168,11 @@ pub struct ServiceView {
     pub shed_ratio: Option<f64>,
 }
 
-/// An export interval at or above this is slow: readiness hears of a blocked event loop
-/// only that late.
-pub const SLOW_EXPORT: Duration = Duration::from_secs(5);
-
-/// One instance evaluated at one instant.
-struct Assessed {
-    sig: Signals,
-    eval: Evaluation,
-    stuck: Vec<StuckWorker>,
-    stale_after: Duration,
-    /// Whether any rule said unhealthy before this evaluation.
-    before: bool,
-}
-
-/// Staleness waits for two learned intervals, and never less than `health.stale_after`.
-fn stale_after(cfg: &HealthConfig, s: &ServiceState) -> Duration {
-    s.cadence.expected().map_or(cfg.stale_after, |c| {
-        cfg.stale_after.max(c.saturating_mul(2))
-    })
-}
-
-/// Evaluates one instance at `now`: its evidence (series, cadence, stuck workers) through
-/// the hysteresis.
-fn assess(cfg: &HealthConfig, now: Instant, s: &mut ServiceState) -> Assessed {
-    let age = now.saturating_duration_since(s.last_seen);
-    let (stuck, summary) = evidence::stuck_workers(&s.series, cfg.stuck_enter, age);
-    let mut sig = s.health.signals(&s.series, summary);
-    if evidence::exporter_on_loop(sig.runtime, s.sdk_language.as_deref()) {
-        sig.overdue = s.cadence.overdue(now);
-    }
-    let stale_after = stale_after(cfg, s);
-    let before = s.health.any_unhealthy();
-    let mut eval = s.health.assess(cfg, now, &sig, s.last_seen, stale_after);
-    if eval.state != HealthState::Stale {
-        eval.reasons.extend(stuck.iter().map(StuckWorker::reason));
-    }
-    Assessed {
-        sig,
-        eval,
-        stuck,
-        stale_after,
-        before,
-    }
-}
-
-/// The slow-exporter warning of an instance exporting every `every`.
-fn slow_warning(every: Duration, stale_after: Duration) -> String {
-    format!(
-        "exports every {:.1} s: readiness hears of a blocked event loop only with the next export \
-         (up to {:.1} s late) and calls the instance stale only after {:.1} s without data; \
-         export every second for readiness to follow the loop (OTEL_METRIC_EXPORT_INTERVAL=1000)",
-        every.as_secs_f64(),
-        every.as_secs_f64(),
-        stale_after.as_secs_f64()
-    )
-}
-
 /// State shared by the receivers, the admin server and the health timer.
 #[derive(Debug)]
 pub struct AgentState {
     config: Config,
-    store: Mutex<Store>,
+    store: Mutex<Store<ServiceEntry>>,
     /// Self-telemetry counters.
     pub telemetry: Telemetry,
     /// Upstream export pipeline (inactive without `exporter.endpoint`).
@@ -280,7 +224,7 @@ impl AgentState {
     }
 
     /// Locks the store (a poisoned lock is recovered: the store stays consistent per update).
-    pub fn store(&self) -> MutexGuard<'_, Store> {
+    pub fn store(&self) -> MutexGuard<'_, Store<ServiceEntry>> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -322,7 +266,7 @@ impl AgentState {
                 for key in &touched {
                     if let Some(s) = store.service_mut(key) {
                         s.health.observe(cfg, now, &s.series);
-                        let a = assess(cfg, now, s);
+                        let a = s.assess(cfg, now);
                         self.transition(key, a.before, s.health.any_unhealthy(), &a.eval.reasons);
                     }
                 }
@@ -348,11 +292,7 @@ impl AgentState {
         self.reassess(now, |key, s, a| {
             let sig = &a.sig;
             let every = s.cadence.interval();
-            let warnings = every
-                .filter(|e| *e >= SLOW_EXPORT)
-                .map(|e| slow_warning(e, a.stale_after))
-                .into_iter()
-                .collect();
+            let warnings = s.slow_warning(a.stale_after).into_iter().collect();
             out.push(ServiceView {
                 key: key.clone(),
                 state: a.eval.state,
@@ -395,21 +335,7 @@ impl AgentState {
             } else if a.eval.state == HealthState::Stale {
                 s.last_seen + evict_after
             } else {
-                let overdue = evidence::exporter_on_loop(a.sig.runtime, s.sdk_language.as_deref())
-                    .then(|| s.cadence.overdue_at(cfg.lag_enter))
-                    .flatten()
-                    .filter(|at| *at > now);
-                let stuck = a
-                    .sig
-                    .stuck
-                    .next_enter_after
-                    .map(|d| s.last_seen + d)
-                    .filter(|at| *at > now);
-                let stale = s.last_seen + a.stale_after;
-                [overdue, stuck]
-                    .into_iter()
-                    .flatten()
-                    .fold(stale, Instant::min)
+                s.next_due(cfg, &a, now)
             };
             due = due.min(at);
         });
@@ -432,7 +358,7 @@ impl AgentState {
         }
     }
 
-    fn reassess(&self, now: Instant, mut each: impl FnMut(&ServiceKey, &ServiceState, Assessed)) {
+    fn reassess(&self, now: Instant, mut each: impl FnMut(&ServiceKey, &ServiceEntry, Assessed)) {
         let cfg = &self.config.health;
         let mut store = self.store();
         let forgotten =
@@ -444,18 +370,10 @@ impl AgentState {
             );
         }
         for (key, s) in store.services_mut() {
-            let a = assess(cfg, now, s);
+            let a = s.assess(cfg, now);
             self.transition(key, a.before, s.health.any_unhealthy(), &a.eval.reasons);
-            if !s.warned_slow
-                && let Some(every) = s.cadence.interval().filter(|e| *e >= SLOW_EXPORT)
-            {
-                s.warned_slow = true;
-                tracing::warn!(
-                    service = %key.service,
-                    instance = %key.instance,
-                    "{}",
-                    slow_warning(every, a.stale_after)
-                );
+            if let Some(w) = s.first_slow_warning(a.stale_after) {
+                tracing::warn!(service = %key.service, instance = %key.instance, "{w}");
             }
             each(key, s, a);
         }

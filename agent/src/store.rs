@@ -21,8 +21,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
-use crate::cadence::Cadence;
-use crate::health::Tracker;
 use crate::wire;
 
 /// Max attributes on one datapoint; datapoints with more are dropped (reason `oversize`).
@@ -181,30 +179,28 @@ impl<'a> IntoIterator for &'a SeriesMap {
     }
 }
 
-/// Everything known about one service instance.
-#[derive(Debug)]
-pub struct ServiceState {
-    /// Series by identity, in key order.
-    pub series: SeriesMap,
-    /// When the last export for this instance arrived.
-    pub last_seen: Instant,
-    /// Health hysteresis state.
-    pub health: Tracker,
-    /// The learned export interval.
-    pub(crate) cadence: Cadence,
-    /// Resource `telemetry.sdk.language`, when sent.
-    pub sdk_language: Option<String>,
-    /// Whether the slow-exporter warning was logged for this instance.
-    pub(crate) warned_slow: bool,
+/// What the store keeps per service instance: its series, and whatever else the caller
+/// tracks about it (health, cadence), told of each export that arrives.
+pub trait Entry {
+    /// A new instance whose first export arrived at `now`.
+    fn new(now: Instant) -> Self;
+    /// Its series.
+    fn series(&self) -> &SeriesMap;
+    /// Its series, mutably (the store applies updates).
+    fn series_mut(&mut self) -> &mut SeriesMap;
+    /// When its last export arrived.
+    fn last_seen(&self) -> Instant;
+    /// An export arrived at `now` (before its updates are applied).
+    fn arrived(&mut self, now: Instant, info: ResourceInfo);
 }
 
 /// What an export says about its sender beyond its series.
 #[derive(Debug, Clone, Default)]
 pub struct ResourceInfo {
     /// Resource `telemetry.sdk.language`.
-    language: Option<String>,
+    pub language: Option<String>,
     /// The longest time minus start time among the points.
-    window: Option<Duration>,
+    pub window: Option<Duration>,
 }
 
 fn resource_info(attrs: AttrSlice<'_>, window_ns: u64) -> ResourceInfo {
@@ -1078,8 +1074,8 @@ pub struct Limits {
 
 /// All service instances and their series.
 #[derive(Debug)]
-pub struct Store {
-    services: BTreeMap<ServiceKey, ServiceState>,
+pub struct Store<E> {
+    services: BTreeMap<ServiceKey, E>,
     limits: Limits,
     bytes: usize,
     /// Scratch for [`Store::apply`]: the series index of each datapoint (kept to reuse its
@@ -1087,7 +1083,7 @@ pub struct Store {
     positions: Vec<u32>,
 }
 
-impl Store {
+impl<E: Entry> Store<E> {
     /// An empty store with these caps.
     pub fn new(limits: Limits) -> Self {
         Store {
@@ -1099,17 +1095,17 @@ impl Store {
     }
 
     /// Service instances, ordered by key.
-    pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &ServiceState)> {
+    pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &E)> {
         self.services.iter()
     }
 
     /// Mutable access to service instances (for health evaluation).
-    pub fn services_mut(&mut self) -> impl Iterator<Item = (&ServiceKey, &mut ServiceState)> {
+    pub fn services_mut(&mut self) -> impl Iterator<Item = (&ServiceKey, &mut E)> {
         self.services.iter_mut()
     }
 
     /// One service instance, mutably.
-    pub fn service_mut(&mut self, key: &ServiceKey) -> Option<&mut ServiceState> {
+    pub fn service_mut(&mut self, key: &ServiceKey) -> Option<&mut E> {
         self.services.get_mut(key)
     }
 
@@ -1136,10 +1132,10 @@ impl Store {
         let before = self.services.len();
         let mut freed = 0usize;
         self.services.retain(|_, s| {
-            let keep = now.saturating_duration_since(s.last_seen) < after;
+            let keep = now.saturating_duration_since(s.last_seen()) < after;
             if !keep {
                 freed += s
-                    .series
+                    .series()
                     .iter()
                     .map(|(k, v)| approx_bytes(k, v))
                     .sum::<usize>();
@@ -1171,7 +1167,7 @@ impl Store {
         let mut generations = Vec::with_capacity(prepared.batches.len());
         for (skey, updates) in &prepared.batches {
             let existing = self.services.get(skey);
-            generations.push(existing.map(|s| s.series.generation));
+            generations.push(existing.map(|s| s.series().generation));
             if existing.is_none()
                 && new_services.insert(skey)
                 && self.services.len() + new_services.len() > self.limits.max_services
@@ -1179,12 +1175,12 @@ impl Store {
                 self.positions = positions;
                 return Err(CapError::TooManyServices(self.limits.max_services));
             }
-            let current = existing.map_or(0, |s| s.series.len());
+            let current = existing.map_or(0, |s| s.series().len());
             let mut new_series: BTreeMap<SeriesKey, ()> = BTreeMap::new();
             for (i, u) in updates.iter().enumerate() {
                 let found = existing.and_then(|s| {
-                    let hint = s.series.hints.get(i).copied();
-                    s.series.find(u.key.view(), hint).ok()
+                    let hint = s.series().hints.get(i).copied();
+                    s.series().find(u.key.view(), hint).ok()
                 });
                 // Indices fit: series per service are capped far below `u32::MAX`.
                 positions.push(found.map_or(NEW, |i| i as u32));
@@ -1217,23 +1213,12 @@ impl Store {
                 None => self
                     .services
                     .entry(skey.clone())
-                    .or_insert_with(|| ServiceState {
-                        series: SeriesMap::default(),
-                        last_seen: now,
-                        health: Tracker::default(),
-                        cadence: Cadence::default(),
-                        sdk_language: None,
-                        warned_slow: false,
-                    }),
+                    .or_insert_with(|| E::new(now)),
             };
-            state.last_seen = now;
-            state.cadence.observe(now, info.window);
-            if info.language.is_some() && state.sdk_language != info.language {
-                state.sdk_language = info.language;
-            }
+            state.arrived(now, info);
             let found = positions.get(at..at + updates.len()).unwrap_or(&[]);
             at += updates.len();
-            let map = &mut state.series;
+            let map = state.series_mut();
             if generation == Some(map.generation)
                 && found.len() == updates.len()
                 && found.iter().all(|p| *p != NEW)
@@ -1398,6 +1383,34 @@ fn accumulate(stored: &mut SeriesValue, delta: ValueRef<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store's own view of an instance, for its tests.
+    #[derive(Debug)]
+    pub(super) struct Plain {
+        pub(super) series: SeriesMap,
+        last_seen: Instant,
+    }
+
+    impl Entry for Plain {
+        fn new(now: Instant) -> Self {
+            Plain {
+                series: SeriesMap::default(),
+                last_seen: now,
+            }
+        }
+        fn series(&self) -> &SeriesMap {
+            &self.series
+        }
+        fn series_mut(&mut self) -> &mut SeriesMap {
+            &mut self.series
+        }
+        fn last_seen(&self) -> Instant {
+            self.last_seen
+        }
+        fn arrived(&mut self, now: Instant, _: ResourceInfo) {
+            self.last_seen = now;
+        }
+    }
     use opentelemetry_proto::tonic::metrics::v1::{
         Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     };
@@ -1457,7 +1470,7 @@ mod tests {
         }
     }
 
-    fn value(store: &Store, name: &str) -> f64 {
+    fn value(store: &Store<Plain>, name: &str) -> f64 {
         let (_, s) = store.services().next().unwrap();
         match s
             .series
@@ -1474,7 +1487,7 @@ mod tests {
 
     #[test]
     fn delta_accumulates_cumulative_replaces() {
-        let mut store = Store::new(limits());
+        let mut store = Store::<Plain>::new(limits());
         let now = Instant::now();
         for _ in 0..3 {
             let req = request(
@@ -1513,7 +1526,7 @@ mod tests {
 
     #[test]
     fn caps_refuse_whole_request() {
-        let mut store = Store::new(limits());
+        let mut store = Store::<Plain>::new(limits());
         let now = Instant::now();
         let four: Vec<_> = (0..4).map(|i| point(1.0, &i.to_string())).collect();
         let err = store.apply(prepare(&request("s", vec![sum("d", 1, four)])), now);
@@ -1534,7 +1547,7 @@ mod tests {
 
     #[test]
     fn departed_instances_are_forgotten_and_free_their_slot_and_bytes() {
-        let mut store = Store::new(limits());
+        let mut store = Store::<Plain>::new(limits());
         let t0 = Instant::now();
         let later = t0 + std::time::Duration::from_secs(300);
         let req = |s: &str| request(s, vec![sum("d", 1, vec![point(1.0, "x")])]);
@@ -1590,7 +1603,7 @@ mod tests {
 
     #[test]
     fn attribute_order_and_value_types_share_one_series() {
-        let mut store = Store::new(limits());
+        let mut store = Store::<Plain>::new(limits());
         let now = Instant::now();
         let orders = [
             vec![kv("b", "2"), kv("a", "1"), kv("c", "3")],
@@ -1628,7 +1641,7 @@ mod tests {
 
     #[test]
     fn series_found_whatever_the_order_and_kept_sorted() {
-        let mut store = Store::new(Limits {
+        let mut store = Store::<Plain>::new(Limits {
             max_services: 2,
             max_series_per_service: 1000,
             max_total_bytes: MAX_TOTAL_BYTES,
@@ -1680,7 +1693,7 @@ mod tests {
 
     #[test]
     fn one_service_in_several_batches_of_a_request() {
-        let mut store = Store::new(limits());
+        let mut store = Store::<Plain>::new(limits());
         let now = Instant::now();
         let first = request("s", vec![sum("d", 1, vec![point(1.0, "b")])]);
         store.apply(prepare(&first), now).unwrap();
@@ -1722,9 +1735,9 @@ mod tests {
             })),
             ..Default::default()
         };
-        let mut store = Store::new(limits());
+        let mut store = Store::<Plain>::new(limits());
         let now = Instant::now();
-        let series = |store: &Store| {
+        let series = |store: &Store<Plain>| {
             let (_, s) = store.services().next().unwrap();
             s.series.values().next().unwrap().value.clone()
         };
@@ -1774,6 +1787,7 @@ mod tests {
 /// store and drop counts as prost's decoding, and what it refuses is left to prost.
 #[cfg(test)]
 mod wire_tests {
+    use super::tests::Plain;
     use super::*;
     use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
     use opentelemetry_proto::tonic::metrics::v1::{
@@ -1937,7 +1951,7 @@ mod wire_tests {
 
     /// The store and drop counts after applying `prepared` twice (delta accumulation).
     fn outcome(prepared: impl Fn() -> Prepared<'static>) -> (Vec<String>, Vec<(DropReason, u64)>) {
-        let mut store = Store::new(Limits {
+        let mut store = Store::<Plain>::new(Limits {
             max_services: 10,
             max_series_per_service: 100,
             max_total_bytes: MAX_TOTAL_BYTES,
