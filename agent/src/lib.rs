@@ -65,6 +65,7 @@ pub mod export;
 pub mod health;
 pub mod prometheus;
 pub mod receiver;
+mod self_telemetry;
 pub mod state;
 pub mod status_page;
 pub mod store;

@@ -39,33 +39,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 
-use crate::state::{AgentState, RefuseReason, ServiceView};
-use crate::store::{DropReason, SeriesKind, SeriesValue, ServiceKey};
+use crate::state::{AgentState, ServiceView};
+use crate::store::{SeriesKind, SeriesValue, ServiceKey};
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Families the agent derives itself; received metrics mapping to these names are skipped.
-const RESERVED: &[&str] = &[
-    "loopwatch_agent_datapoints_received_total",
-    "loopwatch_agent_requests_refused_total",
-    "loopwatch_agent_datapoints_dropped_total",
-    "loopwatch_agent_spans_received_total",
-    "loopwatch_agent_log_records_received_total",
-    "loopwatch_agent_connections_timed_out_total",
-    "loopwatch_agent_connections_refused_total",
-    "loopwatch_agent_connections_open",
-    "loopwatch_agent_accept_errors_total",
-    "loopwatch_agent_services",
-    "loopwatch_agent_series_memory_bytes",
-    "loopwatch_agent_export_queue_depth",
-    "loopwatch_agent_export_dropped_total",
-    "loopwatch_agent_export_errors_total",
-    "loopwatch_agent_export_sent_total",
-    "loopwatch_agent_draining",
-];
 
 /// Replaces every character outside `[a-zA-Z0-9_]` (and `:` when `colon`) with `_`,
 /// collapses repeated `_`, and prefixes a leading digit.
@@ -242,7 +221,9 @@ pub fn render(state: &AgentState, views: &[ServiceView]) -> String {
             let base = service_labels(skey);
             for (key, series) in &s.series {
                 let name = metric_name(&key.name, &series.unit, series.kind);
-                if RESERVED.contains(&name.as_str())
+                if crate::self_telemetry::SELF_METRICS
+                    .iter()
+                    .any(|m| m.prometheus == name)
                     || crate::derived::DERIVED.iter().any(|d| d.prometheus == name)
                 {
                     continue;
@@ -301,7 +282,7 @@ pub fn render(state: &AgentState, views: &[ServiceView]) -> String {
         }
     }
     derived(&mut fams, views);
-    self_telemetry(&mut fams, state, views.len());
+    self_telemetry(&mut fams, state);
     fams.render()
 }
 
@@ -323,132 +304,28 @@ fn derived(fams: &mut Families, views: &[ServiceView]) {
     }
 }
 
-fn self_telemetry(fams: &mut Families, state: &AgentState, services: usize) {
-    let t = &state.telemetry;
-    let simple = [
-        (
-            "loopwatch_agent_datapoints_received_total",
-            "Metric datapoints accepted by the OTLP receivers.",
-            t.datapoints_received.load(Ordering::Relaxed),
-        ),
-        (
-            "loopwatch_agent_spans_received_total",
-            "Spans received over OTLP (forwarded upstream when exporter.endpoint is set).",
-            t.spans_received.load(Ordering::Relaxed),
-        ),
-        (
-            "loopwatch_agent_log_records_received_total",
-            "Log records received over OTLP (forwarded upstream when exporter.endpoint is set).",
-            t.log_records_received.load(Ordering::Relaxed),
-        ),
-        (
-            "loopwatch_agent_connections_timed_out_total",
-            "Connections closed because a request head or HTTP/2 preface did not arrive in time or a connection stayed idle (slow-loris defence).",
-            t.connections_timed_out.load(Ordering::Relaxed),
-        ),
-        (
-            "loopwatch_agent_accept_errors_total",
-            "Accept errors other than per-connection ones (e.g. EMFILE); the listener backs off.",
-            t.connections.accept_errors(),
-        ),
-    ];
-    for (name, help, v) in simple {
-        if let Some(buf) = fams.family(name, "counter", help) {
-            let _ = writeln!(buf, "{name} {v}");
+fn self_telemetry(fams: &mut Families, state: &AgentState) {
+    use crate::self_telemetry::{Kind, SELF_METRICS};
+    for m in SELF_METRICS {
+        let kind = match m.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let points = (m.read)(state);
+        if let Some(buf) = fams.family(m.prometheus, kind, m.help) {
+            for (attrs, v) in points {
+                let pairs: Vec<(String, String)> = attrs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                let l = if pairs.is_empty() {
+                    String::new()
+                } else {
+                    labels(&pairs)
+                };
+                let _ = writeln!(buf, "{}{l} {}", m.prometheus, format_value(v));
+            }
         }
-    }
-    let name = "loopwatch_agent_connections_refused_total";
-    if let Some(buf) = fams.family(
-        name,
-        "counter",
-        "Connections closed at accept, by listener and reason.",
-    ) {
-        for l in crate::conn::Listener::ALL {
-            let (l, n) = (l.as_str(), t.connections.refused(l));
-            let _ = writeln!(
-                buf,
-                "{name}{{listener=\"{l}\",reason=\"max_connections\"}} {n}"
-            );
-        }
-    }
-    let name = "loopwatch_agent_connections_open";
-    if let Some(buf) = fams.family(name, "gauge", "Open connections, by listener.") {
-        for l in crate::conn::Listener::ALL {
-            let (l, n) = (l.as_str(), t.connections.open(l));
-            let _ = writeln!(buf, "{name}{{listener=\"{l}\"}} {n}");
-        }
-    }
-    let name = "loopwatch_agent_requests_refused_total";
-    if let Some(buf) = fams.family(name, "counter", "OTLP export requests refused, by reason.") {
-        for r in RefuseReason::ALL {
-            let _ = writeln!(buf, "{name}{{reason=\"{}\"}} {}", r.as_str(), t.refused(r));
-        }
-    }
-    let name = "loopwatch_agent_datapoints_dropped_total";
-    if let Some(buf) = fams.family(
-        name,
-        "counter",
-        "Datapoints skipped inside accepted requests, by reason.",
-    ) {
-        for r in DropReason::ALL {
-            let _ = writeln!(buf, "{name}{{reason=\"{}\"}} {}", r.as_str(), t.dropped(r));
-        }
-    }
-    let e = &state.export;
-    let name = "loopwatch_agent_export_sent_total";
-    if let Some(buf) = fams.family(
-        name,
-        "counter",
-        "Items (datapoints, spans, log records) accepted by the upstream OTLP endpoint.",
-    ) {
-        let _ = writeln!(buf, "{name} {}", e.stats.sent_items.load(Ordering::Relaxed));
-    }
-    let name = "loopwatch_agent_export_errors_total";
-    if let Some(buf) = fams.family(
-        name,
-        "counter",
-        "Failed upstream send attempts (each retry counts).",
-    ) {
-        let _ = writeln!(buf, "{name} {}", e.stats.errors.load(Ordering::Relaxed));
-    }
-    let name = "loopwatch_agent_export_dropped_total";
-    if let Some(buf) = fams.family(
-        name,
-        "counter",
-        "Items (datapoints, spans, log records) dropped before reaching the upstream, by reason.",
-    ) {
-        for r in crate::export::ExportDrop::ALL {
-            let _ = writeln!(
-                buf,
-                "{name}{{reason=\"{}\"}} {}",
-                r.as_str(),
-                e.stats.dropped(r)
-            );
-        }
-    }
-    let name = "loopwatch_agent_export_queue_depth";
-    if let Some(buf) = fams.family(
-        name,
-        "gauge",
-        "Requests waiting in the upstream export queue (including the one being sent).",
-    ) {
-        let _ = writeln!(buf, "{name} {}", e.queue_depth());
-    }
-    let name = "loopwatch_agent_draining";
-    if let Some(buf) = fams.family(name, "gauge", "1 after POST /drain, else 0.") {
-        let _ = writeln!(buf, "{name} {}", u8::from(state.is_draining()));
-    }
-    let name = "loopwatch_agent_services";
-    if let Some(buf) = fams.family(name, "gauge", "Service instances currently tracked.") {
-        let _ = writeln!(buf, "{name} {services}");
-    }
-    let name = "loopwatch_agent_series_memory_bytes";
-    if let Some(buf) = fams.family(
-        name,
-        "gauge",
-        "Approximate bytes held by stored series, in bytes.",
-    ) {
-        let _ = writeln!(buf, "{name} {}", state.store().approx_bytes());
     }
 }
 

@@ -19,13 +19,8 @@
 //!
 //! Derived metrics exported per service: the table in `derived`, the same gauges as
 //! `/metrics` under their OTel names (`loopwatch.pressure`, `loopwatch.service.lag`,
-//! `loopwatch.service.ready`, `loopwatch.service.stuck_workers`, ...). Self-telemetry:
-//! `loopwatch.agent.datapoints.received`, `loopwatch.agent.requests.refused{reason}`,
-//! `loopwatch.agent.connections.refused{listener,reason}`, `loopwatch.agent.connections.timed_out`,
-//! `loopwatch.agent.datapoints.dropped{reason}`, `loopwatch.agent.spans.received`,
-//! `loopwatch.agent.log_records.received`, `loopwatch.agent.export.sent`,
-//! `loopwatch.agent.export.dropped{reason}`, `loopwatch.agent.export.errors` (cumulative
-//! counters) and `loopwatch.agent.services`, `loopwatch.agent.export.queue.depth` (gauges).
+//! `loopwatch.service.ready`, `loopwatch.service.stuck_workers`, ...). Self-telemetry: the
+//! table in `self_telemetry`, the same metrics as `/metrics` (`loopwatch.agent.*`).
 
 pub mod batch;
 pub mod client;
@@ -46,8 +41,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::{Notify, watch};
 
 use crate::config::ExporterConfig;
-use crate::state::{AgentState, RefuseReason, ServiceView};
-use crate::store::{DropReason, ServiceKey};
+use crate::state::{AgentState, ServiceView};
+use crate::store::ServiceKey;
 
 /// Datapoints one metrics batch may hold; a batch reaching it is queued before the interval
 /// ends.
@@ -290,7 +285,7 @@ impl Pipeline {
                 attributes: vec![kv("service.name", "loopwatch-agent")],
                 ..Default::default()
             }),
-            scope_metrics: vec![agent_scope(self.self_metrics(state, views.len(), now))],
+            scope_metrics: vec![agent_scope(self.self_metrics(state, now))],
             ..Default::default()
         });
         let items = batch::count_points(&req);
@@ -301,123 +296,42 @@ impl Pipeline {
         });
     }
 
-    fn self_metrics(&self, state: &AgentState, services: usize, now: u64) -> Vec<Metric> {
-        let t = &state.telemetry;
+    fn self_metrics(&self, state: &AgentState, now: u64) -> Vec<Metric> {
+        use crate::self_telemetry::{Kind, SELF_METRICS};
         let start = self.start_unix_nanos;
-        let counter =
-            |name: &str, unit: &str, desc: &str, points: Vec<(Vec<KeyValue>, u64)>| Metric {
-                name: name.into(),
-                unit: unit.into(),
-                description: desc.into(),
-                data: Some(metric::Data::Sum(Sum {
-                    data_points: points
-                        .into_iter()
-                        .map(|(attributes, v)| NumberDataPoint {
-                            attributes,
-                            start_time_unix_nano: start,
-                            time_unix_nano: now,
-                            value: Some(number_data_point::Value::AsInt(v as i64)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    aggregation_temporality: 2,
-                    is_monotonic: true,
-                })),
-                ..Default::default()
-            };
-        let gauge =
-            |name: &str, unit: &str, desc: &str, v: f64| gauge_metric(name, unit, desc, v, now);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        vec![
-            counter(
-                "loopwatch.agent.datapoints.received",
-                "{datapoint}",
-                "Metric datapoints accepted by the OTLP receivers.",
-                vec![(vec![], load(&t.datapoints_received))],
-            ),
-            counter(
-                "loopwatch.agent.requests.refused",
-                "{request}",
-                "OTLP export requests refused, by reason.",
-                RefuseReason::ALL
-                    .iter()
-                    .map(|r| (vec![kv("reason", r.as_str())], t.refused(*r)))
-                    .collect(),
-            ),
-            counter(
-                "loopwatch.agent.connections.refused",
-                "{connection}",
-                "Connections closed at accept, by listener and reason.",
-                crate::conn::Listener::ALL
-                    .iter()
-                    .map(|l| {
-                        let attrs =
-                            vec![kv("listener", l.as_str()), kv("reason", "max_connections")];
-                        (attrs, t.connections.refused(*l))
+        SELF_METRICS
+            .iter()
+            .map(|m| {
+                let data_points = (m.read)(state)
+                    .into_iter()
+                    .map(|(attrs, v)| NumberDataPoint {
+                        attributes: attrs.iter().map(|(k, v)| kv(k, v)).collect(),
+                        start_time_unix_nano: if m.kind == Kind::Counter { start } else { 0 },
+                        time_unix_nano: now,
+                        value: Some(match m.kind {
+                            Kind::Counter => number_data_point::Value::AsInt(v as i64),
+                            Kind::Gauge => number_data_point::Value::AsDouble(v),
+                        }),
+                        ..Default::default()
                     })
-                    .collect(),
-            ),
-            counter(
-                "loopwatch.agent.connections.timed_out",
-                "{connection}",
-                "Connections closed by a handshake, header or idle deadline.",
-                vec![(vec![], load(&t.connections_timed_out))],
-            ),
-            counter(
-                "loopwatch.agent.datapoints.dropped",
-                "{datapoint}",
-                "Datapoints skipped inside accepted requests, by reason.",
-                DropReason::ALL
-                    .iter()
-                    .map(|r| (vec![kv("reason", r.as_str())], t.dropped(*r)))
-                    .collect(),
-            ),
-            counter(
-                "loopwatch.agent.spans.received",
-                "{span}",
-                "Spans received over OTLP.",
-                vec![(vec![], load(&t.spans_received))],
-            ),
-            counter(
-                "loopwatch.agent.log_records.received",
-                "{log_record}",
-                "Log records received over OTLP.",
-                vec![(vec![], load(&t.log_records_received))],
-            ),
-            counter(
-                "loopwatch.agent.export.sent",
-                "{item}",
-                "Items (datapoints, spans, log records) accepted by the upstream.",
-                vec![(vec![], load(&self.stats.sent_items))],
-            ),
-            counter(
-                "loopwatch.agent.export.dropped",
-                "{item}",
-                "Items dropped before reaching the upstream, by reason.",
-                ExportDrop::ALL
-                    .iter()
-                    .map(|r| (vec![kv("reason", r.as_str())], self.stats.dropped(*r)))
-                    .collect(),
-            ),
-            counter(
-                "loopwatch.agent.export.errors",
-                "{attempt}",
-                "Failed upstream send attempts (each retry counts).",
-                vec![(vec![], load(&self.stats.errors))],
-            ),
-            gauge(
-                "loopwatch.agent.services",
-                "{service}",
-                "Service instances currently tracked.",
-                services as f64,
-            ),
-            gauge(
-                "loopwatch.agent.export.queue.depth",
-                "{request}",
-                "Requests waiting in the export queue.",
-                self.queue_depth() as f64,
-            ),
-        ]
+                    .collect();
+                let data = match m.kind {
+                    Kind::Counter => metric::Data::Sum(Sum {
+                        data_points,
+                        aggregation_temporality: 2,
+                        is_monotonic: true,
+                    }),
+                    Kind::Gauge => metric::Data::Gauge(Gauge { data_points }),
+                };
+                Metric {
+                    name: m.otel.into(),
+                    unit: m.unit.into(),
+                    description: m.help.into(),
+                    data: Some(data),
+                    ..Default::default()
+                }
+            })
+            .collect()
     }
 
     /// Sends queued requests until `stop` carries a deadline and the queue is empty (or the
