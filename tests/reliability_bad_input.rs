@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use loopwatch_agent::receiver::budget::BYTES_PER_NODE;
+use loopwatch_agent::testing::BYTES_PER_NODE;
 use loopwatch_e2e::{Agent, Service, host_port, http_post, raw_http};
 
 /// Default `receiver.max_body_bytes` (8 MiB).

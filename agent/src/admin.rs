@@ -40,7 +40,7 @@ use crate::prometheus;
 use crate::state::{AgentState, ServiceView};
 
 /// Builds the admin router.
-pub fn router(state: Arc<AgentState>) -> Router {
+pub(crate) fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -67,7 +67,11 @@ async fn livez(State(state): State<Arc<AgentState>>, Query(q): Query<ReadyQuery>
 
 /// The `/livez?service=` answer: 503 with the stalled instances when a stall in progress of
 /// a live (not superseded) instance of `service` lasts longer than `limit`.
-pub fn liveness(views: &[ServiceView], service: &str, limit: Duration) -> (StatusCode, Value) {
+pub(crate) fn liveness(
+    views: &[ServiceView],
+    service: &str,
+    limit: Duration,
+) -> (StatusCode, Value) {
     let newest_live = newest_live_ages(views);
     let reasons: Vec<Value> = views
         .iter()
@@ -104,7 +108,7 @@ struct ReadyQuery {
 
 /// The `/readyz` answer for these views: status code and JSON body. `draining`: the agent
 /// got `POST /drain`.
-pub fn readiness(
+pub(crate) fn readiness(
     views: &[ServiceView],
     service: Option<&str>,
     draining: bool,
@@ -228,7 +232,7 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<Value> {
 }
 
 /// The `/v1/status` body for these views.
-pub fn status_json(views: &[ServiceView], draining: bool) -> Value {
+pub(crate) fn status_json(views: &[ServiceView], draining: bool) -> Value {
     let services: Vec<Value> = views
         .iter()
         .map(|v| {

@@ -88,7 +88,7 @@ impl ConnStats {
 
 /// Admits connections on one listener up to its cap.
 #[derive(Debug, Clone)]
-pub struct Gate {
+pub(crate) struct Gate {
     listener: Listener,
     max: usize,
     stats: Arc<ConnStats>,
@@ -96,7 +96,7 @@ pub struct Gate {
 
 /// One admitted connection; dropping it frees its slot.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     listener: Listener,
     stats: Arc<ConnStats>,
 }
@@ -119,7 +119,7 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 impl Gate {
     /// A gate for `listener` admitting at most `max` open connections.
-    pub fn new(listener: Listener, max: usize, stats: Arc<ConnStats>) -> Self {
+    pub(crate) fn new(listener: Listener, max: usize, stats: Arc<ConnStats>) -> Self {
         Gate {
             listener,
             max,
@@ -142,7 +142,7 @@ impl Gate {
     /// Accepts the next connection within the cap (TCP_NODELAY set: a response written in
     /// parts must not wait for the peer's delayed ACK). Connections over the cap are closed
     /// and counted; accept errors back off.
-    pub async fn accept(&self, listener: &TcpListener) -> (TcpStream, SocketAddr, Permit) {
+    pub(crate) async fn accept(&self, listener: &TcpListener) -> (TcpStream, SocketAddr, Permit) {
         let mut backoff = MIN_BACKOFF;
         loop {
             match listener.accept().await {
@@ -173,7 +173,7 @@ impl Gate {
 
 /// Requests in flight on one gRPC connection and when the last one ended.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     base: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `base` when the connection last became idle.
@@ -190,7 +190,7 @@ impl Activity {
     }
 
     /// Marks a request in flight until the returned guard drops.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -206,7 +206,7 @@ impl Activity {
 
 /// A request in flight on a gRPC connection (see [`Activity::begin`]).
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -219,7 +219,7 @@ impl Drop for InFlight {
 
 /// What every gRPC request carries in its extensions (tonic's `Connected::connect_info`).
 #[derive(Debug, Clone)]
-pub struct GrpcConnInfo {
+pub(crate) struct GrpcConnInfo {
     /// The peer.
     pub remote: SocketAddr,
     /// The connection's request activity, for the idle deadline.
@@ -228,7 +228,7 @@ pub struct GrpcConnInfo {
 
 /// A gRPC connection with the preface and idle deadlines of the module docs.
 #[derive(Debug)]
-pub struct GrpcConn {
+pub(crate) struct GrpcConn {
     inner: TcpStream,
     _permit: Permit,
     info: GrpcConnInfo,
@@ -240,7 +240,7 @@ pub struct GrpcConn {
 
 impl GrpcConn {
     /// Wraps an admitted connection; the preface deadline starts now.
-    pub fn new(
+    pub(crate) fn new(
         inner: TcpStream,
         remote: SocketAddr,
         permit: Permit,
@@ -360,13 +360,13 @@ impl AsyncWrite for GrpcConn {
 /// connection is accepted only when the server is ready for it. The task ends when the
 /// server drops the stream.
 #[derive(Debug)]
-pub struct GrpcIncoming {
+pub(crate) struct GrpcIncoming {
     rx: tokio::sync::mpsc::Receiver<GrpcConn>,
 }
 
 impl GrpcIncoming {
     /// Spawns the accept loop on `listener` through `gate` on the current runtime.
-    pub fn spawn(
+    pub(crate) fn spawn(
         listener: TcpListener,
         gate: Gate,
         timeouts: (Duration, Duration),

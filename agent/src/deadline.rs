@@ -37,20 +37,20 @@ use tokio::time::{Instant, Sleep};
 use crate::conn::{Gate, Permit};
 
 /// An admin keep-alive connection without a new request for this long is closed (5 minutes).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// An admin request head (request line and headers) must arrive within this long of its
 /// first byte, or of accept for a connection's first request (10 s).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The OTLP receivers must have the whole request body within this long of the head (10 s);
 /// HTTP answers 408 (counted as `requests_refused_total{reason="timeout"}`), gRPC
 /// answers `CANCELLED`/`DEADLINE_EXCEEDED` from tonic's request timeout.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cap on a request body on the admin server (64 KiB): it takes no large input.
-pub const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Wraps a listener so that every connection gets header and idle deadlines.
 #[derive(Debug)]
-pub struct DeadlineListener {
+pub(crate) struct DeadlineListener {
     inner: TcpListener,
     gate: Gate,
     head_timeout: Duration,
@@ -62,7 +62,7 @@ impl DeadlineListener {
     /// Wraps `inner`, admitting connections through `gate`; request heads must arrive within
     /// `timeouts.0`, and a connection idle between requests for `timeouts.1` is closed.
     /// Connections closed for a deadline are counted in `timed_out`.
-    pub fn new(
+    pub(crate) fn new(
         inner: TcpListener,
         gate: Gate,
         timeouts: (Duration, Duration),
@@ -116,7 +116,7 @@ enum Phase {
 
 /// A TCP connection with header and idle read deadlines (see the module docs).
 #[derive(Debug)]
-pub struct DeadlineStream {
+pub(crate) struct DeadlineStream {
     inner: TcpStream,
     /// The connection's slot under the listener's cap.
     _permit: Option<Permit>,

@@ -31,7 +31,7 @@ use crate::state::{AgentState, ServiceView};
 /// The peer address of an admin connection (connect info for any listener with socket
 /// addresses, e.g. [`crate::deadline::DeadlineListener`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub SocketAddr);
 
 impl
     axum::extract::connect_info::Connected<
@@ -47,7 +47,7 @@ impl
 
 /// Query of `POST /drain`.
 #[derive(Debug, Deserialize)]
-pub struct DrainQuery {
+pub(crate) struct DrainQuery {
     timeout: Option<String>,
 }
 
@@ -107,7 +107,7 @@ pub fn authorize(
 }
 
 /// In-flight requests of the services that count for draining (non-stale), rounded.
-pub fn active(views: &[ServiceView]) -> (u64, Vec<Value>) {
+pub(crate) fn active(views: &[ServiceView]) -> (u64, Vec<Value>) {
     let mut total = 0u64;
     let mut services = Vec::new();
     for v in views {
@@ -140,7 +140,7 @@ fn all_reported_since(views: &[ServiceView], since: Duration) -> bool {
 }
 
 /// The `POST /drain` handler.
-pub async fn handler(
+pub(crate) async fn handler(
     State(state): State<Arc<AgentState>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,

@@ -12,7 +12,7 @@ use crate::store::{Entry, ResourceInfo, SeriesMap};
 
 /// An export interval at or above this is slow: readiness hears of a blocked event loop
 /// only that late.
-pub const SLOW_EXPORT: Duration = Duration::from_secs(5);
+pub(crate) const SLOW_EXPORT: Duration = Duration::from_secs(5);
 
 /// Everything known about one service instance.
 #[derive(Debug)]

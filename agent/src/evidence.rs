@@ -12,7 +12,7 @@ pub(crate) const STUCK_METRIC: &str = "tokio.worker.stuck.duration";
 /// `error.type` of a response that the service's own load shedding produced (loopwatch's
 /// `ShedLayer`): counted as shed, not as an error. Namespaced so that another SDK's 503
 /// (`error.type` = `"503"`) never collides with it.
-pub const SHED_ERROR_TYPE: &str = "loopwatch.shed";
+pub(crate) const SHED_ERROR_TYPE: &str = "loopwatch.shed";
 
 /// Where a runtime's metrics exporter runs, by `telemetry.sdk.language` for SDKs without a
 /// runtime of their own in [`Runtime`].

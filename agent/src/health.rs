@@ -63,7 +63,7 @@ impl Runtime {
 
 /// What a metric contributes to the health model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// p99 scheduling delay over the last export window (seconds).
     DelayP99,
     /// Longest scheduling delay over the last export window (seconds).
@@ -76,7 +76,7 @@ pub enum Signal {
 
 /// One row of the runtime mapping table.
 #[derive(Debug, Clone, Copy)]
-pub struct SignalMapping {
+pub(crate) struct SignalMapping {
     /// OTel metric name.
     pub metric: &'static str,
     /// Runtime it identifies.
@@ -86,7 +86,7 @@ pub struct SignalMapping {
 }
 
 /// The runtime mapping table.
-pub const SIGNALS: &[SignalMapping] = &[
+pub(crate) const SIGNALS: &[SignalMapping] = &[
     SignalMapping {
         metric: "tokio.eventloop.delay.p99",
         runtime: Runtime::Tokio,
@@ -178,15 +178,15 @@ impl Lifecycle {
 }
 
 /// Metric carrying the service lifecycle state.
-pub const LIFECYCLE_METRIC: &str = "loopwatch.lifecycle.state";
+pub(crate) const LIFECYCLE_METRIC: &str = "loopwatch.lifecycle.state";
 /// Metric carrying in-flight requests (UpDownCounter).
-pub const ACTIVE_REQUESTS_METRIC: &str = "http.server.active_requests";
+pub(crate) const ACTIVE_REQUESTS_METRIC: &str = "http.server.active_requests";
 /// Metric carrying heap growth (gauge, By/s).
-pub const HEAP_GROWTH_METRIC: &str = "loopwatch.heap.growth_rate";
+pub(crate) const HEAP_GROWTH_METRIC: &str = "loopwatch.heap.growth_rate";
 /// HTTP server duration histogram (error ratio per route).
-pub const REQUEST_DURATION_METRIC: &str = "http.server.request.duration";
+pub(crate) const REQUEST_DURATION_METRIC: &str = "http.server.request.duration";
 /// Go scheduling latency histogram.
-pub const GO_SCHEDULE_METRIC: &str = "go.schedule.duration";
+pub(crate) const GO_SCHEDULE_METRIC: &str = "go.schedule.duration";
 
 impl Signals {
     /// lag = max(delay p99, delay max, stall, time an export is overdue), seconds; `None`
@@ -239,7 +239,7 @@ fn unit_scale(unit: &str) -> f64 {
 }
 
 /// Extracts [`Signals`] from a service's series using [`SIGNALS`].
-pub fn signals(series: &SeriesMap) -> Signals {
+pub(crate) fn signals(series: &SeriesMap) -> Signals {
     let mut out = Signals {
         runtime: Runtime::Unknown,
         delay_p99: None,
@@ -317,7 +317,7 @@ fn named<'a>(
 /// Requests, errors and shed responses per route from `http.server.request.duration`
 /// (cumulative counts), borrowing the route names from the series keys. A shed response
 /// ([`SHED_ERROR_TYPE`]) is not an error.
-pub fn route_counts(series: &SeriesMap) -> BTreeMap<&str, Counts> {
+pub(crate) fn route_counts(series: &SeriesMap) -> BTreeMap<&str, Counts> {
     let mut out: BTreeMap<&str, Counts> = BTreeMap::new();
     for (key, s) in named(series, REQUEST_DURATION_METRIC) {
         let count = match &s.value {
@@ -370,7 +370,7 @@ fn go_schedule(series: &SeriesMap) -> Option<(Vec<f64>, Vec<u64>, f64)> {
 }
 
 /// p99 (bucket upper bound; the last finite bound for the overflow bucket) of bucket counts.
-pub fn histogram_p99(bounds: &[f64], counts: &[u64]) -> Option<f64> {
+pub(crate) fn histogram_p99(bounds: &[f64], counts: &[u64]) -> Option<f64> {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return None;
@@ -389,7 +389,7 @@ pub fn histogram_p99(bounds: &[f64], counts: &[u64]) -> Option<f64> {
 /// A threshold with hysteresis: active at `value >= enter`; inactive again only once the
 /// value has stayed below `leave` for `hold`.
 #[derive(Debug, Clone, Default)]
-pub struct Band {
+pub(crate) struct Band {
     active: bool,
     last_high: Option<Instant>,
 }
@@ -397,7 +397,7 @@ pub struct Band {
 impl Band {
     /// Updates with `value` (`None`: nothing measured, counts as below `leave`) at `now`;
     /// returns whether the band is active and, while holding, how long it has been low.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         value: Option<f64>,
         enter: f64,
@@ -426,7 +426,7 @@ impl Band {
     }
 
     /// Whether the band is active.
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.active
     }
 }
@@ -435,10 +435,10 @@ impl Band {
 const MAX_ERROR_SNAPSHOTS: usize = 4096;
 
 /// (requests, errors, shed) of one route.
-pub type Counts = (u64, u64, u64);
+pub(crate) type Counts = (u64, u64, u64);
 
 /// [`Counts`] per `http.route`.
-pub type RouteCounts = BTreeMap<String, Counts>;
+pub(crate) type RouteCounts = BTreeMap<String, Counts>;
 
 /// Per-route counts over time, for the sliding error ratio.
 #[derive(Debug, Clone, Default)]

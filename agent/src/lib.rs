@@ -52,24 +52,36 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub mod admin;
+mod admin;
 mod cadence;
 pub mod config;
-pub mod conn;
-pub mod deadline;
+mod conn;
+mod deadline;
 mod derived;
-pub mod drain;
-pub mod entry;
-pub mod evidence;
-pub mod export;
-pub mod health;
-pub mod prometheus;
-pub mod receiver;
+mod drain;
+mod entry;
+mod evidence;
+mod export;
+mod health;
+mod prometheus;
+mod receiver;
 mod self_telemetry;
-pub mod state;
-pub mod status_page;
-pub mod store;
+mod state;
+mod status_page;
+mod store;
 mod wire;
+
+/// What the agent's own tests reach beyond the public API (not a stable interface).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::drain::authorize;
+    pub use crate::export::ExportDrop;
+    pub use crate::health::HealthState;
+    pub use crate::prometheus::render as render_metrics;
+    pub use crate::receiver::budget::BYTES_PER_NODE;
+    pub use crate::receiver::http::router as http_router;
+    pub use crate::state::{AgentState, EVICT_AFTER_STALE};
+}
 
 use config::Config;
 use state::AgentState;

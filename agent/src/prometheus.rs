@@ -44,7 +44,7 @@ use crate::state::{AgentState, ServiceView};
 use crate::store::{SeriesKind, SeriesValue, ServiceKey};
 
 /// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Replaces every character outside `[a-zA-Z0-9_]` (and `:` when `colon`) with `_`,
 /// collapses repeated `_`, and prefixes a leading digit.
@@ -65,7 +65,7 @@ fn sanitize(s: &str, colon: bool) -> String {
 }
 
 /// Prometheus metric name for an OTel metric.
-pub fn metric_name(name: &str, unit: &str, kind: SeriesKind) -> String {
+pub(crate) fn metric_name(name: &str, unit: &str, kind: SeriesKind) -> String {
     let mut base = sanitize(name, true);
     let unit = unit.trim();
     let suffix: String = match unit {

@@ -7,9 +7,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 /// The page.
-pub const INDEX_HTML: &str = include_str!("../assets/status.html");
+pub(crate) const INDEX_HTML: &str = include_str!("../assets/status.html");
 /// Its script.
-pub const STATUS_JS: &str = include_str!("../assets/status.js");
+pub(crate) const STATUS_JS: &str = include_str!("../assets/status.js");
 
 fn with_type(ct: &'static str, body: &'static str) -> Response {
     (
@@ -23,11 +23,11 @@ fn with_type(ct: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /`.
-pub async fn index() -> Response {
+pub(crate) async fn index() -> Response {
     with_type("text/html; charset=utf-8", INDEX_HTML)
 }
 
 /// `GET /status.js`.
-pub async fn script() -> Response {
+pub(crate) async fn script() -> Response {
     with_type("text/javascript; charset=utf-8", STATUS_JS)
 }

@@ -24,16 +24,16 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use crate::wire;
 
 /// Max attributes on one datapoint; datapoints with more are dropped (reason `oversize`).
-pub const MAX_ATTRIBUTES: usize = 64;
+pub(crate) const MAX_ATTRIBUTES: usize = 64;
 /// Max bytes of a metric name or attribute key.
-pub const MAX_NAME_BYTES: usize = 256;
+pub(crate) const MAX_NAME_BYTES: usize = 256;
 /// Max bytes of an attribute value (after rendering to a string).
-pub const MAX_VALUE_BYTES: usize = 1024;
+pub(crate) const MAX_VALUE_BYTES: usize = 1024;
 /// Max explicit histogram buckets on one datapoint.
-pub const MAX_HISTOGRAM_BUCKETS: usize = 512;
+pub(crate) const MAX_HISTOGRAM_BUCKETS: usize = 512;
 /// Budget for the approximate bytes held by all series (256 MiB); beyond it requests that
 /// would add series are refused (reason `memory`).
-pub const MAX_TOTAL_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_TOTAL_BYTES: usize = 256 * 1024 * 1024;
 
 /// OTLP `AGGREGATION_TEMPORALITY_DELTA`.
 const TEMPORALITY_DELTA: i32 = 1;
@@ -655,7 +655,7 @@ fn fill_counts(out: &mut Vec<u64>, bounds: usize, counts: Option<Packed<'_, u64>
 
 /// One decoded update to a series.
 #[derive(Debug, Clone)]
-pub struct Update<'a> {
+pub(crate) struct Update<'a> {
     key: UpdateKey<'a>,
     kind: SeriesKind,
     unit: &'a str,
@@ -737,7 +737,7 @@ fn attributes(attrs: AttrSlice<'_>) -> Option<Vec<(String, String)>> {
 }
 
 /// The service instance identity of a resource.
-pub fn service_key(resource_attrs: &[KeyValue]) -> ServiceKey {
+pub(crate) fn service_key(resource_attrs: &[KeyValue]) -> ServiceKey {
     service_key_of(AttrSlice::Proto(resource_attrs))
 }
 
@@ -758,7 +758,7 @@ fn service_key_of(attrs: AttrSlice<'_>) -> ServiceKey {
 }
 
 /// Decodes a request into updates. Never fails: bad datapoints are dropped and counted.
-pub fn prepare(req: &ExportMetricsServiceRequest) -> Prepared<'_> {
+pub(crate) fn prepare(req: &ExportMetricsServiceRequest) -> Prepared<'_> {
     let mut prepared = Prepared::default();
     for rm in &req.resource_metrics {
         let resource_attrs = rm

@@ -186,12 +186,12 @@ fn drain_with_no_services_answers_at_once_and_without_auth_refuses_remote_peers(
     // Remote peers (not reachable on loopback, so the check itself is exercised).
     use axum::http::{HeaderMap, HeaderValue, header};
     let remote: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
-    let open = loopwatch_agent::state::AgentState::new(Config::default());
-    let refused = loopwatch_agent::drain::authorize(&open, &remote, &HeaderMap::new());
+    let open = loopwatch_agent::testing::AgentState::new(Config::default());
+    let refused = loopwatch_agent::testing::authorize(&open, &remote, &HeaderMap::new());
     assert_eq!(refused.expect_err("no token: refused").status(), 403);
     let local: SocketAddr = "127.0.0.1:5555".parse().expect("addr");
-    assert!(loopwatch_agent::drain::authorize(&open, &local, &HeaderMap::new()).is_ok());
-    let with_token = loopwatch_agent::state::AgentState::new(
+    assert!(loopwatch_agent::testing::authorize(&open, &local, &HeaderMap::new()).is_ok());
+    let with_token = loopwatch_agent::testing::AgentState::new(
         Config::builder()
             .drain_token("s3cret")
             .build()
@@ -202,13 +202,13 @@ fn drain_with_no_services_answers_at_once_and_without_auth_refuses_remote_peers(
         header::AUTHORIZATION,
         HeaderValue::from_static("Bearer wrong"),
     );
-    let r = loopwatch_agent::drain::authorize(&with_token, &remote, &h);
+    let r = loopwatch_agent::testing::authorize(&with_token, &remote, &h);
     assert_eq!(r.expect_err("wrong token").status(), 401);
     h.insert(
         header::AUTHORIZATION,
         HeaderValue::from_static("Bearer s3cret"),
     );
-    assert!(loopwatch_agent::drain::authorize(&with_token, &remote, &h).is_ok());
+    assert!(loopwatch_agent::testing::authorize(&with_token, &remote, &h).is_ok());
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopwatch-agent");

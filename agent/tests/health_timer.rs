@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loopwatch_agent::config::Config;
-use loopwatch_agent::health::HealthState;
-use loopwatch_agent::state::{AgentState, EVICT_AFTER_STALE};
+use loopwatch_agent::testing::HealthState;
+use loopwatch_agent::testing::{AgentState, EVICT_AFTER_STALE};
 
 const PERIOD: Duration = Duration::from_millis(750);
 

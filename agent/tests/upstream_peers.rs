@@ -496,7 +496,7 @@ fn full_queue_and_unreachable_upstream_are_counted() {
         );
     }
     let st = agent.agent().state().clone();
-    use loopwatch_agent::export::ExportDrop;
+    use loopwatch_agent::testing::ExportDrop;
     // Two fit (one in flight, one waiting); three are dropped.
     assert_eq!(st.export.stats.dropped(ExportDrop::QueueFull), 3);
     assert!(eventually(Duration::from_secs(30), || {
@@ -575,7 +575,7 @@ fn retries_until_the_upstream_comes_up() {
     assert_eq!(
         st.export
             .stats
-            .dropped(loopwatch_agent::export::ExportDrop::RetriesExhausted),
+            .dropped(loopwatch_agent::testing::ExportDrop::RetriesExhausted),
         0
     );
 }

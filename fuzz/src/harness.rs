@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::Request;
 use loopwatch_agent::config::{Config, parse_duration};
-use loopwatch_agent::state::AgentState;
+use loopwatch_agent::testing::AgentState;
 use tower::Service;
 
 /// The OTLP/HTTP body path: content type, `Content-Encoding`, gzip, protobuf/JSON decoding,
@@ -50,7 +50,7 @@ pub fn otlp_http_body(data: &[u8]) {
         .build()
         .expect("valid fuzz config");
     let state = Arc::new(AgentState::new(config));
-    let mut router = loopwatch_agent::receiver::http::router(state.clone());
+    let mut router = loopwatch_agent::testing::http_router(state.clone());
     let mut req = Request::post("/v1/metrics");
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
@@ -77,7 +77,7 @@ pub fn otlp_http_body(data: &[u8]) {
         assert!(v.pressure.is_finite(), "non-finite pressure {v:?}");
         assert!(v.last_seen_age_seconds >= 0.0);
     }
-    let text = loopwatch_agent::prometheus::render(&state, &views);
+    let text = loopwatch_agent::testing::render_metrics(&state, &views);
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

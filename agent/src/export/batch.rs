@@ -170,14 +170,14 @@ struct ResourceBatch {
 
 /// Accumulates metrics between upstream exports.
 #[derive(Debug, Default)]
-pub struct Batcher {
+pub(crate) struct Batcher {
     resources: BTreeMap<String, ResourceBatch>,
     points: u64,
 }
 
 impl Batcher {
     /// Merges one received request.
-    pub fn add(&mut self, req: &ExportMetricsServiceRequest) {
+    pub(crate) fn add(&mut self, req: &ExportMetricsServiceRequest) {
         for rm in &req.resource_metrics {
             let rkey = attrs_key(
                 rm.resource
@@ -249,17 +249,12 @@ impl Batcher {
     }
 
     /// Datapoints currently held.
-    pub fn points(&self) -> u64 {
+    pub(crate) fn points(&self) -> u64 {
         self.points
     }
 
-    /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.resources.is_empty()
-    }
-
     /// Takes everything held as one request (empty request when nothing arrived).
-    pub fn take(&mut self) -> ExportMetricsServiceRequest {
+    pub(crate) fn take(&mut self) -> ExportMetricsServiceRequest {
         self.points = 0;
         let resources = std::mem::take(&mut self.resources);
         let mut out = ExportMetricsServiceRequest::default();
@@ -317,7 +312,7 @@ impl Batcher {
 }
 
 /// Number of datapoints in a metrics request.
-pub fn count_points(req: &ExportMetricsServiceRequest) -> u64 {
+pub(crate) fn count_points(req: &ExportMetricsServiceRequest) -> u64 {
     req.resource_metrics
         .iter()
         .flat_map(|r| &r.scope_metrics)
@@ -410,7 +405,7 @@ mod tests {
             .unwrap()
             .attributes;
         assert_eq!(attrs.len(), 2, "resource attributes kept");
-        assert!(b.is_empty());
+        assert_eq!(b.points(), 0);
         for (v, t) in [(5, 10), (7, 20), (6, 5)] {
             b.add(&req(sum(v, t, 2)));
         }

@@ -16,7 +16,7 @@ use crate::config::{ExportProtocol, ExporterConfig};
 /// A failed send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct SendError {
+pub(crate) struct SendError {
     /// Whether the OTLP spec allows a retry.
     pub retryable: bool,
     /// What happened.
@@ -25,7 +25,7 @@ pub struct SendError {
 
 /// The exporter could not be created.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// `exporter.endpoint` is not a valid URI for gRPC.
     #[error("exporter.endpoint: invalid gRPC endpoint {endpoint:?}: {message}")]
     Endpoint {
@@ -41,7 +41,7 @@ pub enum ClientError {
 
 /// A connected (lazily) upstream client.
 #[derive(Debug)]
-pub enum Client {
+pub(crate) enum Client {
     /// OTLP/gRPC: the channel, headers as metadata, gzip.
     Grpc(Channel, Vec<(String, String)>, bool),
     /// OTLP/HTTP protobuf: client (headers built in), base URL, gzip.
@@ -85,7 +85,7 @@ fn grpc_retryable(code: Code) -> bool {
 
 impl Client {
     /// Builds the client for `config` (no connection is made yet).
-    pub fn new(config: &ExporterConfig) -> Result<Client, ClientError> {
+    pub(crate) fn new(config: &ExporterConfig) -> Result<Client, ClientError> {
         match config.protocol {
             ExportProtocol::Grpc => {
                 let endpoint = Channel::from_shared(config.endpoint.clone()).map_err(|e| {
@@ -125,7 +125,11 @@ impl Client {
     }
 
     /// Sends one request, bounded by `timeout`.
-    pub async fn send(&mut self, payload: &Payload, timeout: Duration) -> Result<(), SendError> {
+    pub(crate) async fn send(
+        &mut self,
+        payload: &Payload,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
         match tokio::time::timeout(timeout, self.send_inner(payload)).await {
             Ok(r) => r,
             Err(_) => Err(SendError {

@@ -22,8 +22,8 @@
 //! `loopwatch.service.ready`, `loopwatch.service.stuck_workers`, ...). Self-telemetry: the
 //! table in `self_telemetry`, the same metrics as `/metrics` (`loopwatch.agent.*`).
 
-pub mod batch;
-pub mod client;
+pub(crate) mod batch;
+pub(crate) mod client;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,7 +46,7 @@ use crate::store::ServiceKey;
 
 /// Datapoints one metrics batch may hold; a batch reaching it is queued before the interval
 /// ends.
-pub const MAX_BATCH_POINTS: u64 = 100_000;
+pub(crate) const MAX_BATCH_POINTS: u64 = 100_000;
 
 /// One queued upstream request.
 #[derive(Debug, Clone)]
@@ -454,7 +454,7 @@ fn gauge_metric(name: &str, unit: &str, desc: &str, v: f64, now: u64) -> Metric 
 }
 
 /// The derived health metrics of one service (the table in `derived`).
-pub fn derived_metrics(v: &ServiceView, now: u64) -> Vec<Metric> {
+pub(crate) fn derived_metrics(v: &ServiceView, now: u64) -> Vec<Metric> {
     crate::derived::DERIVED
         .iter()
         .filter_map(|d| {

@@ -20,7 +20,7 @@ pub const BYTES_PER_NODE: usize = 64;
 const MAX_DEPTH: u32 = 24;
 
 /// The node budget for a body cap.
-pub fn max_nodes(max_body_bytes: usize) -> u64 {
+pub(crate) fn max_nodes(max_body_bytes: usize) -> u64 {
     (max_body_bytes / BYTES_PER_NODE).max(1024) as u64
 }
 
@@ -28,7 +28,7 @@ pub fn max_nodes(max_body_bytes: usize) -> u64 {
 /// length-delimited field (message, string, bytes, packed array), scanned recursively
 /// wherever the payload itself parses as protobuf; for JSON every object, array and string.
 /// Stops counting once `limit` is passed.
-pub fn estimate_nodes(body: &[u8], json: bool, limit: u64) -> u64 {
+pub(crate) fn estimate_nodes(body: &[u8], json: bool, limit: u64) -> u64 {
     // Every counted node takes wire bytes of its own: a protobuf length-delimited field at
     // least a key byte and a length byte, a JSON object/array its bracket and a string its
     // two quotes. A body that short cannot exceed `limit`, so the scan (a tenth of the

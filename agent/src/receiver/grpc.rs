@@ -35,15 +35,15 @@ use crate::state::AgentState;
 
 /// Concurrent HTTP/2 streams per connection (the HTTP/2 spec's recommended minimum; an OTLP
 /// exporter sends one export at a time).
-pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 100;
 /// Largest request header list (16 KiB): OTLP requests carry a few short headers.
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+pub(crate) const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Streams opened and reset by the client before the server accepted them, per connection,
 /// before the connection is closed.
-pub const MAX_PENDING_RESETS: usize = 20;
+pub(crate) const MAX_PENDING_RESETS: usize = 20;
 
 /// Serves the OTLP/gRPC receiver on `incoming` until `stop` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     state: Arc<AgentState>,
     incoming: GrpcIncoming,
     stop: impl std::future::Future<Output = ()>,
@@ -63,18 +63,18 @@ pub async fn serve(
 
 /// The gRPC service implementations, sharing the agent state.
 #[derive(Debug, Clone)]
-pub struct GrpcReceiver {
+pub(crate) struct GrpcReceiver {
     state: Arc<AgentState>,
 }
 
 impl GrpcReceiver {
     /// A receiver over `state`.
-    pub fn new(state: Arc<AgentState>) -> Self {
+    pub(crate) fn new(state: Arc<AgentState>) -> Self {
         GrpcReceiver { state }
     }
 
     /// Builds a tonic router with the metrics, trace and logs services.
-    pub fn router(self) -> tonic::service::Routes {
+    pub(crate) fn router(self) -> tonic::service::Routes {
         let limit = self.state.config().receiver.max_body_bytes;
         let metrics = MetricsServiceServer::new(self.clone())
             .accept_compressed(CompressionEncoding::Gzip)
@@ -140,7 +140,7 @@ impl LogsService for GrpcReceiver {
 }
 
 /// Number of spans in a trace export.
-pub fn count_spans(req: &ExportTraceServiceRequest) -> u64 {
+pub(crate) fn count_spans(req: &ExportTraceServiceRequest) -> u64 {
     req.resource_spans
         .iter()
         .flat_map(|r| &r.scope_spans)
@@ -149,7 +149,7 @@ pub fn count_spans(req: &ExportTraceServiceRequest) -> u64 {
 }
 
 /// Number of log records in a logs export.
-pub fn count_log_records(req: &ExportLogsServiceRequest) -> u64 {
+pub(crate) fn count_log_records(req: &ExportLogsServiceRequest) -> u64 {
     req.resource_logs
         .iter()
         .flat_map(|r| &r.scope_logs)
@@ -163,13 +163,13 @@ pub fn count_log_records(req: &ExportLogsServiceRequest) -> u64 {
 /// -> `too_large`; an undecodable message (`INTERNAL`, which the handlers never return) ->
 /// `malformed`; the request timeout (`CANCELLED` "Timeout expired") -> `timeout`.
 #[derive(Debug, Clone)]
-pub struct CountRefusals {
+pub(crate) struct CountRefusals {
     state: Arc<AgentState>,
 }
 
 impl CountRefusals {
     /// A layer counting into `state`'s telemetry.
-    pub fn new(state: Arc<AgentState>) -> Self {
+    pub(crate) fn new(state: Arc<AgentState>) -> Self {
         CountRefusals { state }
     }
 }
@@ -186,7 +186,7 @@ impl<S> tower::Layer<S> for CountRefusals {
 
 /// The service built by [`CountRefusals`].
 #[derive(Debug, Clone)]
-pub struct CountRefusalsService<S> {
+pub(crate) struct CountRefusalsService<S> {
     inner: S,
     state: Arc<AgentState>,
 }

@@ -25,13 +25,13 @@ const FRAME_HEADER: usize = 5;
 
 /// Tower layer applying the decode budget to every gRPC request.
 #[derive(Debug, Clone)]
-pub struct GrpcBudget {
+pub(crate) struct GrpcBudget {
     state: Arc<AgentState>,
 }
 
 impl GrpcBudget {
     /// A layer checking against `state`'s `receiver.max_body_bytes` and counting there.
-    pub fn new(state: Arc<AgentState>) -> Self {
+    pub(crate) fn new(state: Arc<AgentState>) -> Self {
         GrpcBudget { state }
     }
 }
@@ -48,7 +48,7 @@ impl<S> tower::Layer<S> for GrpcBudget {
 
 /// The service built by [`GrpcBudget`].
 #[derive(Debug, Clone)]
-pub struct GrpcBudgetService<S> {
+pub(crate) struct GrpcBudgetService<S> {
     inner: S,
     state: Arc<AgentState>,
 }

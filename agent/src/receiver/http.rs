@@ -34,7 +34,7 @@ use crate::state::{AgentState, RefuseReason};
 
 /// Wire encoding of a request (and its response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     /// `application/x-protobuf`.
     Protobuf,
     /// `application/json` (OTLP/JSON).

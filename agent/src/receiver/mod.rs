@@ -12,7 +12,7 @@
 //! 429 / RESOURCE_EXHAUSTED. Refusals are counted in
 //! `loopwatch_agent_requests_refused_total{reason}`.
 
-pub mod budget;
-pub mod grpc;
-pub mod grpc_budget;
-pub mod http;
+pub(crate) mod budget;
+pub(crate) mod grpc;
+pub(crate) mod grpc_budget;
+pub(crate) mod http;
