@@ -67,6 +67,13 @@ fn shed_responses_are_not_errors_and_readiness_recovers_after_the_hold() {
     let ratio = status["shed_ratio"].as_f64().expect("shed_ratio");
     assert!(ratio > 0.0, "{status}");
     assert_eq!(status["state"], "ok", "{status}");
+    let by_route = status["shed_by_route"].as_array().expect("shed_by_route");
+    assert!(
+        by_route
+            .iter()
+            .any(|r| r["route"] == "/items/{id}" && r["shed"].as_u64().unwrap_or(0) > 0),
+        "{status}"
+    );
     let label = format!("service_name=\"{}\"", service.name);
     assert!(
         agent

@@ -17,6 +17,7 @@
 //!   "stall_seconds","delay_p99_seconds","utilization","pressure","last_seen_age_seconds",
 //!   "runtime","heap_growth_bytes_per_second","active_requests","lifecycle",
 //!   "export_interval_seconds","warnings","stall_in_progress_seconds","shed_ratio",
+//!   "shed_by_route":[{"route","shed","requests"}],
 //!   "stuck_workers":[{"worker","seconds","location"}]}],"draining":B}`;
 //!   unknown numbers are `null`.
 //! - `GET /v1/pressure` -> `{"services":[{"service","instance","pressure"}],"max":M}` (0 when
@@ -255,6 +256,11 @@ pub(crate) fn status_json(views: &[ServiceView], draining: bool) -> Value {
                 "warnings": v.warnings,
                 "stall_in_progress_seconds": finite(v.stall_in_progress_seconds),
                 "shed_ratio": finite(v.shed_ratio),
+                "shed_by_route": v.shed_routes.iter().map(|(route, shed, requests)| json!({
+                    "route": route,
+                    "shed": shed,
+                    "requests": requests,
+                })).collect::<Vec<_>>(),
                 "stuck_workers": v.stuck_workers.iter().map(|w| json!({
                     "worker": w.worker,
                     "seconds": finite(Some(w.seconds)),
@@ -311,6 +317,7 @@ mod tests {
             stuck_workers: Vec::new(),
             stall_in_progress_seconds: None,
             shed_ratio: None,
+            shed_routes: Vec::new(),
         }
     }
 

@@ -578,6 +578,16 @@ impl Tracker {
         }
     }
 
+    /// Routes with shed responses in the error window: (route, shed, requests).
+    pub fn shed_routes(&self) -> Vec<(String, u64, u64)> {
+        self.errors
+            .in_window()
+            .into_iter()
+            .filter(|(_, c)| c.2 > 0)
+            .map(|(r, c)| (r.to_owned(), c.2, c.0))
+            .collect()
+    }
+
     /// [`signals`] plus what only the tracker knows (Go p99 from histogram deltas, the
     /// shed ratio of the error window) and the stuck workers' summary.
     pub fn signals(&self, series: &SeriesMap, stuck: StuckSummary) -> Signals {
@@ -965,5 +975,39 @@ mod tests {
             ..s
         };
         assert!((s.pressure(&c) - 1.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn stuck_workers_make_unready_only_when_asked() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let stuck = StuckSummary {
+            stuck: 1,
+            workers: 4,
+            longest: 1.5,
+            ..StuckSummary::default()
+        };
+        let mut sig = signals(&SeriesMap::default());
+        sig.stuck = stuck;
+        let report = cfg();
+        let mut t = Tracker::default();
+        let e = t.assess(&report, at(0), &sig, at(0), report.stale_after);
+        assert_eq!(
+            e.state,
+            HealthState::Ok,
+            "report: one stuck worker of 4 still serves"
+        );
+        let mut unready = cfg();
+        unready.stuck_workers = StuckPolicy::Unready;
+        let mut t = Tracker::default();
+        let e = t.assess(&unready, at(0), &sig, at(0), unready.stale_after);
+        assert_eq!(e.state, HealthState::Unhealthy);
+        // The worker recovers: unhealthy through the hold, then ok.
+        sig.stuck = StuckSummary::default();
+        let e = t.assess(&unready, at(1000), &sig, at(1000), unready.stale_after);
+        assert_eq!(e.state, HealthState::Unhealthy, "{e:?}");
+        assert!(e.reasons[0].starts_with("no worker stuck for"), "{e:?}");
+        let e = t.assess(&unready, at(4100), &sig, at(4100), unready.stale_after);
+        assert_eq!(e.state, HealthState::Ok, "{e:?}");
     }
 }

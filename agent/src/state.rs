@@ -166,6 +166,8 @@ pub struct ServiceView {
     pub stall_in_progress_seconds: Option<f64>,
     /// Shed responses over all responses in the error window.
     pub shed_ratio: Option<f64>,
+    /// Per route with shed responses in the error window: (route, shed, requests).
+    pub shed_routes: Vec<(String, u64, u64)>,
 }
 
 /// State shared by the receivers, the admin server and the health timer.
@@ -312,6 +314,7 @@ impl AgentState {
                 stuck_workers: a.stuck,
                 stall_in_progress_seconds: sig.stall_in_progress(),
                 shed_ratio: sig.shed_ratio,
+                shed_routes: s.health.shed_routes(),
             });
         });
         out

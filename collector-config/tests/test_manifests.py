@@ -138,7 +138,10 @@ def test_app_points_at_agent(pod_spec):
     # ready: a startup probe on the app's own port gates readiness and liveness.
     assert app["startupProbe"]["tcpSocket"]["port"] in {p["name"] for p in app["ports"]}
     assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9464}
-    assert app["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 9464}
+    assert app["livenessProbe"]["httpGet"] == {
+        "path": "/livez?service=" + env["OTEL_SERVICE_NAME"],
+        "port": 9464,
+    }
 
 
 def test_liveness_is_conservative(pod_spec):
