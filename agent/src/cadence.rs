@@ -37,6 +37,8 @@ pub(crate) struct Cadence {
     gaps: Vec<Duration>,
     /// From the first export's data window, until a gap is known.
     provisional: Option<Duration>,
+    /// The median of `gaps`, kept on each recorded gap: it is read on every evaluation.
+    median: Option<Duration>,
 }
 
 impl Cadence {
@@ -60,15 +62,13 @@ impl Cadence {
         }
         self.gaps.push(gap);
         self.anchor = Some(now);
+        let mut sorted = self.gaps.clone();
+        sorted.sort_unstable();
+        self.median = sorted.get(sorted.len() / 2).copied();
     }
 
     fn median(&self) -> Option<Duration> {
-        if self.gaps.is_empty() {
-            return None;
-        }
-        let mut sorted = self.gaps.clone();
-        sorted.sort_unstable();
-        Some(sorted[sorted.len() / 2])
+        self.median
     }
 
     /// The learned interval: the median of the recorded gaps; `None` until one is known.
