@@ -18,8 +18,11 @@
 //!   "runtime","heap_growth_bytes_per_second","active_requests","lifecycle",
 //!   "export_interval_seconds","warnings","stall_in_progress_seconds","shed_ratio",
 //!   "shed_by_route":[{"route","shed","requests"}],
-//!   "stuck_workers":[{"worker","seconds","location"}]}],"draining":B}`;
+//!   "stuck_workers":[{"worker","seconds","location"}],
+//!   "routes":[{"route","method","requests","requests_per_second","error_ratio","p50_seconds",
+//!   "p95_seconds","p99_seconds"}]}],"draining":B}`;
 //!   unknown numbers are `null`.
+//! - `GET /v1/history?service=NAME[&instance=ID]` -> [`crate::history_api`].
 //! - `GET /v1/pressure` -> `{"services":[{"service","instance","pressure"}],"max":M}` (0 when
 //!   no services).
 
@@ -48,6 +51,7 @@ pub(crate) fn router(state: Arc<AgentState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/pressure", get(pressure))
+        .route("/v1/history", get(crate::history_api::handler))
         .route("/drain", post(crate::drain::handler))
         .route("/", get(crate::status_page::index))
         .route("/status.js", get(crate::status_page::script))
@@ -266,6 +270,16 @@ pub(crate) fn status_json(views: &[ServiceView], draining: bool) -> Value {
                     "seconds": finite(Some(w.seconds)),
                     "location": w.location,
                 })).collect::<Vec<_>>(),
+                "routes": v.routes.iter().map(|r| json!({
+                    "route": r.route,
+                    "method": r.method,
+                    "requests": r.requests,
+                    "requests_per_second": finite(Some(r.requests_per_second)),
+                    "error_ratio": finite(Some(r.error_ratio)),
+                    "p50_seconds": finite(r.p50_seconds),
+                    "p95_seconds": finite(r.p95_seconds),
+                    "p99_seconds": finite(r.p99_seconds),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -318,6 +332,7 @@ mod tests {
             stall_in_progress_seconds: None,
             shed_ratio: None,
             shed_routes: Vec::new(),
+            routes: Vec::new(),
         }
     }
 

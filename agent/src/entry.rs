@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use crate::cadence::Cadence;
 use crate::config::HealthConfig;
 use crate::evidence::{self, StuckWorker};
-use crate::health::{Evaluation, HealthState, Signals, Tracker};
+use crate::health::{Evaluation, HealthState, Lifecycle, Signals, Tracker};
+use crate::history::{History, Observation};
+use crate::routes::RouteWindow;
 use crate::store::{Entry, ResourceInfo, SeriesMap};
 
 /// An export interval at or above this is slow: readiness hears of a blocked event loop
@@ -27,6 +29,12 @@ pub struct ServiceEntry {
     pub(crate) cadence: Cadence,
     /// Resource `telemetry.sdk.language`, when sent.
     pub sdk_language: Option<String>,
+    /// Per-route request histograms over the error window.
+    pub(crate) routes: RouteWindow,
+    /// Samples and episodes of the last minutes.
+    pub history: History,
+    /// The latest export's data window (time minus start time).
+    data_window: Option<Duration>,
     /// Whether the slow-exporter warning was logged for this instance.
     warned_slow: bool,
 }
@@ -39,6 +47,9 @@ impl Entry for ServiceEntry {
             health: Tracker::default(),
             cadence: Cadence::default(),
             sdk_language: None,
+            routes: RouteWindow::default(),
+            history: History::default(),
+            data_window: None,
             warned_slow: false,
         }
     }
@@ -54,6 +65,7 @@ impl Entry for ServiceEntry {
     fn arrived(&mut self, now: Instant, info: ResourceInfo) {
         self.last_seen = now;
         self.cadence.observe(now, info.window);
+        self.data_window = info.window;
         if info.language.is_some() && self.sdk_language != info.language {
             self.sdk_language = info.language;
         }
@@ -72,6 +84,36 @@ pub(crate) struct Assessed {
 }
 
 impl ServiceEntry {
+    /// Records what an applied export changed: the health tracker's windows and the routes'.
+    pub(crate) fn observe(&mut self, cfg: &HealthConfig, now: Instant) {
+        self.health.observe(cfg, now, &self.series);
+        self.routes
+            .observe(now, &self.series, cfg.error_window, self.data_window);
+    }
+
+    /// Writes an evaluation into the history at `at_ms` (milliseconds since the agent
+    /// started); `draining` is the agent's own drain.
+    pub(crate) fn record(&mut self, cfg: &HealthConfig, at_ms: u64, a: &Assessed, draining: bool) {
+        let stuck: Vec<String> = a.stuck.iter().map(StuckWorker::reason).collect();
+        let sig = &a.sig;
+        self.history.record(
+            at_ms,
+            &Observation {
+                state: a.eval.state,
+                reasons: &a.eval.reasons,
+                lag: sig.lag(),
+                utilization: sig.utilization,
+                pressure: sig.pressure(cfg),
+                error_ratio: sig.error_ratio,
+                heap_growth: sig.heap_growth,
+                stall: sig.stall_in_progress(),
+                stuck: &stuck,
+                stuck_seconds: a.stuck.iter().map(|w| w.seconds).reduce(f64::max),
+                draining: draining || sig.lifecycle == Some(Lifecycle::Draining),
+            },
+        );
+    }
+
     /// Staleness waits for two learned intervals, and never less than `health.stale_after`.
     fn stale_after(&self, cfg: &HealthConfig) -> Duration {
         self.cadence.expected().map_or(cfg.stale_after, |c| {

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use crate::cadence::Overdue;
 use crate::config::{HealthConfig, StuckPolicy};
-use crate::evidence::{SHED_ERROR_TYPE, StuckSummary};
+use crate::evidence::StuckSummary;
+use crate::routes;
 use crate::store::{Series, SeriesKey, SeriesMap, SeriesValue};
 
 /// The runtime a service reports from.
@@ -134,6 +135,8 @@ pub struct Signals {
     pub stuck: StuckSummary,
     /// Shed responses over all responses in the error window.
     pub shed_ratio: Option<f64>,
+    /// Errors over all responses in the error window.
+    pub error_ratio: Option<f64>,
     /// Latest current stall, seconds.
     pub stall: Option<f64>,
     /// Latest utilization ratio.
@@ -183,8 +186,6 @@ pub(crate) const LIFECYCLE_METRIC: &str = "loopwatch.lifecycle.state";
 pub(crate) const ACTIVE_REQUESTS_METRIC: &str = "http.server.active_requests";
 /// Metric carrying heap growth (gauge, By/s).
 pub(crate) const HEAP_GROWTH_METRIC: &str = "loopwatch.heap.growth_rate";
-/// HTTP server duration histogram (error ratio per route).
-pub(crate) const REQUEST_DURATION_METRIC: &str = "http.server.request.duration";
 /// Go scheduling latency histogram.
 pub(crate) const GO_SCHEDULE_METRIC: &str = "go.schedule.duration";
 
@@ -228,16 +229,6 @@ impl Signals {
     }
 }
 
-fn unit_scale(unit: &str) -> f64 {
-    match unit {
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        "min" => 60.0,
-        _ => 1.0,
-    }
-}
-
 /// Extracts [`Signals`] from a service's series using [`SIGNALS`].
 pub(crate) fn signals(series: &SeriesMap) -> Signals {
     let mut out = Signals {
@@ -247,6 +238,7 @@ pub(crate) fn signals(series: &SeriesMap) -> Signals {
         overdue: None,
         stuck: StuckSummary::default(),
         shed_ratio: None,
+        error_ratio: None,
         stall: None,
         utilization: None,
         heap_growth: None,
@@ -277,7 +269,7 @@ pub(crate) fn signals(series: &SeriesMap) -> Signals {
             };
             let v = match mapping.signal {
                 Signal::Utilization => v,
-                _ => v * unit_scale(&s.unit),
+                _ => v * s.seconds_per_unit(),
             };
             // Delays, stalls and utilization are never negative: a negative (or NaN) report
             // is ignored rather than turned into negative lag or pressure.
@@ -299,7 +291,7 @@ pub(crate) fn signals(series: &SeriesMap) -> Signals {
     if out.runtime == Runtime::Unknown {
         if named(series, GO_SCHEDULE_METRIC).next().is_some() {
             out.runtime = Runtime::Go;
-        } else if named(series, REQUEST_DURATION_METRIC).next().is_some() {
+        } else if routes::request_series(series).next().is_some() {
             out.runtime = Runtime::Http;
         }
     }
@@ -314,37 +306,22 @@ fn named<'a>(
     series.named(name)
 }
 
-/// Requests, errors and shed responses per route from `http.server.request.duration`
-/// (cumulative counts), borrowing the route names from the series keys. A shed response
-/// ([`SHED_ERROR_TYPE`]) is not an error.
+/// Requests, errors and shed responses per route from the request-duration histograms
+/// (cumulative counts, [`routes::request_series`]), borrowing the route names from the
+/// series keys.
 pub(crate) fn route_counts(series: &SeriesMap) -> BTreeMap<&str, Counts> {
     let mut out: BTreeMap<&str, Counts> = BTreeMap::new();
-    for (key, s) in named(series, REQUEST_DURATION_METRIC) {
-        let count = match &s.value {
-            SeriesValue::Histogram { count, .. } => *count,
-            SeriesValue::Number(_) => continue,
+    for (class, s) in routes::request_series(series) {
+        let SeriesValue::Histogram { count, .. } = &s.value else {
+            continue;
         };
-        let attr = |k: &str| {
-            key.attributes
-                .iter()
-                .find(|(a, _)| a == k)
-                .map(|(_, v)| v.as_str())
-        };
-        let route = attr("http.route").unwrap_or("");
-        let error_type = attr("error.type");
-        let shed = error_type == Some(SHED_ERROR_TYPE);
-        let error = !shed
-            && (error_type.is_some()
-                || attr("http.response.status_code")
-                    .and_then(|c| c.parse::<f64>().ok())
-                    .is_some_and(|c| c >= 500.0));
-        let e = out.entry(route).or_insert((0, 0, 0));
-        e.0 = e.0.saturating_add(count);
-        if error {
-            e.1 = e.1.saturating_add(count);
+        let e = out.entry(class.route).or_insert((0, 0, 0));
+        e.0 = e.0.saturating_add(*count);
+        if class.error {
+            e.1 = e.1.saturating_add(*count);
         }
-        if shed {
-            e.2 = e.2.saturating_add(count);
+        if class.shed {
+            e.2 = e.2.saturating_add(*count);
         }
     }
     out
@@ -356,7 +333,7 @@ fn go_schedule(series: &SeriesMap) -> Option<(Vec<f64>, Vec<u64>, f64)> {
     for (_, s) in named(series, GO_SCHEDULE_METRIC) {
         if let SeriesValue::Histogram { bounds, counts, .. } = &s.value {
             match &mut acc {
-                None => acc = Some((bounds.clone(), counts.clone(), unit_scale(&s.unit))),
+                None => acc = Some((bounds.clone(), counts.clone(), s.seconds_per_unit())),
                 Some((b, c, _)) if b == bounds && c.len() == counts.len() => {
                     for (x, y) in c.iter_mut().zip(counts) {
                         *x = x.saturating_add(*y);
@@ -596,14 +573,19 @@ impl Tracker {
             s.delay_p99 = self.go_p99;
         }
         s.stuck = stuck;
-        let (requests, shed) = self
-            .errors
-            .in_window()
-            .iter()
-            .fold((0u64, 0u64), |(r, sh), (_, c)| {
-                (r.saturating_add(c.0), sh.saturating_add(c.2))
-            });
+        let (requests, errors, shed) =
+            self.errors
+                .in_window()
+                .iter()
+                .fold((0u64, 0u64, 0u64), |(r, e, sh), (_, c)| {
+                    (
+                        r.saturating_add(c.0),
+                        e.saturating_add(c.1),
+                        sh.saturating_add(c.2),
+                    )
+                });
         s.shed_ratio = (requests > 0).then(|| shed as f64 / requests as f64);
+        s.error_ratio = (requests > 0).then(|| errors as f64 / requests as f64);
         s
     }
 
@@ -950,6 +932,7 @@ mod tests {
             overdue: None,
             stuck: StuckSummary::default(),
             shed_ratio: None,
+            error_ratio: None,
             stall: Some(0.2),
             utilization: Some(0.4),
             heap_growth: None,

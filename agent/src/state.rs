@@ -11,6 +11,8 @@ use crate::entry::{Assessed, ServiceEntry};
 use crate::evidence::StuckWorker;
 use crate::export::Pipeline;
 use crate::health::{HealthState, Lifecycle, Runtime};
+use crate::history::{Episode, SampleView};
+use crate::routes::RouteStats;
 use crate::store::{
     CapError, DropReason, Limits, MAX_TOTAL_BYTES, Prepared, ServiceKey, Store, prepare,
     prepare_wire,
@@ -168,6 +170,19 @@ pub struct ServiceView {
     pub shed_ratio: Option<f64>,
     /// Per route with shed responses in the error window: (route, shed, requests).
     pub shed_routes: Vec<(String, u64, u64)>,
+    /// Per-route traffic over the error window, worst first.
+    pub routes: Vec<RouteStats>,
+}
+
+/// The history of one service instance at one instant.
+#[derive(Debug, Clone)]
+pub struct HistoryView {
+    /// Identity.
+    pub key: ServiceKey,
+    /// Samples of the last [`crate::history::History::SECONDS`], oldest first.
+    pub samples: Vec<SampleView>,
+    /// Episodes, oldest first.
+    pub episodes: Vec<Episode>,
 }
 
 /// State shared by the receivers, the admin server and the health timer.
@@ -183,6 +198,10 @@ pub struct AgentState {
     changed: tokio::sync::Notify,
     /// Wakes the health timer when a service turns unhealthy (its holds need the tick).
     unhealthy: tokio::sync::Notify,
+    /// The agent's start: history times are milliseconds since it.
+    epoch: Instant,
+    /// The same as Unix time, seconds.
+    epoch_unix: f64,
 }
 
 impl AgentState {
@@ -200,6 +219,10 @@ impl AgentState {
             draining: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             unhealthy: tokio::sync::Notify::new(),
+            epoch: Instant::now(),
+            epoch_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             config,
         }
     }
@@ -233,7 +256,32 @@ impl AgentState {
     /// Ingests an OTLP metrics request: decode, check caps, apply, evaluate health of the
     /// touched services. Returns the number of accepted datapoints.
     pub fn ingest_metrics(&self, req: &ExportMetricsServiceRequest) -> Result<u64, CapError> {
-        self.ingest_prepared(prepare(req), Some(req))
+        self.ingest_prepared(prepare(req), Some(req), Instant::now())
+    }
+
+    /// [`AgentState::ingest_metrics`] as if it arrived at `now` (simulated time in tests; no
+    /// earlier than the previous call's).
+    pub fn ingest_metrics_at(
+        &self,
+        req: &ExportMetricsServiceRequest,
+        now: Instant,
+    ) -> Result<u64, CapError> {
+        self.ingest_prepared(prepare(req), Some(req), now)
+    }
+
+    /// Milliseconds from the agent's start to `now`.
+    fn at_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Unix time (seconds) of `ms` milliseconds after the agent's start.
+    pub fn unix_time(&self, ms: u64) -> f64 {
+        self.epoch_unix + ms as f64 / 1e3
+    }
+
+    /// Seconds from the agent's start to `now`.
+    pub fn uptime_seconds(&self, now: Instant) -> u32 {
+        u32::try_from(self.at_ms(now) / 1000).unwrap_or(u32::MAX)
     }
 
     /// [`AgentState::ingest_metrics`] for an OTLP/protobuf body, read by the borrowing
@@ -245,19 +293,19 @@ impl AgentState {
             return None;
         }
         let req = crate::wire::decode(body)?;
-        Some(self.ingest_prepared(prepare_wire(&req), None))
+        Some(self.ingest_prepared(prepare_wire(&req), None, Instant::now()))
     }
 
     fn ingest_prepared(
         &self,
         prepared: Prepared<'_>,
         req: Option<&ExportMetricsServiceRequest>,
+        now: Instant,
     ) -> Result<u64, CapError> {
         for (reason, n) in &prepared.dropped {
             self.telemetry.drop_points(*reason, *n);
         }
         let accepted = prepared.datapoints();
-        let now = Instant::now();
         let mut store = self.store();
         match store.apply(prepared, now) {
             Ok(touched) => {
@@ -265,10 +313,12 @@ impl AgentState {
                     .datapoints_received
                     .fetch_add(accepted, Ordering::Relaxed);
                 let cfg = &self.config.health;
+                let (at_ms, draining) = (self.at_ms(now), self.is_draining());
                 for key in &touched {
                     if let Some(s) = store.service_mut(key) {
-                        s.health.observe(cfg, now, &s.series);
+                        s.observe(cfg, now);
                         let a = s.assess(cfg, now);
+                        s.record(cfg, at_ms, &a, draining);
                         self.transition(key, a.before, s.health.any_unhealthy(), &a.eval.reasons);
                     }
                 }
@@ -315,6 +365,7 @@ impl AgentState {
                 stall_in_progress_seconds: sig.stall_in_progress(),
                 shed_ratio: sig.shed_ratio,
                 shed_routes: s.health.shed_routes(),
+                routes: s.routes.stats(),
             });
         });
         out
@@ -345,6 +396,30 @@ impl AgentState {
         due
     }
 
+    /// The history of `service` (every instance, or only `instance`) at `now`, after
+    /// evaluating every service at `now`.
+    pub fn history(&self, service: &str, instance: Option<&str>, now: Instant) -> Vec<HistoryView> {
+        self.reassess(now, |_, _, _| {});
+        let now_sec = self.uptime_seconds(now);
+        self.store()
+            .services()
+            .filter(|(k, _)| k.service == service && instance.is_none_or(|i| k.instance == i))
+            .map(|(k, s)| HistoryView {
+                key: k.clone(),
+                samples: s.history.samples(now_sec),
+                episodes: s.history.episodes().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// Heap bytes of every instance's history (the sum of [`crate::history::History::approx_bytes`]).
+    pub fn history_bytes(&self) -> usize {
+        self.store()
+            .services()
+            .map(|(_, s)| s.history.approx_bytes())
+            .sum()
+    }
+
     /// Resolves when an evaluation (an export, a probe, a tick) turned a service unhealthy
     /// since the last call (a permit is kept when nobody waits): the health timer then ticks
     /// every period again.
@@ -372,8 +447,10 @@ impl AgentState {
                 "forgot departed service instances (no data for 60 x health.stale_after)"
             );
         }
+        let (at_ms, draining) = (self.at_ms(now), self.is_draining());
         for (key, s) in store.services_mut() {
             let a = s.assess(cfg, now);
+            s.record(cfg, at_ms, &a, draining);
             self.transition(key, a.before, s.health.any_unhealthy(), &a.eval.reasons);
             if let Some(w) = s.first_slow_warning(a.stale_after) {
                 tracing::warn!(service = %key.service, instance = %key.instance, "{w}");

@@ -100,6 +100,20 @@ pub struct Series {
     pub value: SeriesValue,
 }
 
+impl Series {
+    /// Seconds per unit of this series' values (`s`, `ms`, `us`, `ns`, `min`; anything else
+    /// is taken as seconds).
+    pub(crate) fn seconds_per_unit(&self) -> f64 {
+        match self.unit.as_str() {
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            "min" => 60.0,
+            _ => 1.0,
+        }
+    }
+}
+
 /// The series of one service instance, kept sorted by key.
 ///
 /// The receive path finds a datapoint's series with one comparison in the steady state:
