@@ -96,7 +96,8 @@ pub struct Episode {
     pub end_ms: Option<u64>,
     /// Why: the reasons when it began (truncated to [`History::REASON_BYTES`]).
     pub reasons: Vec<String>,
-    /// The largest lag seen during it, seconds (stall and stuck: the longest stall).
+    /// The largest lag seen during it, seconds (unhealthy: lag; stuck: the longest stuck
+    /// duration; otherwise `None`, the duration says it all).
     pub peak_seconds: Option<f64>,
 }
 
@@ -166,8 +167,30 @@ fn state_of(code: u8) -> HealthState {
     }
 }
 
-fn truncated(reasons: &[String]) -> Vec<String> {
-    let mut left = History::REASON_BYTES;
+/// A reason without its figures: what it is about (`lag `, `route "/a" error ratio `).
+fn cause(reason: &str) -> &str {
+    reason
+        .find(|c: char| c.is_ascii_digit())
+        .map_or(reason, |i| &reason[..i])
+}
+
+/// Appends the reasons of causes an episode does not name yet (an episode that began with
+/// lag and went on with errors says both), within [`History::REASON_BYTES`].
+fn add_new_causes(kept: &mut Vec<String>, reasons: &[String]) {
+    let new: Vec<String> = reasons
+        .iter()
+        .filter(|r| !kept.iter().any(|k| cause(k) == cause(r)))
+        .cloned()
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    let used: usize = kept.iter().map(String::len).sum();
+    kept.extend(truncated(&new, History::REASON_BYTES.saturating_sub(used)));
+}
+
+fn truncated(reasons: &[String], budget: usize) -> Vec<String> {
+    let mut left = budget;
     let mut out = Vec::new();
     for r in reasons {
         if left == 0 {
@@ -241,12 +264,7 @@ impl History {
                 }
                 EpisodeKind::Stale => (o.state == HealthState::Stale, at_ms, o.reasons, None),
                 EpisodeKind::Draining => (o.draining, at_ms, &[], None),
-                EpisodeKind::Stall => (
-                    o.stall.is_some_and(|s| s > 0.0),
-                    back(o.stall),
-                    &[],
-                    o.stall,
-                ),
+                EpisodeKind::Stall => (o.stall.is_some_and(|s| s > 0.0), back(o.stall), &[], None),
                 EpisodeKind::Stuck => (
                     !o.stuck.is_empty(),
                     back(o.stuck_seconds),
@@ -276,6 +294,7 @@ impl History {
                 if let Some(p) = peak.filter(|p| p.is_finite()) {
                     e.peak_seconds = Some(e.peak_seconds.map_or(p, |q| q.max(p)));
                 }
+                add_new_causes(&mut e.reasons, reasons);
             }
             (Some(e), false) => {
                 e.end_ms = Some(at_ms);
@@ -292,7 +311,7 @@ impl History {
                     kind,
                     start_ms,
                     end_ms: None,
-                    reasons: truncated(reasons),
+                    reasons: truncated(reasons, Self::REASON_BYTES),
                     peak_seconds: peak.filter(|p| p.is_finite()),
                 });
                 self.open[i] = true;
@@ -399,6 +418,18 @@ mod tests {
         assert_eq!((e[0].start_ms, e[0].end_ms), (10_000, Some(14_000)));
         assert_eq!(e[0].reasons, why);
         assert_eq!(e[0].peak_seconds, Some(1.2));
+
+        // A new cause during an episode is added once; new figures of a known cause are not.
+        let errors = vec![
+            "lag 0.900 s >= 0.250 s".to_owned(),
+            "route \"/fail\" error ratio 1.000 >= 0.050 (40/40 in 30 s)".to_owned(),
+        ];
+        h.record(15_000, &obs(HealthState::Unhealthy, &why, 0.8));
+        h.record(16_000, &obs(HealthState::Unhealthy, &errors, 0.9));
+        h.record(17_000, &obs(HealthState::Unhealthy, &errors, 0.9));
+        h.record(18_000, &obs(HealthState::Ok, &[], 0.0));
+        let e = h.episodes().last().unwrap();
+        assert_eq!(e.reasons, [why[0].clone(), errors[1].clone()]);
 
         // A stall band starts when the stall began.
         let mut o = obs(HealthState::Ok, &[], 0.3);

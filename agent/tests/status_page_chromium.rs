@@ -1,74 +1,16 @@
-//! The status page at `/` in a real headless browser (Debian `chromium`, installed by
-//! `scripts/peers.d/50-chromium.sh`; missing -> the test fails). Asserts on the rendered DOM:
+//! The status page at `/` in a real headless browser ([`loopwatch_e2e::chromium`]; missing ->
+//! the test fails). Asserts on the rendered DOM:
 //! service names, states, reasons and one chart line per service in each chart; saves a
 //! screenshot to `target/artifacts/status-page.png`.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use loopwatch_agent::config::Config;
-
-fn chromium() -> PathBuf {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/peers.d/50-chromium.sh"
-    );
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run 50-chromium.sh");
-    assert!(
-        out.status.success(),
-        "chromium missing: run scripts/install-peers.sh as root ({})",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from("chromium")
-}
-
-/// Runs headless chromium with `args` + `url` (bounded to 120 s); returns stdout.
-fn run_chromium(bin: &Path, profile: &Path, args: &[String], url: &str) -> String {
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chromium");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-        s
-    });
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    reader.join().expect("reader")
-}
+use loopwatch_e2e::{chromium, run_chromium};
 
 #[test]
 fn status_page_shows_services_states_reasons_and_charts() {
