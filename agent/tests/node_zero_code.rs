@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loopwatch_agent::config::Config;
+use loopwatch_e2e::{SLEEP_PLAN_MS, assert_percentiles_in_raw_buckets};
 
 fn install_peer() -> std::path::PathBuf {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/install.sh");
@@ -190,4 +191,58 @@ fn one_3s_block_turns_readyz_503_while_it_goes_on() {
             == 200),
         "did not recover after the block"
     );
+}
+
+#[test]
+fn route_percentiles_land_in_the_buckets_of_the_raw_observations() {
+    let agent = TestAgent::start(Config::builder());
+    let (child, port) = express(&agent, "zc-routes", Some(1000));
+    let _child = Killed(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::blocking::Client::new();
+    // Warm the handlers' code paths on another route.
+    for _ in 0..5 {
+        assert_eq!(c.get(format!("{base}/")).send().expect("GET /").status(), 200);
+    }
+    let mut raw = Vec::new();
+    for (ms, n) in SLEEP_PLAN_MS {
+        for _ in 0..n {
+            let r = c.get(format!("{base}/sleep?ms={ms}")).send().expect("GET /sleep");
+            assert_eq!(r.status(), 200);
+            raw.push(ms as f64 / 1e3);
+        }
+    }
+    for _ in 0..10 {
+        let r = c.get(format!("{base}/fail")).send().expect("GET /fail");
+        assert_eq!(r.status(), 500);
+    }
+    let sent = raw.len() as u64;
+    // Bounded: the SDK exports every second.
+    let start = Instant::now();
+    let routes = loop {
+        let routes = status(&agent, "zc-routes")
+            .and_then(|s| s["routes"].as_array().cloned())
+            .unwrap_or_default();
+        let count = |route: &str| {
+            routes
+                .iter()
+                .find(|r| r["route"] == route)
+                .and_then(|r| r["requests"].as_u64())
+        };
+        if count("/sleep") == Some(sent) && count("/fail") == Some(10) {
+            break routes;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent never counted {sent} /sleep and 10 /fail requests: {routes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(routes[0]["route"], "/fail", "{routes:?}");
+    assert_eq!(routes[0]["error_ratio"], 1.0);
+    let sleep = routes.iter().find(|r| r["route"] == "/sleep").expect("/sleep");
+    assert_eq!(sleep["method"], "GET", "{sleep}");
+    assert_eq!(sleep["error_ratio"], 0.0, "{sleep}");
+    assert_percentiles_in_raw_buckets(sleep, &raw);
+    eprintln!("node /sleep: {sleep}");
 }

@@ -701,3 +701,48 @@ pub fn run_chromium(bin: &Path, profile: &Path, args: &[String], url: &str) -> S
     }
     reader.join().expect("reader")
 }
+
+/// The bucket boundaries the OTel HTTP semantic conventions advise for
+/// `http.server.request.duration` (seconds): loopwatch's and the OTel SDKs' default.
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The `q` quantile of raw observations: the value of rank `ceil(q * n)`.
+pub fn raw_quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1));
+    v[rank - 1]
+}
+
+/// The bucket `(lower, upper]` of `bounds` that holds `v` (the overflow bucket's upper bound
+/// is infinite).
+pub fn bucket_of(bounds: &[f64], v: f64) -> (f64, f64) {
+    let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+    let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+    (lower, bounds.get(i).copied().unwrap_or(f64::INFINITY))
+}
+
+/// Request durations a test sends to a `/sleep?ms=N` route, in milliseconds: each in the
+/// middle of a wide bucket of [`HTTP_DURATION_BUCKETS`], so a server's own overhead (a few
+/// ms) leaves it in its bucket, and each percentile's rank several requests inside its
+/// group (a few slow requests do not move it): p50 in (10, 25] ms, p95 and p99 in
+/// (250, 500] ms.
+pub const SLEEP_PLAN_MS: [(u64, usize); 4] = [(15, 30), (35, 12), (150, 4), (350, 4)];
+
+/// Checks the `p50_seconds`, `p95_seconds` and `p99_seconds` of a `/v1/status` route entry
+/// against the raw observations: each must lie in the bucket of the raw percentile.
+pub fn assert_percentiles_in_raw_buckets(route: &serde_json::Value, raw_seconds: &[f64]) {
+    for (field, q) in [("p50_seconds", 0.5), ("p95_seconds", 0.95), ("p99_seconds", 0.99)] {
+        let raw = raw_quantile(raw_seconds, q);
+        let (lower, upper) = bucket_of(&HTTP_DURATION_BUCKETS, raw);
+        let got = route[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} missing: {route}"));
+        assert!(
+            got > lower && got <= upper,
+            "{field} {got} s not in the raw percentile's bucket ({lower}, {upper}] (raw {raw} s): {route}"
+        );
+    }
+}
