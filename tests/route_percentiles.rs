@@ -57,7 +57,10 @@ fn route_percentiles_land_in_the_buckets_of_the_raw_observations() {
         .expect("/sleep");
     assert_eq!(sleep["method"], "GET", "{sleep}");
     assert_eq!(sleep["error_ratio"], 0.0, "{sleep}");
-    assert!(sleep["requests_per_second"].as_f64().unwrap_or(0.0) > 0.0, "{sleep}");
+    assert!(
+        sleep["requests_per_second"].as_f64().unwrap_or(0.0) > 0.0,
+        "{sleep}"
+    );
     assert_percentiles_in_raw_buckets(sleep, &raw);
     eprintln!("/sleep: {sleep}");
 }

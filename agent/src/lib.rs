@@ -80,6 +80,10 @@ pub mod testing {
     pub use crate::drain::authorize;
     pub use crate::export::ExportDrop;
     pub use crate::health::HealthState;
+    /// Seconds one instance's history keeps.
+    pub const HISTORY_SECONDS: usize = crate::history::History::SECONDS;
+    /// The most heap one instance's history holds.
+    pub const HISTORY_MAX_BYTES: usize = crate::history::History::MAX_BYTES;
     pub use crate::prometheus::render as render_metrics;
     pub use crate::receiver::budget::BYTES_PER_NODE;
     pub use crate::receiver::http::router as http_router;

@@ -202,12 +202,18 @@ fn route_percentiles_land_in_the_buckets_of_the_raw_observations() {
     let c = reqwest::blocking::Client::new();
     // Warm the handlers' code paths on another route.
     for _ in 0..5 {
-        assert_eq!(c.get(format!("{base}/")).send().expect("GET /").status(), 200);
+        assert_eq!(
+            c.get(format!("{base}/")).send().expect("GET /").status(),
+            200
+        );
     }
     let mut raw = Vec::new();
     for (ms, n) in SLEEP_PLAN_MS {
         for _ in 0..n {
-            let r = c.get(format!("{base}/sleep?ms={ms}")).send().expect("GET /sleep");
+            let r = c
+                .get(format!("{base}/sleep?ms={ms}"))
+                .send()
+                .expect("GET /sleep");
             assert_eq!(r.status(), 200);
             raw.push(ms as f64 / 1e3);
         }
@@ -240,7 +246,10 @@ fn route_percentiles_land_in_the_buckets_of_the_raw_observations() {
     };
     assert_eq!(routes[0]["route"], "/fail", "{routes:?}");
     assert_eq!(routes[0]["error_ratio"], 1.0);
-    let sleep = routes.iter().find(|r| r["route"] == "/sleep").expect("/sleep");
+    let sleep = routes
+        .iter()
+        .find(|r| r["route"] == "/sleep")
+        .expect("/sleep");
     assert_eq!(sleep["method"], "GET", "{sleep}");
     assert_eq!(sleep["error_ratio"], 0.0, "{sleep}");
     assert_percentiles_in_raw_buckets(sleep, &raw);

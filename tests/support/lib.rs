@@ -734,7 +734,11 @@ pub const SLEEP_PLAN_MS: [(u64, usize); 4] = [(15, 30), (35, 12), (150, 4), (350
 /// Checks the `p50_seconds`, `p95_seconds` and `p99_seconds` of a `/v1/status` route entry
 /// against the raw observations: each must lie in the bucket of the raw percentile.
 pub fn assert_percentiles_in_raw_buckets(route: &serde_json::Value, raw_seconds: &[f64]) {
-    for (field, q) in [("p50_seconds", 0.5), ("p95_seconds", 0.95), ("p99_seconds", 0.99)] {
+    for (field, q) in [
+        ("p50_seconds", 0.5),
+        ("p95_seconds", 0.95),
+        ("p99_seconds", 0.99),
+    ] {
         let raw = raw_quantile(raw_seconds, q);
         let (lower, upper) = bucket_of(&HTTP_DURATION_BUCKETS, raw);
         let got = route[field]
