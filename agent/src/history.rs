@@ -301,11 +301,11 @@ impl History {
                 self.open[i] = false;
             }
             (None, true) => {
-                if self.episodes.len() >= Self::EPISODES {
-                    if let Some(old) = self.episodes.pop_front() {
-                        self.open[old.kind as usize] &=
-                            self.episodes.iter().any(|e| e.kind == old.kind);
-                    }
+                if self.episodes.len() >= Self::EPISODES
+                    && let Some(old) = self.episodes.pop_front()
+                {
+                    self.open[old.kind as usize] &=
+                        self.episodes.iter().any(|e| e.kind == old.kind);
                 }
                 self.episodes.push_back(Episode {
                     kind,
