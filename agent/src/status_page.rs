@@ -1,7 +1,8 @@
-//! The status page at `/`: a table of services (state, reasons, lag, utilization, pressure)
-//! and live SVG charts of lag, utilization and pressure per service, fed by polling
-//! `/v1/status` (every second; `/?interval=MS` changes it). Assets are embedded in the
-//! binary (no CDN, no external requests).
+//! The status page at `/`: the instances (state, reasons, lag, utilization, pressure), SVG
+//! charts of the kept history with episodes as bands, the last incidents, and the routes worst
+//! first. It reads `/v1/status` and `/v1/history` (every second; `/?interval=MS` changes it,
+//! `/?minutes=N` the charts' span). Assets are embedded in the binary (no CDN, no external
+//! requests).
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};

@@ -51,9 +51,9 @@ fn history_memory_is_bounded_flat_and_freed() {
         for (i, _) in names
             .iter()
             .enumerate()
-            .filter(|(i, _)| (*i as u64 + sec) % EXPORT_EVERY == 0)
+            .filter(|(i, _)| (*i as u64 + sec).is_multiple_of(EXPORT_EVERY))
         {
-            let req = if (i as u64 + sec) % 20 == 0 {
+            let req = if (i as u64 + sec).is_multiple_of(20) {
                 &spike[i]
             } else {
                 &calm[i]

@@ -103,8 +103,8 @@ keys! {
         F::Duration { get: |c| &mut c.receiver.idle_timeout, nonzero: true },
         "a receiver connection with no request in flight for this long is closed";
     "admin.listen", "0.0.0.0:9464", "", F::Addr(|c| &mut c.admin.listen),
-        "admin HTTP: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/pressure`, `POST \
-            /drain`, `/`";
+        "admin HTTP: `/livez`, `/readyz`, `/metrics`, `/v1/status`, `/v1/history`, \
+            `/v1/pressure`, `POST /drain`, `/`";
     "admin.max_connections", "128", "", F::Count(|c| &mut c.admin.max_connections),
         "open connections on the admin listener; beyond: closed at accept and counted";
     "health.lag_enter", "250ms", "",
