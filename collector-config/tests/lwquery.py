@@ -26,6 +26,11 @@ def dashboard_targets(dash: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def dashboard_annotations(dash: dict) -> list[tuple[str, str]]:
+    """(name, expr) of every Prometheus annotation query."""
+    return [(a["name"], a["expr"]) for a in dash.get("annotations", {}).get("list", []) if a.get("expr")]
+
+
 def dashboard_variables(dash: dict) -> dict[str, dict]:
     return {v["name"]: v for v in dash["templating"]["list"]}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import CC
-from lwquery import dashboard_targets, dashboard_variables, metric_names, substitute
+from lwquery import dashboard_annotations, dashboard_targets, dashboard_variables, metric_names, substitute
 
 
 def test_dashboard_parses_and_has_identity():
@@ -31,6 +31,9 @@ def test_dashboard_covers_the_required_views(dashboard):
         "pressure": "loopwatch_pressure",
         "per-route error ratio": 'http_response_status_code=~"5.."',
         "per-route latency": "http_server_request_duration_seconds_bucket",
+        "per-route p95": "histogram_quantile(0.95,",
+        "per-route p99": "histogram_quantile(0.99,",
+        "shed responses are not errors": 'error_type!="loopwatch.shed"',
         "heap growth": "loopwatch_heap_growth_rate_bytes_per_second",
         "readiness state": "loopwatch_service_ready",
     }
@@ -56,3 +59,15 @@ def test_queries_select_by_variables_and_pod(dashboard):
         assert 'namespace=~"$namespace"' in expr, (title, ref)
         assert metric_names(expr), (title, ref, expr)
         substitute(expr, dashboard)  # every variable is known
+
+
+def test_state_changes_are_annotations(dashboard):
+    ann = dict(dashboard_annotations(dashboard))
+    assert "loopwatch_service_ready" in ann.get("Not ready", ""), ann
+    assert "loopwatch_service_stale" in ann.get("Stale", ""), ann
+    for name, expr in ann.items():
+        assert 'namespace=~"$namespace"' in expr, name
+        substitute(expr, dashboard)
+    for a in dashboard["annotations"]["list"]:
+        assert a["datasource"]["uid"] == "${datasource}", a["name"]
+        assert "{{pod}}" in a["titleFormat"], a["name"]
