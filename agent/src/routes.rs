@@ -221,18 +221,18 @@ pub struct RouteStats {
     pub p99_seconds: Option<f64>,
 }
 
-/// Snapshots of an instance's request histograms over the sliding window.
+/// Baselines of an instance's request histograms over the sliding window (the latest values
+/// are the series themselves, read when the window is).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteWindow {
-    latest: Snapshot,
-    latest_at: Option<Instant>,
     baselines: VecDeque<(Instant, Snapshot)>,
 }
 
 impl RouteWindow {
-    /// Records the series after an export at `now`. `since_start` is the export's data window
-    /// (time minus start time): a process that started within the window has all its counts
-    /// in it.
+    /// Records the series after an export at `now`: a new baseline once the newest is
+    /// `window / STEPS` old (most exports cost nothing). `since_start` is the export's data
+    /// window (time minus start time): a process that started within the window has all its
+    /// counts in it.
     pub(crate) fn observe(
         &mut self,
         now: Instant,
@@ -240,25 +240,23 @@ impl RouteWindow {
         window: Duration,
         since_start: Option<Duration>,
     ) {
-        let current = snapshot(series);
-        if current.is_empty() && self.baselines.is_empty() {
-            return;
-        }
         match self.baselines.back() {
             None => {
+                let current = snapshot(series);
+                if current.is_empty() {
+                    return;
+                }
                 let base = since_start
                     .filter(|d| *d <= window)
                     .and_then(|d| now.checked_sub(d))
-                    .map_or_else(|| (now, current.clone()), |at| (at, Snapshot::new()));
+                    .map_or((now, current), |at| (at, Snapshot::new()));
                 self.baselines.push_back(base);
             }
             Some((at, _)) if now.saturating_duration_since(*at) >= window / STEPS => {
-                self.baselines.push_back((now, current.clone()));
+                self.baselines.push_back((now, snapshot(series)));
             }
             Some(_) => {}
         }
-        self.latest = current;
-        self.latest_at = Some(now);
         self.prune(now, window);
     }
 
@@ -273,32 +271,27 @@ impl RouteWindow {
         }
     }
 
-    /// Per route over the window ending at the latest export, worst first: highest error
-    /// ratio, then highest p99, then by route. Routes without requests in the window are left
-    /// out.
-    pub(crate) fn stats(&self) -> Vec<RouteStats> {
-        let (Some((base_at, base)), Some(latest_at)) = (self.baselines.front(), self.latest_at)
-        else {
+    /// Per route over the window ending at the latest export (`series` as of `last_seen`),
+    /// worst first: highest error ratio, then highest p99, then by route. Routes without
+    /// requests in the window are left out.
+    pub(crate) fn stats(&self, series: &SeriesMap, last_seen: Instant) -> Vec<RouteStats> {
+        let Some((base_at, base)) = self.baselines.front() else {
             return Vec::new();
         };
-        let span = latest_at
+        let span = last_seen
             .saturating_duration_since(*base_at)
             .as_secs_f64()
             .max(1.0);
-        let mut out: Vec<RouteStats> = self
-            .latest
-            .iter()
-            .map(|((route, method), h)| {
-                (
-                    route,
-                    method,
-                    h.since(base.get(&(route.clone(), method.clone()))),
-                )
+        let mut out: Vec<RouteStats> = snapshot(series)
+            .into_iter()
+            .map(|(key, h)| {
+                let w = h.since(base.get(&key));
+                (key, w)
             })
-            .filter(|(_, _, w)| w.requests > 0)
-            .map(|(route, method, w)| RouteStats {
-                route: route.clone(),
-                method: (!method.is_empty()).then(|| method.clone()),
+            .filter(|(_, w)| w.requests > 0)
+            .map(|((route, method), w)| RouteStats {
+                route,
+                method: (!method.is_empty()).then_some(method),
                 requests: w.requests,
                 requests_per_second: w.requests as f64 / span,
                 error_ratio: w.errors as f64 / w.requests as f64,

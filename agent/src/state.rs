@@ -365,7 +365,7 @@ impl AgentState {
                 stall_in_progress_seconds: sig.stall_in_progress(),
                 shed_ratio: sig.shed_ratio,
                 shed_routes: s.health.shed_routes(),
-                routes: s.routes.stats(),
+                routes: s.routes.stats(&s.series, s.last_seen),
             });
         });
         out
