@@ -70,10 +70,21 @@ done
 echo "== what the agent exports on /metrics (excerpt)"
 curl -fsS "$admin/metrics" | grep -E '^(tokio_eventloop_(stall_duration|stalls|delay_p99|delay_max|utilization)|loopwatch_(service|pressure))' | head -n 20 || true
 
+echo "== what happened, as the agent kept it (GET /v1/history?service=example-service, episodes)"
+curl -fsS "$admin/v1/history?service=example-service" | python3 -c '
+import json, sys
+for i in json.load(sys.stdin)["instances"]:
+    for e in i["episodes"]:
+        why = "; ".join(e["reasons"])
+        print("  %-10s %7.3f s  %s" % (e["kind"], e["duration_seconds"], why))
+' || true
+
 cat <<MSG
 
 == look at
+  $admin/             the status page: charts, incidents, routes
   $admin/v1/status     per-service health (JSON)
+  $admin/v1/history?service=example-service  the last 15 minutes (JSON)
   $admin/readyz        readiness (503 while the service's event loop is stalled)
   $admin/metrics       Prometheus exposition
   $svc/block?ms=500    block the service again
