@@ -1,0 +1,436 @@
+//! The public handle: [`RouteMetrics`] and its builder, the drain thread and the
+//! instruments registered on the meter.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{AsyncInstrument, Meter};
+
+use crate::shed::Pressure;
+
+use super::*;
+
+/// Per-route statistics: sliding window values plus cumulative task timing. Routes appear once
+/// a request on them has completed.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RouteStats {
+    /// `http.route` value: the route template, [`UNMATCHED_ROUTE`] or [`OVERFLOW_ROUTE`].
+    pub route: String,
+    /// Requests completed in the sliding window.
+    pub requests: u64,
+    /// Of those, errors (5xx, service errors, cancelled requests).
+    pub errors: u64,
+    /// `errors / requests` over the window, 0 when there were none.
+    pub error_ratio: f64,
+    /// Mean request duration over the window.
+    pub latency_mean: Duration,
+    /// Median request duration over the window (upper bound of its semconv bucket, at most the max).
+    pub latency_p50: Duration,
+    /// 99th percentile request duration over the window (bucket upper bound, at most the max).
+    pub latency_p99: Duration,
+    /// Largest request duration over the window.
+    pub latency_max: Duration,
+    /// Requests completed since start (drained so far).
+    pub total_requests: u64,
+    /// Polls of this route's request futures since start.
+    pub polls: u64,
+    /// Time spent inside those polls since start.
+    pub poll_time: Duration,
+    /// Polls that took at least the slow-poll threshold, since start.
+    pub slow_polls: u64,
+    /// Runtime lateness (scheduling delay measured by the probe) during this route's requests,
+    /// summed since start: time they spent waiting behind a blocked runtime. Zero without a
+    /// [`Pressure`] from a running loopwatch.
+    pub waited: Duration,
+    /// Wake→poll scheduling time of this route's request futures since start (tokio-metrics);
+    /// zero unless [`RouteMetricsBuilder::task_monitors`] is on.
+    pub scheduled: Duration,
+}
+
+/// Builder of [`RouteMetrics`].
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RouteMetricsBuilder {
+    pub(super) max_routes: Option<usize>,
+    pub(super) window: Option<Duration>,
+    pub(super) ring_capacity: Option<usize>,
+    pub(super) slow_poll_threshold: Option<Duration>,
+    pub(super) wait_event_threshold: Option<Duration>,
+    pub(super) trace_spans: Option<bool>,
+    pub(super) task_monitors: Option<bool>,
+    pub(super) meter: Option<Meter>,
+    pub(super) pressure: Option<Pressure>,
+}
+
+impl RouteMetricsBuilder {
+    /// Cap on distinct routes; default [`DEFAULT_MAX_ROUTES`] (at least 1).
+    pub fn max_routes(mut self, n: usize) -> Self {
+        self.max_routes = Some(n);
+        self
+    }
+    /// Sliding window length; default [`DEFAULT_ROUTE_WINDOW`] (at least 10 ms).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = Some(window);
+        self
+    }
+    /// Spill ring capacity (rounded up to a power of two), used when the 1024-record hot ring
+    /// is full; default [`DEFAULT_RING_CAPACITY`].
+    pub fn ring_capacity(mut self, n: usize) -> Self {
+        self.ring_capacity = Some(n);
+        self
+    }
+    /// Slow-poll threshold; default [`DEFAULT_SLOW_POLL_THRESHOLD`].
+    pub fn slow_poll_threshold(mut self, d: Duration) -> Self {
+        self.slow_poll_threshold = Some(d);
+        self
+    }
+    /// Lateness from which a request logs a warning; default [`DEFAULT_WAIT_EVENT_THRESHOLD`].
+    pub fn wait_event_threshold(mut self, d: Duration) -> Self {
+        self.wait_event_threshold = Some(d);
+        self
+    }
+    /// Opt-in: wrap each request future in its route's `tokio_metrics::TaskMonitor`, adding
+    /// wake→poll scheduling time per route ([`RouteStats::scheduled`],
+    /// `loopwatch.http.route.scheduled.duration`). Costs tokio-metrics' per-task allocation on
+    /// every request, so it is off by default. Wakes that go through a blocked runtime's own
+    /// driver (timers, sockets on a `current_thread` runtime) happen only after the block, so
+    /// they are not seen here; [`RouteStats::waited`] (from the probe) covers that case.
+    pub fn task_monitors(mut self, on: bool) -> Self {
+        self.task_monitors = Some(on);
+        self
+    }
+    /// Whether the layer opens an `http.request` `tracing` span per request; default true. The
+    /// span is at DEBUG level (target `loopwatch::http`), so it is built only when a
+    /// subscriber enables that, e.g. `RUST_LOG=info,loopwatch::http=debug` for OTLP traces;
+    /// under a plain `info` filter it costs one level check per request.
+    pub fn trace_spans(mut self, on: bool) -> Self {
+        self.trace_spans = Some(on);
+        self
+    }
+    /// Meter to export on; [`crate::LoopwatchGuard::route_metrics`] sets loopwatch's own.
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+    /// Pressure source for per-request runtime lateness; set by
+    /// [`crate::LoopwatchGuard::route_metrics`].
+    pub fn pressure(mut self, pressure: Pressure) -> Self {
+        self.pressure = Some(pressure);
+        self
+    }
+
+    /// Builds the metrics and registers their instruments on the meter (if any).
+    ///
+    /// The state (~700 KiB with the default ring) and its `loopwatch-http` thread are one per
+    /// build: build one per service and clone it, not one per router, connection or request.
+    /// With a meter, the instruments' callbacks keep the state until the provider shuts down.
+    pub fn build(self) -> RouteMetrics {
+        let max_routes = self
+            .max_routes
+            .unwrap_or(DEFAULT_MAX_ROUTES)
+            .clamp(1, 1 << 14);
+        let table_size = (max_routes * 2).next_power_of_two();
+        let window = self
+            .window
+            .unwrap_or(DEFAULT_ROUTE_WINDOW)
+            .max(Duration::from_millis(10));
+        let histogram = self.meter.as_ref().map(|m| {
+            m.f64_histogram("http.server.request.duration")
+                .with_description("Duration of HTTP server requests")
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build()
+        });
+        let inner = Arc::new(Inner {
+            table: (0..table_size).map(|_| OnceLock::new()).collect(),
+            ptr_cache: (0..PTR_CACHE).map(|_| AtomicU64::new(0)).collect(),
+            table_mask: table_size - 1,
+            used: AtomicUsize::new(0),
+            max_routes,
+            started_by_method: Default::default(),
+            unrecorded_by_method: Default::default(),
+            hot: Ring::new(HOT_RING),
+            spill: Ring::new(self.ring_capacity.unwrap_or(DEFAULT_RING_CAPACITY)),
+            dropped: AtomicU64::new(0),
+            drain: Mutex::new(DrainState {
+                last_drained: 0,
+                finished_by_method: [0; 10],
+                series: IdMap::default(),
+                windows: IdMap::default(),
+                bucket_ns: (nanos(window) / WINDOW_BUCKETS as u64).max(1),
+            }),
+            histogram,
+            pressure: self.pressure,
+            slow_poll_ns: nanos(
+                self.slow_poll_threshold
+                    .unwrap_or(DEFAULT_SLOW_POLL_THRESHOLD),
+            ),
+            wait_event_ns: nanos(
+                self.wait_event_threshold
+                    .unwrap_or(DEFAULT_WAIT_EVENT_THRESHOLD),
+            ),
+            trace_spans: self.trace_spans.unwrap_or(true),
+            monitors: self
+                .task_monitors
+                .unwrap_or(false)
+                .then(|| (0..table_size + 2).map(|_| OnceLock::new()).collect()),
+            base: Instant::now(),
+            // Calibrated once per process (bounded by quanta at 200 ms).
+            clock: quanta::Clock::new(),
+            drain_parked: AtomicBool::new(false),
+            drain_thread: OnceLock::new(),
+        });
+        if let Some(meter) = &self.meter {
+            register(meter, &inner);
+        }
+        drain_in_background(&inner);
+        RouteMetrics { inner }
+    }
+}
+
+impl Inner {
+    /// A request starts: if the drain thread parks idle, wakes it (once per idle -> busy
+    /// transition); otherwise one relaxed load. A wake-up lost to the race with the thread
+    /// parking costs nothing but latency: reads drain first, and the park is bounded.
+    pub(super) fn wake_drain(&self) {
+        if self.drain_parked.load(Ordering::Relaxed)
+            && self.drain_parked.swap(false, Ordering::AcqRel)
+            && let Some(t) = self.drain_thread.get()
+        {
+            t.unpark();
+        }
+    }
+}
+
+/// Starts the `loopwatch-http` thread of `inner`. Its period follows the request rate: the
+/// time for half a hot ring (512 records) to arrive at the last drain's rate, between 2 ms and
+/// 100 ms; parked (at most [`DRAIN_IDLE`]) while none arrive, until a request wakes it. (A
+/// period that let the hot ring fill sent records to the spill ring: a cache miss each.) The
+/// thread holds a weak reference and ends once the state is dropped.
+pub(super) fn drain_in_background(inner: &Arc<Inner>) {
+    let weak = Arc::downgrade(inner);
+    let spawned = std::thread::Builder::new()
+        .name("loopwatch-http".into())
+        .spawn(move || {
+            let mut pause = DRAIN_EVERY;
+            let mut last = Instant::now();
+            loop {
+                let parked = pause == DRAIN_IDLE;
+                if parked {
+                    match weak.upgrade() {
+                        Some(i) => i.drain_parked.store(true, Ordering::SeqCst),
+                        None => return,
+                    }
+                    std::thread::park_timeout(pause);
+                } else {
+                    std::thread::sleep(pause);
+                }
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if parked {
+                    inner.drain_parked.store(false, Ordering::Release);
+                }
+                let now = Instant::now();
+                let moved = inner.drain().last_drained;
+                // Gathered since the previous drain (an idle park may end early).
+                pause = next_drain_pause(moved, now.saturating_duration_since(last));
+                last = now;
+            }
+        });
+    match spawned {
+        Ok(h) => {
+            let _ = inner.drain_thread.set(h.thread().clone());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "loopwatch: cannot spawn loopwatch-http; draining only at export");
+        }
+    }
+}
+
+/// The next drain period after a drain that moved `moved` records (at most, per route metrics)
+/// gathered over `over`.
+pub(super) fn next_drain_pause(moved: usize, over: Duration) -> Duration {
+    if moved == 0 {
+        return DRAIN_IDLE;
+    }
+    // Half a hot ring at the observed rate: `over * (HOT_RING / 2) / moved`.
+    let half_ring =
+        over.saturating_mul(HOT_RING as u32 / 2) / u32::try_from(moved).unwrap_or(u32::MAX);
+    half_ring.clamp(DRAIN_BUSY, DRAIN_EVERY)
+}
+
+/// Registers the observable instruments. Callbacks hold the metrics (so the final export,
+/// after the server and its layers are gone, still drains and reports them).
+pub(super) fn register(meter: &Meter, inner: &Arc<Inner>) {
+    let w = Arc::clone(inner);
+    let _ = meter
+        .i64_observable_up_down_counter("http.server.active_requests")
+        .with_description("Number of active HTTP server requests")
+        .with_unit("{request}")
+        .with_callback(move |obs| {
+            let active = w.active_by_method();
+            for (i, m) in METHODS.iter().enumerate() {
+                let v = active[i];
+                if v != 0 || i == 0 {
+                    obs.observe(v, &[KeyValue::new("http.request.method", *m)]);
+                }
+            }
+        })
+        .build();
+    type Read = fn(&RouteStats) -> f64;
+    let gauges: [(&'static str, &'static str, &'static str, Read); 3] = [
+        (
+            "loopwatch.http.route.error_ratio",
+            "Share of requests that failed (5xx, errors, cancelled) over the route's sliding window",
+            "1",
+            |s| s.error_ratio,
+        ),
+        (
+            "loopwatch.http.route.latency.p50",
+            "Median request duration over the route's sliding window (bucket upper bound)",
+            "s",
+            |s| s.latency_p50.as_secs_f64(),
+        ),
+        (
+            "loopwatch.http.route.latency.p99",
+            "99th percentile request duration over the route's sliding window (bucket upper bound)",
+            "s",
+            |s| s.latency_p99.as_secs_f64(),
+        ),
+    ];
+    let counters: [(&'static str, &'static str, &'static str, Read); 5] = [
+        (
+            "loopwatch.http.route.polls",
+            "Polls of the route's request futures since start",
+            "{poll}",
+            |s| s.polls as f64,
+        ),
+        (
+            "loopwatch.http.route.poll.duration",
+            "Time spent polling the route's request futures since start",
+            "s",
+            |s| s.poll_time.as_secs_f64(),
+        ),
+        (
+            "loopwatch.http.route.slow_polls",
+            "Polls of the route's request futures at or over the slow-poll threshold",
+            "{poll}",
+            |s| s.slow_polls as f64,
+        ),
+        (
+            "loopwatch.http.route.waited.duration",
+            "Scheduling delay measured by the probe while the route's requests were in progress",
+            "s",
+            |s| s.waited.as_secs_f64(),
+        ),
+        (
+            "loopwatch.http.route.scheduled.duration",
+            "Wake-to-poll time of the route's request futures (only with task monitors on)",
+            "s",
+            |s| s.scheduled.as_secs_f64(),
+        ),
+    ];
+    let per_route = |read: Read| {
+        let inner = Arc::clone(inner);
+        move |obs: &dyn AsyncInstrument<f64>| {
+            for s in inner.stats() {
+                obs.observe(read(&s), &[KeyValue::new("http.route", s.route.clone())]);
+            }
+        }
+    };
+    for (name, desc, unit, read) in gauges {
+        let _ = meter
+            .f64_observable_gauge(name)
+            .with_description(desc)
+            .with_unit(unit)
+            .with_callback(per_route(read))
+            .build();
+    }
+    for (name, desc, unit, read) in counters {
+        let _ = meter
+            .f64_observable_counter(name)
+            .with_description(desc)
+            .with_unit(unit)
+            .with_callback(per_route(read))
+            .build();
+    }
+    let w = Arc::clone(inner);
+    let _ = meter
+        .u64_observable_counter("loopwatch.http.dropped")
+        .with_description(
+            "Request records dropped because the route layer's rings (hot and spill) were full",
+        )
+        .with_unit("{record}")
+        .with_callback(move |obs| {
+            obs.observe(w.dropped.load(Ordering::Relaxed), &[]);
+        })
+        .build();
+}
+
+/// Per-route HTTP metrics shared by every [`RouteLayer`] made from it (cheap to clone: a
+/// reference count). The state is allocated once by [`RouteMetricsBuilder::build`] and freed
+/// when the last clone, layer, in-flight request and instrument callback holding it is gone.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// let routes = loopwatch::RouteMetrics::builder().build(); // or guard.route_metrics()
+/// let app: Router = Router::new()
+///     .route("/items/{id}", get(|| async { "item" }))
+///     .layer(routes.layer());
+/// for s in routes.snapshot() {
+///     println!("{} error ratio {:.3} p99 {:?}", s.route, s.error_ratio, s.latency_p99);
+/// }
+/// ```
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("max_routes", &self.inner.max_routes)
+            .field("active", &self.active_requests())
+            .finish()
+    }
+}
+
+impl RouteMetrics {
+    /// A builder with the defaults (no meter: local statistics only).
+    pub fn builder() -> RouteMetricsBuilder {
+        RouteMetricsBuilder::default()
+    }
+
+    /// A tower layer recording into these metrics; use with axum's `Router::layer` (unmatched
+    /// requests counted as [`UNMATCHED_ROUTE`]) or `Router::route_layer` (matched only).
+    pub fn layer(&self) -> RouteLayer {
+        RouteLayer {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Per-route statistics (drains pending records first). Routes with no request in the
+    /// window and none in progress are left out unless they were ever polled.
+    pub fn snapshot(&self) -> Vec<RouteStats> {
+        self.inner.stats()
+    }
+
+    /// Statistics of one route (`http.route` value).
+    pub fn route(&self, route: &str) -> Option<RouteStats> {
+        self.snapshot().into_iter().find(|s| s.route == route)
+    }
+
+    /// Requests in progress, all routes.
+    pub fn active_requests(&self) -> i64 {
+        self.inner.active_by_method().iter().sum()
+    }
+
+    /// Records dropped because the ring was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,419 @@
+//! Per-route HTTP metrics: a tower layer for axum, labelled by the matched route template.
+//!
+//! Hot path (per request): a route lookup (by the address of axum's shared template string in
+//! a small direct-mapped cache; else a constant-time hash into a fixed table and a string
+//! compare), one relaxed atomic add (requests started; finished ones are counted by the drain
+//! from the records, so active = started - finished), two clock reads per poll (the TSC
+//! through `quanta` where it is invariant: no syscall), and one push of a
+//! 32-byte record into a small lock-free ring that stays in the cache (a larger spill ring
+//! takes bursts). The probe (runtime lateness) is read only for requests that needed more
+//! than one poll: a request done in one poll spent no time outside it. With a probe, one
+//! relaxed load tells whether the probe thread sleeps an idle tick (then one `unpark`, once per
+//! quiet -> busy transition, the only syscall besides the clock). No lock, no allocation
+//! (after a route's first request). One background `loopwatch-http` thread per
+//! [`RouteMetrics`] (every 2–100 ms, following the request rate so that the hot ring never
+//! fills; parked while no requests arrive, until the next request wakes it; and at every
+//! export) drains the rings into the SDK histogram and the per-route sliding windows; when both
+//! rings are full the record is dropped and counted (`loopwatch.http.dropped`). The state is
+//! reference counted: it is freed, and its thread ends, once the last [`RouteMetrics`], layer,
+//! in-flight request and registered instrument callback is gone.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::MatchedPath;
+use axum::http::Method;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{BoundHistogram, Histogram};
+use tokio_metrics::TaskMonitor;
+
+use crate::shed::Pressure;
+
+mod layer;
+mod metrics;
+mod ring;
+mod window;
+
+pub use layer::{RouteFuture, RouteLayer, RouteService};
+pub use metrics::{RouteMetrics, RouteMetricsBuilder, RouteStats};
+#[cfg(test)]
+use metrics::next_drain_pause;
+use ring::*;
+use window::*;
+
+/// Default cap on distinct `http.route` values; later routes share [`OVERFLOW_ROUTE`].
+pub const DEFAULT_MAX_ROUTES: usize = 64;
+/// Default length of the per-route sliding window (error ratio, latency): 10 s, in 10 buckets.
+pub const DEFAULT_ROUTE_WINDOW: Duration = Duration::from_secs(10);
+/// Default capacity of the spill ring between requests and the drain thread: 16384 records
+/// (640 KiB), used only while the small hot ring (1024 records, 40 KiB: it stays in the
+/// cache) is full. The drain runs every 100 ms down to 2 ms under load (parked while idle):
+/// both rings absorb a burst of ~70k requests/s before the drain speeds up, and far more
+/// after; beyond that a record is dropped and counted.
+pub const DEFAULT_RING_CAPACITY: usize = 16_384;
+/// Records of the hot ring that every request writes to first (see [`DEFAULT_RING_CAPACITY`]).
+/// A single large ring cost a cache miss per record: positions cycle through all of it.
+const HOT_RING: usize = 1024;
+/// Default poll duration from which a poll of a request future counts as slow: 1 ms.
+pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(1);
+/// Default runtime lateness during a request from which the route layer logs a `tracing`
+/// warning on the request's span ("waited N ms behind a blocked runtime"): 100 ms.
+pub const DEFAULT_WAIT_EVENT_THRESHOLD: Duration = Duration::from_millis(100);
+/// `http.route` of requests no route matched (no `MatchedPath`).
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+/// `http.route` of routes past the [`DEFAULT_MAX_ROUTES`] cap.
+pub const OVERFLOW_ROUTE: &str = "(overflow)";
+/// Bucket boundaries of `http.server.request.duration`, seconds (OTel semantic conventions).
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Longest drain period while requests arrive.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// Longest park of the drain thread while no requests arrive (the last drain moved nothing):
+/// the next request wakes it ([`Inner::wake_drain`]); every read of the metrics drains first anyway,
+/// so the bound only matters for a wake-up lost to the race with parking (a lone request's
+/// record then waits for the next request or export). Long: every wake-up of an idle process
+/// touches cold memory, which costs more CPU than the work it does.
+const DRAIN_IDLE: Duration = Duration::from_secs(60);
+/// Shortest drain period (fast request rates).
+const DRAIN_BUSY: Duration = Duration::from_millis(2);
+const WINDOW_BUCKETS: usize = 10;
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
+];
+/// Record kinds (`error.type`).
+const KIND_OK: u64 = 0;
+const KIND_5XX: u64 = 1;
+const KIND_SERVICE_ERROR: u64 = 2;
+const KIND_CANCELLED: u64 = 3;
+/// A response of the service's own load shedding ([`crate::ShedLayer`]): not an error.
+const KIND_SHED: u64 = 4;
+/// `error.type` of a shed response; namespaced so another SDK's `"503"` never collides.
+pub const SHED_ERROR_TYPE: &str = "loopwatch.shed";
+
+fn method_code(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Route template hash for the table: length and three 8-byte words (start, middle, end),
+/// multiplied once. Constant time whatever the template's length; collisions only cost a
+/// further probe (every candidate is compared in full).
+fn route_hash(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let n = b.len();
+    let word = |at: usize| -> u64 {
+        b.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let (a, m, z) = if n >= 8 {
+        (word(0), word(n / 2 - 4), word(n - 8))
+    } else {
+        let short = b.iter().fold(0u64, |h, &c| (h << 8) | u64::from(c));
+        (short, 0, 0)
+    };
+    let h =
+        (a ^ m.rotate_left(21) ^ z.rotate_left(42) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+// Route table and per-route counters.
+
+/// Packs the identity of a record: route (16 bits), method (4), status (12), kind (4), then
+/// polls (14, saturating) and slow polls (14, saturating). The low 36 bits name the series.
+fn pack(route: usize, method: usize, status: u16, kind: u64, polls: u64, slow: u64) -> u64 {
+    const SAT: u64 = (1 << 14) - 1;
+    (route as u64 & 0xffff)
+        | ((method as u64 & 0xf) << 16)
+        | ((u64::from(status) & 0xfff) << 20)
+        | ((kind & 0xf) << 32)
+        | (polls.min(SAT) << 36)
+        | (slow.min(SAT) << 50)
+}
+
+const SERIES_MASK: u64 = (1 << 36) - 1;
+
+/// Route ids: 0 = unmatched, 1 = overflow, 2.. = table slots.
+const ID_UNMATCHED: usize = 0;
+const ID_OVERFLOW: usize = 1;
+
+/// A route table slot: unset, dead (past the cap), or (hash, template).
+/// The slot keeps the request's `MatchedPath` (axum's shared `Arc<str>` for that route), so
+/// the template's address stays valid and unique for the table's lifetime: the pointer cache
+/// below may then identify a route by address alone.
+type RouteSlot = OnceLock<Option<(u64, MatchedPath)>>;
+
+/// Entries of the route pointer cache (direct-mapped, by template address).
+const PTR_CACHE: usize = 128;
+
+struct Inner {
+    table: Box<[RouteSlot]>,
+    table_mask: usize,
+    /// `address << 16 | route id` of templates held by the table (0 = empty). axum hands every
+    /// request of a route the same `Arc<str>`, so a hit skips hashing and comparing.
+    ptr_cache: Box<[AtomicU64]>,
+    used: AtomicUsize,
+    max_routes: usize,
+    /// Requests started, by method (one relaxed add per request). Active requests are
+    /// `started - finished`: finished ones are counted by the drain from the records it moves,
+    /// plus [`Inner::unrecorded_by_method`]; no second atomic per request.
+    started_by_method: [AtomicU64; 10],
+    /// Requests finished whose record the full ring dropped (rare path), by method.
+    unrecorded_by_method: [AtomicU64; 10],
+    /// Small ring every record tries first (stays in the cache).
+    hot: Ring,
+    /// Large ring for bursts the hot ring cannot hold until the next drain.
+    spill: Ring,
+    /// Records dropped because both rings were full.
+    dropped: AtomicU64,
+    drain: Mutex<DrainState>,
+    histogram: Option<Histogram<f64>>,
+    pressure: Option<Pressure>,
+    slow_poll_ns: u64,
+    wait_event_ns: u64,
+    trace_spans: bool,
+    monitors: Option<Box<[OnceLock<TaskMonitor>]>>,
+    base: Instant,
+    /// Per-poll timestamps: the TSC where it is invariant (no syscall), else the OS
+    /// monotonic clock. Raw readings, scaled to ns only for differences.
+    clock: quanta::Clock,
+    /// Set while the drain thread parks with nothing to drain; [`Inner::wake_drain`] takes it.
+    drain_parked: AtomicBool,
+    /// This state's `loopwatch-http` thread, once started.
+    drain_thread: OnceLock<std::thread::Thread>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The drain thread holds only a weak reference: woken, it finds the state gone and ends.
+        if let Some(t) = self.drain_thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+impl Inner {
+    /// Lock-free lookup; the first request of a route claims a slot (one allocation).
+    fn route_id(&self, path: Option<&MatchedPath>) -> usize {
+        let Some(path) = path else {
+            return ID_UNMATCHED;
+        };
+        let route = path.as_str();
+        let addr = route.as_ptr() as usize as u64;
+        let cache = &self.ptr_cache[((addr >> 3) ^ (addr >> 11)) as usize % PTR_CACHE];
+        let cached = cache.load(Ordering::Relaxed);
+        if cached != 0 && cached >> 16 == addr {
+            return (cached & 0xffff) as usize;
+        }
+        let id = self.route_id_slow(path);
+        // Cache only addresses the table itself holds (never freed or reused while cached).
+        let held = self
+            .table
+            .get(id.wrapping_sub(2))
+            .and_then(|s| s.get())
+            .and_then(|o| o.as_ref())
+            .is_some_and(|(_, p)| p.as_str().as_ptr() == route.as_ptr());
+        if held && addr >> 48 == 0 {
+            cache.store(addr << 16 | id as u64, Ordering::Relaxed);
+        }
+        id
+    }
+
+    /// Lock-free lookup; the first request of a route claims a slot (keeps its `MatchedPath`).
+    fn route_id_slow(&self, path: &MatchedPath) -> usize {
+        let route = path.as_str();
+        let hash = route_hash(route);
+        for i in 0..=self.table_mask {
+            let idx = (hash as usize).wrapping_add(i) & self.table_mask;
+            let slot = self.table[idx].get_or_init(|| {
+                if self.used.fetch_add(1, Ordering::AcqRel) < self.max_routes {
+                    Some((hash, path.clone()))
+                } else {
+                    // Past the cap: this slot stays dead; lookups probe past it.
+                    self.used.fetch_sub(1, Ordering::AcqRel);
+                    None
+                }
+            });
+            if let Some((h, name)) = slot
+                && *h == hash
+                && name.as_str() == route
+            {
+                return 2 + idx;
+            }
+        }
+        ID_OVERFLOW
+    }
+
+    fn route_name(&self, id: usize) -> Option<&str> {
+        match id {
+            ID_UNMATCHED => Some(UNMATCHED_ROUTE),
+            ID_OVERFLOW => Some(OVERFLOW_ROUTE),
+            _ => self
+                .table
+                .get(id - 2)
+                .and_then(|s| s.get())
+                .and_then(|o| o.as_ref())
+                .map(|(_, n)| n.as_str()),
+        }
+    }
+
+    /// Requests in progress by method: started minus finished (drains the ring first).
+    /// `finished` is read before `started`: a finished request's start is visible by then
+    /// (its increment precedes its record's release into the ring), so no negative values.
+    fn active_by_method(&self) -> [i64; 10] {
+        let finished = self.drain().finished_by_method;
+        std::array::from_fn(|i| {
+            let done =
+                finished[i].saturating_add(self.unrecorded_by_method[i].load(Ordering::Acquire));
+            let started = self.started_by_method[i].load(Ordering::Acquire);
+            i64::try_from(started.saturating_sub(done)).unwrap_or(i64::MAX)
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        nanos(self.base.elapsed())
+    }
+
+    /// Drains the ring into the histogram and the windows.
+    fn drain(&self) -> MutexGuard<'_, DrainState> {
+        let mut st = lock(&self.drain);
+        let now = self.now_ns();
+        let mut drained = 0usize;
+        while let Some([dur_ns, b, poll_ns, waited_ns]) =
+            self.hot.pop().or_else(|| self.spill.pop())
+        {
+            drained += 1;
+            let route = (b & 0xffff) as usize;
+            let method = ((b >> 16) & 0xf) as usize;
+            if let Some(f) = st.finished_by_method.get_mut(method) {
+                *f += 1;
+            }
+            let status = ((b >> 20) & 0xfff) as u16;
+            let kind = (b >> 32) & 0xf;
+            if let Some(h) = &self.histogram {
+                // Bound once per series: recording then skips the SDK's attribute lookup
+                // (hashing four attributes per record).
+                st.series
+                    .entry(b & SERIES_MASK)
+                    .or_insert_with(|| h.bind(&self.attributes(route, method, status, kind)))
+                    .record(dur_ns as f64 / 1e9);
+            }
+            let bucket_ns = st.bucket_ns;
+            let w = st.windows.entry(route).or_default();
+            w.record(
+                now / bucket_ns,
+                dur_ns,
+                kind != KIND_OK && kind != KIND_SHED,
+            );
+            w.polls += (b >> 36) & 0x3fff;
+            w.slow_polls += (b >> 50) & 0x3fff;
+            w.poll_ns = w.poll_ns.saturating_add(poll_ns);
+            w.waited_ns = w.waited_ns.saturating_add(waited_ns);
+        }
+        st.last_drained = drained;
+        st
+    }
+
+    fn attributes(&self, route: usize, method: usize, status: u16, kind: u64) -> Vec<KeyValue> {
+        let mut v = vec![
+            KeyValue::new(
+                "http.route",
+                self.route_name(route).unwrap_or(OVERFLOW_ROUTE).to_owned(),
+            ),
+            KeyValue::new("http.request.method", METHODS[method.min(9)]),
+        ];
+        if status != 0 {
+            v.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        match kind {
+            KIND_5XX => v.push(KeyValue::new("error.type", status.to_string())),
+            KIND_SERVICE_ERROR => v.push(KeyValue::new("error.type", "_OTHER")),
+            KIND_CANCELLED => v.push(KeyValue::new("error.type", "cancelled")),
+            KIND_SHED => v.push(KeyValue::new("error.type", SHED_ERROR_TYPE)),
+            _ => {}
+        }
+        v
+    }
+
+    fn stats(&self) -> Vec<RouteStats> {
+        let st = self.drain();
+        let now_bucket = self.now_ns() / st.bucket_ns;
+        let mut out = Vec::new();
+        let mut ids: Vec<usize> = st.windows.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(name) = self.route_name(id) else {
+                continue;
+            };
+            let Some(w) = st.windows.get(&id) else {
+                continue;
+            };
+            let agg = w.aggregate(now_bucket);
+            let ratio = if agg.count > 0 {
+                agg.errors as f64 / agg.count as f64
+            } else {
+                0.0
+            };
+            out.push(RouteStats {
+                route: name.to_owned(),
+                requests: agg.count,
+                errors: agg.errors,
+                error_ratio: ratio,
+                latency_mean: Duration::from_nanos(agg.sum_ns.checked_div(agg.count).unwrap_or(0)),
+                latency_p50: agg.quantile(0.50),
+                latency_p99: agg.quantile(0.99),
+                latency_max: Duration::from_nanos(agg.max_ns),
+                total_requests: w.total,
+                polls: w.polls,
+                poll_time: Duration::from_nanos(w.poll_ns),
+                slow_polls: w.slow_polls,
+                waited: Duration::from_nanos(w.waited_ns),
+                scheduled: self
+                    .monitors
+                    .as_ref()
+                    .and_then(|m| m.get(id)?.get())
+                    .map(|m| m.cumulative().total_scheduled_duration)
+                    .unwrap_or_default(),
+            });
+        }
+        out
+    }
+}
+
+struct DrainState {
+    /// Records moved by the last drain (paces the drain thread).
+    last_drained: usize,
+    /// Requests finished by method, counted from drained records.
+    finished_by_method: [u64; 10],
+    /// `http.server.request.duration` bound to each series (packed id, see [`pack`]).
+    series: IdMap<u64, BoundHistogram<f64>>,
+    windows: IdMap<usize, RouteWindow>,
+    bucket_ns: u64,
+}
+
+#[cfg(test)]
+mod tests;
