@@ -1,5 +1,5 @@
 //! Health engine through the admin API: lag enter/hold/leave hysteresis on /readyz,
-//! staleness, stall-driven lag, service scoping and /v1/pressure.
+//! staleness, stall-driven lag, service scoping, /v1/pressure and /v1/history.
 
 mod common;
 
@@ -153,4 +153,68 @@ fn pressure_endpoint_reports_each_service_and_max() {
     assert_eq!(services[1]["instance"], "b");
     assert!(close(&services[1]["pressure"], 0.75), "{body}");
     assert!(close(&body["max"], 0.75), "{body}");
+}
+
+#[test]
+fn history_endpoint_serves_samples_and_episodes_and_refuses_bad_queries() {
+    let agent = TestAgent::start(Config::builder().hold(Duration::from_millis(200)));
+    assert_eq!(
+        agent.post_metrics(&tokio_export("hist", "a", 0.004, 0.0, 0.3)),
+        200
+    );
+    assert_eq!(
+        agent.post_metrics(&tokio_export("hist", "b", 0.9, 0.0, 0.9)),
+        200
+    );
+
+    let (code, body) = agent.get_json("/v1/history?service=hist");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["service"], "hist");
+    assert_eq!(body["step_seconds"], 1);
+    let now = body["now"].as_f64().expect("now");
+    let instances = body["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 2, "{body}");
+    let b = instances.iter().find(|i| i["instance"] == "b").expect("b");
+    let sample = b["samples"]
+        .as_array()
+        .and_then(|s| s.last())
+        .expect("a sample");
+    assert_eq!(sample["state"], "unhealthy", "{sample}");
+    assert_eq!(sample["lag_seconds"], 0.9f32 as f64, "{sample}");
+    assert!(
+        (sample["time"].as_f64().expect("time") - now).abs() <= 1.0,
+        "{sample}"
+    );
+    for key in [
+        "utilization",
+        "pressure",
+        "error_ratio",
+        "heap_growth_bytes_per_second",
+        "stuck_workers",
+    ] {
+        assert!(sample.get(key).is_some(), "{key} missing: {sample}");
+    }
+    let episode = &b["episodes"][0];
+    assert_eq!(episode["kind"], "unhealthy", "{b}");
+    assert_eq!(episode["ongoing"], true);
+    assert_eq!(episode["end"], serde_json::Value::Null);
+    assert_eq!(episode["reasons"][0], "lag 0.900 s >= 0.250 s", "{episode}");
+
+    let (code, body) = agent.get_json("/v1/history?service=hist&instance=a");
+    assert_eq!(code, 200);
+    assert_eq!(
+        body["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
+    assert_eq!(body["instances"][0]["episodes"], serde_json::json!([]));
+
+    let (code, body) = agent.get_json("/v1/history");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("service"),
+        "{body}"
+    );
+    let (code, body) = agent.get_json("/v1/history?service=nobody");
+    assert_eq!(code, 404, "{body}");
 }

@@ -36,9 +36,9 @@ mod ring;
 mod window;
 
 pub use layer::{RouteFuture, RouteLayer, RouteService};
-pub use metrics::{RouteMetrics, RouteMetricsBuilder, RouteStats};
 #[cfg(test)]
 use metrics::next_drain_pause;
+pub use metrics::{RouteMetrics, RouteMetricsBuilder, RouteStats};
 use ring::*;
 use window::*;
 

@@ -1,7 +1,7 @@
 use super::*;
-use axum::http::Request;
 use axum::Router;
 use axum::body::Body;
+use axum::http::Request;
 use axum::routing::get;
 use std::sync::Arc;
 use tower::ServiceExt;
