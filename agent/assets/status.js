@@ -79,6 +79,38 @@
     label('services');
   }
 
+  // Stacks the services captured while their event loop stalled, newest first: what blocked.
+  function renderStalls(body) {
+    var reports = [];
+    body.services.forEach(function (s) {
+      (s.last_stalls || []).forEach(function (r) { reports.push({ s: s, r: r }); });
+    });
+    reports.sort(function (a, b) { return (b.r.time_unix_nano || 0) - (a.r.time_unix_nano || 0); });
+    var root = document.getElementById('stalls');
+    root.textContent = '';
+    if (!reports.length) { root.appendChild(el('p', { 'class': 'empty' }, 'no stall stacks reported')); return; }
+    reports.slice(0, 10).forEach(function (x, i) {
+      var r = x.r;
+      var d = el('details', { 'class': 'stall', 'data-service': x.s.service, 'data-event': r.event });
+      if (i === 0) d.setAttribute('open', '');
+      var top = (r.frames && r.frames[0]) ? r.frames[0].function : 'no frames';
+      var what = [clock((r.time_unix_nano || 0) / 1e9), idOf(x.s.service, x.s.instance), r.event,
+        r.duration_seconds === null || r.duration_seconds === undefined ? '' : duration(r.duration_seconds),
+        'thread ' + (r.thread_name || r.thread_id || '?') + (r.worker === null || r.worker === undefined ? '' : ' (worker ' + r.worker + ')'),
+        'in ' + top].filter(function (t) { return t; }).join(' · ');
+      d.appendChild(el('summary', {}, what));
+      var ol = el('ol', {});
+      (r.frames || []).forEach(function (f) {
+        var li = el('li', { 'class': 'frame' }, f.function);
+        if (f.location) li.appendChild(el('span', { 'class': 'loc' }, '  ' + f.location));
+        ol.appendChild(li);
+      });
+      if (r.truncated) ol.appendChild(el('li', { 'class': 'loc' }, '… truncated'));
+      d.appendChild(ol);
+      root.appendChild(d);
+    });
+  }
+
   // Every instance's routes in one table, worst first: error ratio, then p99.
   function renderRoutes(body) {
     var rows = [];
@@ -225,6 +257,7 @@
       .then(function (body) {
         renderServices(body);
         renderRoutes(body);
+        renderStalls(body);
         var names = [];
         body.services.forEach(function (s) { if (names.indexOf(s.service) < 0) names.push(s.service); });
         document.getElementById('meta').textContent =
