@@ -213,6 +213,11 @@ mod process;
 mod runtime;
 mod shed;
 mod shutdown;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod stacks;
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+#[path = "stacks/off.rs"]
+mod stacks;
 mod tasks;
 mod trace;
 mod unpark;
@@ -358,8 +363,10 @@ impl LoopwatchBuilder {
             let s = Arc::clone(&shared);
             tasks::register(&meter, &attrs, Arc::new(move || s.live()));
         }
-        let (extras, sampler) =
+        let (extras, mut sampler) =
             process::Extras::start(&handle, &provider, &shared, &attrs, flush.clone(), sampler);
+        let stacks = start_stacks(&settings, &handle);
+        sampler.set_stacks(stacks.clone());
         drop(provider);
         // loopwatch's own pipeline exports when the probe asks (see `export::OwnedPipeline`).
         let drive_exports = matches!(target, FlushTarget::Owned(_));
@@ -387,6 +394,7 @@ impl LoopwatchBuilder {
             schedule: instruments.schedule,
             stalls: instruments.stalls,
             attrs,
+            stacks,
         };
         let (probe_done_tx, probe_done) = mpsc::channel();
         let probe_thread =
@@ -512,6 +520,30 @@ impl LoopwatchGuard {
             join_bounded(t, &done, DEFAULT_SHUTDOWN_TIMEOUT);
         }
         self.shared.silence();
+    }
+}
+
+/// Stall stacks as configured; off (with a warning) when the signal cannot be used.
+fn start_stacks(
+    s: &config::Settings,
+    handle: &tokio::runtime::Handle,
+) -> Option<Arc<stacks::Stacks>> {
+    if !s.stall_stacks {
+        return None;
+    }
+    let target = stacks::LogTarget {
+        endpoint: s.endpoint.clone(),
+        protocol: s.protocol,
+        timeout: s.export_timeout,
+        resource: s.resource.clone(),
+        runtime_name: s.runtime_name.clone(),
+    };
+    match stacks::Stacks::start(s.stall_stack_signal, handle.clone(), target) {
+        Ok(st) => Some(st),
+        Err(e) => {
+            tracing::warn!(error = %e, "loopwatch stall stacks are off");
+            None
+        }
     }
 }
 

@@ -1,0 +1,146 @@
+//! Names return addresses (`backtrace::resolve`: the symbol table, and `file:line` from the
+//! line tables where the binary has them), trims the frames a user does not read, and renders
+//! the `code.stacktrace` text.
+
+use std::fmt::Write as _;
+
+/// One frame as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// Demangled function name, without the hash; `??` when unknown.
+    pub(crate) function: String,
+    /// Source file, when the binary has line tables.
+    pub(crate) file: Option<String>,
+    /// Source line, when the binary has line tables.
+    pub(crate) line: Option<u32>,
+}
+
+/// Names `addrs` (innermost first); an inlined call gives several frames for one address.
+pub(crate) fn symbolize(addrs: &[u64]) -> Vec<Frame> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let before = out.len();
+        let ptr = std::ptr::without_provenance_mut::<std::ffi::c_void>(addr as usize);
+        backtrace::resolve(ptr, |sym| {
+            out.push(Frame {
+                function: sym
+                    .name()
+                    .map_or_else(|| format!("{addr:#x}"), |n| format!("{n:#}")),
+                file: sym.filename().map(|p| p.display().to_string()),
+                line: sym.lineno(),
+            });
+        });
+        if out.len() == before {
+            out.push(Frame {
+                function: format!("?? {addr:#x}"),
+                file: None,
+                line: None,
+            });
+        }
+    }
+    out
+}
+
+/// Whether the frame belongs to the signal machinery or loopwatch itself.
+fn ours(f: &Frame) -> bool {
+    f.function.starts_with("loopwatch::")
+        || f.function.starts_with("<loopwatch::")
+        || f.function.contains("__restore_rt")
+}
+
+/// Drops loopwatch's and the signal trampoline's frames from the top; keeps everything below
+/// the first other frame (the runtime's frames below the user's stay).
+pub(crate) fn trim(frames: Vec<Frame>) -> Vec<Frame> {
+    let skip = frames.iter().take_while(|f| ours(f)).count();
+    if skip == frames.len() {
+        return frames;
+    }
+    frames.into_iter().skip(skip).collect()
+}
+
+/// Whether the stack is a tokio worker waiting for work (parked), not running any.
+pub(crate) fn parked(frames: &[Frame]) -> bool {
+    frames.iter().any(|f| {
+        let n = f.function.as_str();
+        n.starts_with("tokio::runtime::scheduler::multi_thread::park::")
+            || n.starts_with("tokio::runtime::scheduler::multi_thread::worker::Context::park")
+            || n.starts_with("tokio::runtime::scheduler::current_thread::Context::park")
+            || n.starts_with("tokio::runtime::blocking::pool::Inner::run")
+                && frames.iter().any(|g| {
+                    g.function
+                        .starts_with("std::sync::poison::condvar::Condvar::wait")
+                })
+    })
+}
+
+/// The `code.stacktrace` text: one numbered line per frame, `at file:line` below it.
+pub(crate) fn render(frames: &[Frame], truncated: bool) -> String {
+    let mut s = String::new();
+    for (i, f) in frames.iter().enumerate() {
+        let _ = writeln!(s, "{i:4}: {}", f.function);
+        if let Some(file) = &f.file {
+            match f.line {
+                Some(l) => {
+                    let _ = writeln!(s, "             at {file}:{l}");
+                }
+                None => {
+                    let _ = writeln!(s, "             at {file}");
+                }
+            }
+        }
+    }
+    if truncated {
+        s.push_str("      ... (truncated)\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            file: None,
+            line: None,
+        }
+    }
+
+    #[test]
+    fn trim_drops_our_frames_on_top_and_keeps_the_runtime_below() {
+        let frames = vec![
+            f("loopwatch::stacks::x"),
+            f("app::spin"),
+            f("loopwatch::probe::y"),
+            f("tokio::runtime::task::harness::poll"),
+        ];
+        let t = trim(frames);
+        assert_eq!(t[0].function, "app::spin");
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn render_numbers_frames_and_marks_truncation() {
+        let mut a = f("app::spin");
+        a.file = Some("src/main.rs".into());
+        a.line = Some(7);
+        let s = render(&[a, f("main")], true);
+        assert_eq!(
+            s,
+            "   0: app::spin\n             at src/main.rs:7\n   1: main\n      ... (truncated)\n"
+        );
+    }
+
+    #[test]
+    fn this_function_is_named() {
+        let here = this_function_is_named as *const () as u64;
+        let frames = symbolize(&[here + 1]);
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.function.contains("this_function_is_named")),
+            "{frames:?}"
+        );
+    }
+}
