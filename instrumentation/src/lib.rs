@@ -297,6 +297,7 @@ impl LoopwatchBuilder {
         handle: tokio::runtime::Handle,
     ) -> Result<LoopwatchGuard, StartError> {
         let (stuck_threshold, heap_window) = (self.stuck_threshold, self.heap_window);
+        let hook_threads = self.unpark_hook.as_ref().map(|h| Arc::clone(&h.threads));
         let nudge = match &self.unpark_hook {
             Some(hook) => Arc::clone(&hook.nudge),
             None => unpark::Nudge::unhooked(),
@@ -365,7 +366,7 @@ impl LoopwatchBuilder {
         }
         let (extras, mut sampler) =
             process::Extras::start(&handle, &provider, &shared, &attrs, flush.clone(), sampler);
-        let stacks = start_stacks(&settings, &handle);
+        let stacks = start_stacks(&settings, &handle, hook_threads);
         sampler.set_stacks(stacks.clone());
         drop(provider);
         // loopwatch's own pipeline exports when the probe asks (see `export::OwnedPipeline`).
@@ -527,6 +528,7 @@ impl LoopwatchGuard {
 fn start_stacks(
     s: &config::Settings,
     handle: &tokio::runtime::Handle,
+    threads: Option<Arc<stacks::Threads>>,
 ) -> Option<Arc<stacks::Stacks>> {
     if !s.stall_stacks {
         return None;
@@ -538,7 +540,7 @@ fn start_stacks(
         resource: s.resource.clone(),
         runtime_name: s.runtime_name.clone(),
     };
-    match stacks::Stacks::start(s.stall_stack_signal, handle.clone(), target) {
+    match stacks::Stacks::start(s.stall_stack_signal, threads, handle.clone(), target) {
         Ok(st) => Some(st),
         Err(e) => {
             tracing::warn!(error = %e, "loopwatch stall stacks are off");

@@ -31,6 +31,9 @@ pub(crate) enum StartStacksError {
 pub(crate) struct Threads;
 
 impl Threads {
+    pub(crate) fn new() -> Self {
+        Threads
+    }
     pub(crate) fn note_current(&self) {}
 }
 
@@ -40,6 +43,7 @@ pub(crate) struct Stacks;
 impl Stacks {
     pub(crate) fn start(
         _sig: Option<i32>,
+        _threads: Option<Arc<Threads>>,
         _handle: tokio::runtime::Handle,
         _target: LogTarget,
     ) -> Result<Arc<Self>, StartStacksError> {

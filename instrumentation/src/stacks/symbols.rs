@@ -32,13 +32,28 @@ pub(crate) fn symbolize(addrs: &[u64]) -> Vec<Frame> {
         });
         if out.len() == before {
             out.push(Frame {
-                function: format!("?? {addr:#x}"),
+                function: format!("?? {addr:#x}{}", vdso_note(addr)),
                 file: None,
                 line: None,
             });
         }
     }
     out
+}
+
+/// ` (vdso)` when `addr` is in the kernel's vDSO (clock reads land there), which has no file
+/// to name it from.
+fn vdso_note(addr: u64) -> &'static str {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let in_vdso = maps.lines().filter(|l| l.ends_with("[vdso]")).any(|l| {
+        let range = l.split_whitespace().next().unwrap_or("");
+        let mut it = range
+            .split('-')
+            .map(|v| u64::from_str_radix(v, 16).unwrap_or(0));
+        let (lo, hi) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        (lo..hi).contains(&addr)
+    });
+    if in_vdso { " (vdso)" } else { "" }
 }
 
 /// Whether the frame belongs to the signal machinery or loopwatch itself.

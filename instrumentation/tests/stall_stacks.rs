@@ -1,0 +1,263 @@
+//! Stall stacks end to end: a runtime blocked in a named user function is reported, while the
+//! block lasts, as an OTLP log record over gRPC whose `code.stacktrace` names that function.
+//! Both flavours; a CPU spin and `std::thread::sleep`; the second capture at twice the
+//! threshold; a signal landing in allocator calls; many captures in a row.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+/// Every allocation of these tests goes through loopwatch's counting allocator, so that a
+/// signal landing in `malloc`/`free` lands inside it too.
+#[global_allocator]
+static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
+
+const THRESHOLD: Duration = Duration::from_millis(100);
+/// Generous upper bound on waiting for reports (never a timing assertion).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One received log record: event name, attributes rendered as strings, resource instance.
+#[derive(Debug, Clone)]
+struct Record {
+    event: String,
+    attrs: BTreeMap<String, String>,
+    service_instance: Option<String>,
+}
+
+#[derive(Default, Clone)]
+struct Receiver(Arc<Mutex<Vec<Record>>>);
+
+fn render(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().expect("lock");
+        for rl in request.into_inner().resource_logs {
+            let instance = rl.resource.as_ref().and_then(|r| {
+                r.attributes
+                    .iter()
+                    .find(|kv| kv.key == "service.instance.id")
+                    .map(|kv| render(kv.value.as_ref().and_then(|v| v.value.as_ref())))
+            });
+            for sl in rl.scope_logs {
+                for lr in sl.log_records {
+                    let attrs = lr
+                        .attributes
+                        .iter()
+                        .map(|kv| {
+                            let v = render(kv.value.as_ref().and_then(|v| v.value.as_ref()));
+                            (kv.key.clone(), v)
+                        })
+                        .collect();
+                    got.push(Record {
+                        event: lr.event_name.clone(),
+                        attrs,
+                        service_instance: instance.clone(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[inline(never)]
+fn spin_in_user_code(d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+#[inline(never)]
+fn sleep_in_user_code(d: Duration) {
+    std::thread::sleep(d);
+}
+
+#[inline(never)]
+fn allocate_in_user_code(d: Duration) {
+    let end = Instant::now() + d;
+    let mut keep = Vec::new();
+    while Instant::now() < end {
+        keep.push(vec![0u8; 64]);
+        if keep.len() > 1000 {
+            keep.clear();
+        }
+    }
+}
+
+/// Starts a watched runtime (`workers` = 0: current_thread), blocks it with `block` for `d`
+/// on every worker, and returns the records received until `enough` says so.
+fn run(
+    workers: usize,
+    block: fn(Duration),
+    d: Duration,
+    enough: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let receiver = Receiver::default();
+    let (_server, addr) = common::serve_grpc(
+        tonic::transport::Server::builder().add_service(LogsServiceServer::new(receiver.clone())),
+    );
+    let hook = loopwatch::UnparkHook::new();
+    let rt = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        hook.install(&mut b).worker_threads(workers).enable_all();
+        b.build()
+    }
+    .expect("runtime");
+    let mut builder = loopwatch::Loopwatch::builder()
+        .meter_provider(SdkMeterProvider::builder().build())
+        .endpoint(format!("http://{addr}"))
+        .stall_threshold(THRESHOLD)
+        .stuck_threshold(THRESHOLD)
+        .runtime_name("stacks");
+    if workers > 0 {
+        builder = builder.unpark_hook(hook);
+    }
+    let guard = rt.block_on(async { builder.start() }).expect("start");
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = Arc::clone(&done);
+    let driver = std::thread::spawn(move || {
+        rt.block_on(async move {
+            // Ordinary probes first: the probe task notes the thread(s) it runs on.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let tasks: Vec<_> = (0..workers.max(1))
+                .map(|_| tokio::spawn(async move { block(d) }))
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+            while !d2.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    });
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let got = receiver.0.lock().expect("lock").clone();
+        if enough(&got) || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    done.store(true, Ordering::Release);
+    driver.join().expect("driver");
+    guard.shutdown();
+    got
+}
+
+fn stalls(got: &[Record]) -> Vec<&Record> {
+    got.iter()
+        .filter(|r| r.event == "loopwatch.stall")
+        .collect()
+}
+
+fn names(r: &Record, f: &str) -> bool {
+    r.attrs
+        .get("code.stacktrace")
+        .is_some_and(|s| s.contains(f))
+}
+
+fn assert_named(got: &[Record], f: &str, want: usize) {
+    let s = stalls(got);
+    assert!(s.len() >= want, "want {want} stall reports: {got:#?}");
+    for r in &s {
+        assert!(names(r, f), "report does not name {f}: {r:#?}");
+        assert!(
+            r.attrs
+                .get("thread.id")
+                .is_some_and(|t| t.parse::<i64>().is_ok_and(|t| t > 0))
+        );
+        assert!(r.attrs.contains_key("thread.name"), "{r:#?}");
+        let dur: f64 = r.attrs["loopwatch.stall.duration"]
+            .parse()
+            .expect("duration");
+        assert!(dur >= THRESHOLD.as_secs_f64(), "{r:#?}");
+        assert!(r.service_instance.is_some(), "{r:#?}");
+    }
+}
+
+#[test]
+fn current_thread_spin_is_named_twice_during_the_stall() {
+    let got = run(0, spin_in_user_code, Duration::from_millis(800), |g| {
+        stalls(g).len() >= 2
+    });
+    assert_named(&got, "spin_in_user_code", 2);
+    let s = stalls(&got);
+    assert_eq!(s[0].attrs["tokio.worker.index"], "0");
+    assert_eq!(s[0].attrs["loopwatch.stall.capture"], "1");
+    assert_eq!(s[1].attrs["loopwatch.stall.capture"], "2");
+    // The user function sits above the runtime's frames: those stay below it.
+    let st = &s[0].attrs["code.stacktrace"];
+    let user = st.find("spin_in_user_code").expect("user frame");
+    let rt = st.find("tokio::runtime").expect("runtime frames kept");
+    assert!(user < rt, "{st}");
+}
+
+#[test]
+fn current_thread_sleep_is_named() {
+    let got = run(0, sleep_in_user_code, Duration::from_millis(800), |g| {
+        stalls(g).len() >= 2
+    });
+    assert_named(&got, "sleep_in_user_code", 2);
+}
+
+#[test]
+fn multi_thread_spin_on_every_worker_names_each_worker() {
+    let got = run(2, spin_in_user_code, Duration::from_millis(800), |g| {
+        stalls(g).len() >= 4
+    });
+    assert_named(&got, "spin_in_user_code", 4);
+    let threads: std::collections::BTreeSet<_> = stalls(&got)
+        .iter()
+        .map(|r| r.attrs["thread.id"].clone())
+        .collect();
+    assert_eq!(threads.len(), 2, "{got:#?}");
+}
+
+#[test]
+fn multi_thread_sleep_is_named() {
+    let got = run(2, sleep_in_user_code, Duration::from_millis(800), |g| {
+        stalls(g).len() >= 2
+    });
+    assert_named(&got, "sleep_in_user_code", 2);
+}
+
+#[test]
+fn a_signal_landing_in_allocation_is_harmless() {
+    let got = run(0, allocate_in_user_code, Duration::from_millis(800), |g| {
+        stalls(g).len() >= 2
+    });
+    assert_named(&got, "allocate_in_user_code", 2);
+}
