@@ -521,6 +521,11 @@ impl ProbeTask {
                         self.flush.request();
                     }
                     if let Some(s) = &self.stacks
+                        && age >= self.stall_threshold / 2
+                    {
+                        s.warm();
+                    }
+                    if let Some(s) = &self.stacks
                         && let Some(nth) = stacks::decide(age, self.stall_threshold, stacks_taken)
                     {
                         stacks_taken = nth;

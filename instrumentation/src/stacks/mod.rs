@@ -29,7 +29,7 @@ mod symbols;
 mod unwind;
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
@@ -130,6 +130,15 @@ impl Threads {
     }
 }
 
+/// Work for the `loopwatch-stacks` thread.
+enum Work {
+    /// A stall is under way: load the module list and symbol tables now, so that the report
+    /// at the threshold does not wait for them.
+    Warm,
+    /// Captured stacks to report.
+    Report(Job),
+}
+
 /// Captures handed to the `loopwatch-stacks` thread.
 struct Job {
     kind: Kind,
@@ -153,7 +162,9 @@ pub(crate) struct Stacks {
     signal: i32,
     handle: tokio::runtime::Handle,
     target: LogTarget,
-    tx: Mutex<Option<SyncSender<Job>>>,
+    tx: Mutex<Option<SyncSender<Work>>>,
+    /// The reporting thread was asked to warm up.
+    warmed: AtomicBool,
     /// Captures dropped because the reporting thread was behind.
     dropped: AtomicU64,
     /// Stack bytes handed to the reporting thread and not yet reported.
@@ -185,6 +196,7 @@ impl Stacks {
             handle,
             target,
             tx: Mutex::new(None),
+            warmed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             queued: Arc::new(AtomicUsize::new(0)),
         }))
@@ -254,16 +266,30 @@ impl Stacks {
             worker,
             stacks,
         };
-        self.send(job);
+        self.send_job(job);
     }
 
-    fn send(&self, job: Job) {
+    /// Starts the reporting thread's one-time preparation (module list, symbol tables, logs
+    /// exporter) while a stall grows towards the threshold; later calls do nothing.
+    pub(crate) fn warm(&self) {
+        if !self.warmed.swap(true, Ordering::AcqRel) {
+            let _ = self.send(Work::Warm);
+        }
+    }
+
+    fn send_job(&self, job: Job) {
         let bytes = job.bytes();
-        if self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > MAX_QUEUED_BYTES {
+        if self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > MAX_QUEUED_BYTES
+            || !self.send(Work::Report(job))
+        {
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
         }
+    }
+
+    /// Hands `work` to the reporting thread (started on first use); false when it was not
+    /// taken.
+    fn send(&self, work: Work) -> bool {
         let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         if tx.is_none() {
             let (t, rx) = std::sync::mpsc::sync_channel(QUEUE);
@@ -274,29 +300,33 @@ impl Stacks {
                 .spawn(move || run_reports(&rx, target, &queued));
             if let Err(e) = spawned {
                 tracing::debug!(error = %e, "loopwatch-stacks thread could not start");
-                self.queued.fetch_sub(bytes, Ordering::AcqRel);
-                return;
+                return false;
             }
             *tx = Some(t);
         }
-        if let Some(t) = tx.as_ref() {
-            match t.try_send(job) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    self.queued.fetch_sub(bytes, Ordering::AcqRel);
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        tx.as_ref().is_some_and(|t| match t.try_send(work) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        })
     }
 }
 
 /// Body of the `loopwatch-stacks` thread: ends when the [`Stacks`] is dropped.
-fn run_reports(rx: &Receiver<Job>, target: LogTarget, queued: &AtomicUsize) {
+fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
     let mut unwinder: Option<unwind::Unwinder> = None;
     let mut sink = report::LogSink::new(target);
-    while let Ok(job) = rx.recv() {
+    while let Ok(work) = rx.recv() {
         let u = unwinder.get_or_insert_with(unwind::Unwinder::new);
+        let job = match work {
+            Work::Warm => {
+                // Loads this binary's symbol tables (the first lookup parses them).
+                let here = run_reports as *const () as u64;
+                let _ = symbols::symbolize(&[here]);
+                sink.prepare();
+                continue;
+            }
+            Work::Report(job) => job,
+        };
         let bytes = job.bytes();
         let reports = build_reports(u, job);
         queued.fetch_sub(bytes, Ordering::AcqRel);
@@ -310,7 +340,8 @@ fn build_reports(u: &mut unwind::Unwinder, job: Job) -> Vec<StallReport> {
     let mut out: Vec<StallReport> = Vec::new();
     for (w, idx, raw) in job.stacks {
         let unwound = u.unwind(&raw);
-        let frames = symbols::trim(symbols::symbolize(&unwound.addrs));
+        let mut frames = symbols::trim(symbols::symbolize(&unwound.addrs));
+        symbols::qualify(&mut frames);
         if symbols::parked(&frames) {
             continue;
         }

@@ -107,17 +107,25 @@ impl LogSink {
         })
     }
 
-    /// Logs and exports `r`; failures are logged at debug level (the warning stays).
-    pub(crate) fn emit(&mut self, r: &StallReport) {
-        warn(r, &self.target.runtime_name);
+    /// Builds the exporter if not done yet; false when it cannot be built.
+    pub(crate) fn prepare(&mut self) -> bool {
         if self.built.is_none() {
             match self.build() {
                 Ok(b) => self.built = Some(b),
                 Err(e) => {
                     tracing::debug!(error = %e, "loopwatch logs exporter could not be built");
-                    return;
+                    return false;
                 }
             }
+        }
+        true
+    }
+
+    /// Logs and exports `r`; failures are logged at debug level (the warning stays).
+    pub(crate) fn emit(&mut self, r: &StallReport) {
+        warn(r, &self.target.runtime_name);
+        if !self.prepare() {
+            return;
         }
         let Some(b) = &self.built else { return };
         let mut rec = b.logger.create_log_record();

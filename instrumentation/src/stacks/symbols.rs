@@ -56,6 +56,41 @@ fn vdso_note(addr: u64) -> &'static str {
     if in_vdso { " (vdso)" } else { "" }
 }
 
+/// Gives inlined async fn and closure bodies (named `{async_fn#0}`, `{closure#0}` without
+/// their path in the debug info) the path that their caller's frame spells in its type
+/// parameters (`my_crate::handler::{async_fn_env#0}`), so that the frame names the user's
+/// function.
+pub(crate) fn qualify(frames: &mut [Frame]) {
+    for i in 0..frames.len().saturating_sub(1) {
+        let bare = &frames[i].function;
+        let Some(kind) = ["{async_fn#", "{closure#"]
+            .into_iter()
+            .find(|k| bare.starts_with(k))
+        else {
+            continue;
+        };
+        if bare.contains('<') || bare.contains("::") {
+            continue;
+        }
+        let env = if kind == "{async_fn#" {
+            "::{async_fn_env#"
+        } else {
+            "::{closure_env#"
+        };
+        let caller = &frames[i + 1].function;
+        let Some(end) = caller.find(env) else {
+            continue;
+        };
+        let start = caller[..end]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |p| p + 1);
+        let path = &caller[start..end];
+        if !path.is_empty() {
+            frames[i].function = format!("{path}::{bare}");
+        }
+    }
+}
+
 /// Whether the frame belongs to the signal machinery or loopwatch itself.
 fn ours(f: &Frame) -> bool {
     f.function.starts_with("loopwatch::")
@@ -133,6 +168,23 @@ mod tests {
         let t = trim(frames);
         assert_eq!(t[0].function, "app::spin");
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn bare_async_fn_frames_take_the_path_from_their_caller() {
+        let mut frames = vec![
+            f("std::thread::sleep"),
+            f("{async_fn#0}"),
+            f(
+                "{async_block#0}<fn(Query<P>) -> app::block::{async_fn_env#0}, app::block::{async_fn_env#0}>",
+            ),
+        ];
+        qualify(&mut frames);
+        assert_eq!(frames[1].function, "app::block::{async_fn#0}");
+        assert!(
+            frames[2].function.starts_with("{async_block#0}<"),
+            "left as it is"
+        );
     }
 
     #[test]
