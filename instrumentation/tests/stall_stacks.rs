@@ -113,6 +113,85 @@ fn allocate_in_user_code(d: Duration) {
     }
 }
 
+#[inline(never)]
+fn wait_on_mutex_in_user_code(d: Duration) {
+    let m = Arc::new(Mutex::new(()));
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let holder = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || {
+            let _g = m.lock().expect("lock");
+            let _ = held_tx.send(());
+            std::thread::sleep(d);
+        })
+    };
+    let _ = held.recv();
+    drop(m.lock().expect("lock"));
+    holder.join().expect("holder");
+}
+
+#[inline(never)]
+fn read_socket_in_user_code(d: Duration) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut stream =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let _peer = listener.accept().expect("accept");
+    let end = Instant::now() + d;
+    // A socket read with a timeout is not restarted after a signal (SO_RCVTIMEO): it returns
+    // `Interrupted`, which careful code retries, as here (std's `read_exact` does too).
+    while let Some(left) = end
+        .checked_duration_since(Instant::now())
+        .filter(|l| !l.is_zero())
+    {
+        stream.set_read_timeout(Some(left)).expect("timeout");
+        match stream.read(&mut [0u8; 16]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => break,
+        }
+    }
+}
+
+#[inline(never)]
+fn read_fifo_in_user_code(d: Duration) {
+    use std::io::Read;
+    let path = std::env::temp_dir().join(format!("loopwatch-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            let _ = std::fs::write(&path, b"done");
+        })
+    };
+    // Opening a FIFO for reading blocks until the writer opens it; the read then blocks too.
+    let mut buf = Vec::new();
+    let _ = std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut buf));
+    writer.join().expect("writer");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[inline(never)]
+fn panic_and_catch_in_user_code(d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        let _ = std::panic::catch_unwind(|| std::panic::panic_any(7u8));
+    }
+}
+
+#[inline(never)]
+fn take_own_backtraces_in_user_code(d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::hint::black_box(std::backtrace::Backtrace::force_capture().to_string());
+    }
+}
+
 /// Starts a watched runtime (`workers` = 0: current_thread), blocks it with `block` for `d`
 /// on every worker, and returns the records received until `enough` says so.
 fn run(
@@ -260,4 +339,60 @@ fn a_signal_landing_in_allocation_is_harmless() {
         stalls(g).len() >= 2
     });
     assert_named(&got, "allocate_in_user_code", 2);
+}
+
+#[test]
+fn a_mutex_wait_is_named() {
+    let got = run(
+        0,
+        wait_on_mutex_in_user_code,
+        Duration::from_millis(800),
+        |g| stalls(g).len() >= 2,
+    );
+    assert_named(&got, "wait_on_mutex_in_user_code", 2);
+}
+
+#[test]
+fn a_blocking_socket_read_is_named() {
+    let got = run(
+        0,
+        read_socket_in_user_code,
+        Duration::from_millis(800),
+        |g| stalls(g).len() >= 2,
+    );
+    assert_named(&got, "read_socket_in_user_code", 2);
+}
+
+#[test]
+fn a_blocking_file_read_is_named() {
+    let got = run(0, read_fifo_in_user_code, Duration::from_millis(800), |g| {
+        stalls(g).len() >= 2
+    });
+    assert_named(&got, "read_fifo_in_user_code", 2);
+}
+
+#[test]
+fn a_signal_during_panic_unwinding_is_harmless() {
+    // Silence the caught panics' messages; the hook is process-wide, restored after.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let got = run(
+        0,
+        panic_and_catch_in_user_code,
+        Duration::from_millis(800),
+        |g| stalls(g).len() >= 2,
+    );
+    std::panic::set_hook(hook);
+    assert_named(&got, "panic_and_catch_in_user_code", 2);
+}
+
+#[test]
+fn a_signal_while_the_app_takes_its_own_backtrace_is_harmless() {
+    let got = run(
+        0,
+        take_own_backtraces_in_user_code,
+        Duration::from_millis(800),
+        |g| stalls(g).len() >= 2,
+    );
+    assert_named(&got, "take_own_backtraces_in_user_code", 2);
 }

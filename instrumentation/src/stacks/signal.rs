@@ -18,6 +18,9 @@
 //!   and takes a late request back with `ARMED → IDLE`, so a signal that arrives after the
 //!   requester gave up writes nothing.
 //! * An existing handler for the chosen signal is never replaced: installation fails instead.
+//! * `SA_RESTART`: an interrupted blocking call resumes, except where Linux never restarts
+//!   one (socket calls with a timeout, `epoll_wait`, `nanosleep` which std resumes itself):
+//!   those return `EINTR` once, as they do under any sampling profiler.
 
 #![allow(unsafe_code)]
 
@@ -330,4 +333,36 @@ pub(crate) fn capture(
     };
     SLOT.state.store(IDLE, Ordering::Release);
     Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" fn app_handler(_: libc::c_int) {}
+
+    #[test]
+    fn a_signal_the_application_handles_is_refused_and_its_handler_kept() {
+        let sig = libc::SIGRTMIN() + 9;
+        let handler = app_handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs an empty, async-signal-safe handler with valid structs.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+        }
+        assert!(matches!(install(sig), Err(InstallError::InUse(s)) if s == sig));
+        // SAFETY: reads the current action into a valid struct.
+        let kept = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old);
+            old.sa_sigaction
+        };
+        assert_eq!(kept, handler);
+        assert!(matches!(
+            install(libc::SIGUSR1),
+            Err(InstallError::NotRealtime(_))
+        ));
+    }
 }
