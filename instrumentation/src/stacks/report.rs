@@ -155,7 +155,22 @@ fn summary(r: &StallReport) -> String {
         Kind::Stall => "tokio runtime stalled",
         Kind::Stuck => "tokio worker stuck",
     };
-    let top = r.frames.first().map_or("??", |f| f.function.as_str());
+    // The first frame of the application's code: the libc, std and runtime frames above it are
+    // where it waits, not what blocks.
+    let library = |n: &str| {
+        [
+            "std::", "core::", "alloc::", "__", "tokio::", "<std::", "<core::", "??",
+        ]
+        .iter()
+        .any(|p| n.starts_with(p))
+    };
+    let top = r
+        .frames
+        .iter()
+        .map(|f| f.function.as_str())
+        .find(|n| !library(n))
+        .or_else(|| r.frames.first().map(|f| f.function.as_str()))
+        .unwrap_or("??");
     format!(
         "{what} for {:?}: thread {} ({}) in {top}",
         r.duration, r.thread_id, r.thread_name
