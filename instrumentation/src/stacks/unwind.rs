@@ -11,13 +11,17 @@ use std::ops::Range;
 
 use framehop::Unwinder as _;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
-use framehop::{ExplicitModuleSectionInfo, Module};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module};
 use object::{Object, ObjectSection, ObjectSegment};
 
 use super::signal::RawStack;
 
 /// Most frames kept per stack.
 pub(crate) const MAX_FRAMES: usize = 128;
+/// Stack scans per walk, where the unwind information gives out.
+const MAX_SCANS: u32 = 2;
+/// How far above the last good frame a scan looks.
+const SCAN_BYTES: u64 = 16 * 1024;
 /// `.text` sections larger than this are not kept for prologue analysis (memory bound).
 const MAX_TEXT_BYTES: u64 = 8 << 20;
 
@@ -33,7 +37,8 @@ pub(crate) struct Unwound {
 pub(crate) struct Unwinder {
     inner: UnwinderX86_64<Vec<u8>>,
     cache: CacheX86_64,
-    ranges: Vec<Range<u64>>,
+    /// Executable mappings of the modules.
+    exec: Vec<Range<u64>>,
 }
 
 impl Unwinder {
@@ -42,7 +47,7 @@ impl Unwinder {
         let mut u = Unwinder {
             inner: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
-            ranges: Vec::new(),
+            exec: Vec::new(),
         };
         u.load();
         u
@@ -50,50 +55,83 @@ impl Unwinder {
 
     fn load(&mut self) {
         self.inner = UnwinderX86_64::new();
-        self.ranges.clear();
+        self.exec.clear();
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         for (path, m) in parse_maps(&maps) {
             if let Some(module) = load_module(&path, &m) {
-                self.ranges.push(m.range.clone());
+                self.exec.extend(m.exec.iter().cloned());
                 self.inner.add_module(module);
             }
         }
     }
 
-    /// Unwinds `raw`; reloads the module list once if its pc is in no known module.
+    /// Unwinds `raw`; reloads the module list once if its pc is in no known module. Where the
+    /// unwind information gives out (code without usable CFI), the walk scans the stack above
+    /// the last good frame for the first word that is a code address of a known module, and goes
+    /// on from there, at most [`MAX_SCANS`] times.
     pub(crate) fn unwind(&mut self, raw: &RawStack) -> Unwound {
-        if !self.ranges.iter().any(|r| r.contains(&raw.regs.pc)) {
+        if !self.exec.iter().any(|r| r.contains(&raw.regs.pc)) {
             self.load();
         }
         let base = raw.regs.sp;
         let bytes = &raw.bytes;
-        let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let off = usize::try_from(addr.checked_sub(base).ok_or(())?).map_err(|_| ())?;
-            let word = bytes.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
-            Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+        let word = |addr: u64| -> Option<u64> {
+            let off = usize::try_from(addr.checked_sub(base)?).ok()?;
+            let w = bytes.get(off..off.checked_add(8)?)?;
+            Some(u64::from_le_bytes(w.try_into().ok()?))
         };
-        let regs = UnwindRegsX86_64::new(raw.regs.pc, raw.regs.sp, raw.regs.fp);
-        let mut iter = self
-            .inner
-            .iter_frames(raw.regs.pc, regs, &mut self.cache, &mut read_stack);
+        let mut read_stack = |addr: u64| word(addr).ok_or(());
+        let mut regs = UnwindRegsX86_64::new(raw.regs.pc, raw.regs.sp, raw.regs.fp);
+        let mut addr = FrameAddress::from_instruction_pointer(raw.regs.pc);
         let mut out = Unwound::default();
+        let mut scans = 0;
         loop {
-            match iter.next() {
-                Ok(Some(frame)) => {
-                    if out.addrs.len() == MAX_FRAMES {
-                        out.truncated = true;
-                        break;
+            if out.addrs.len() == MAX_FRAMES {
+                out.truncated = true;
+                break;
+            }
+            out.addrs.push(addr.address_for_lookup());
+            let next =
+                match self
+                    .inner
+                    .unwind_frame(addr, &mut regs, &mut self.cache, &mut read_stack)
+                {
+                    Ok(Some(ret)) => Some(ret),
+                    Ok(None) => break,
+                    Err(_) if scans < MAX_SCANS => {
+                        scans += 1;
+                        self.scan(regs.sp(), &word).map(|(ret, at)| {
+                            regs.set_sp(at + 8);
+                            ret
+                        })
                     }
-                    out.addrs.push(frame.address_for_lookup());
+                    Err(_) => None,
+                };
+            match next.and_then(FrameAddress::from_return_address) {
+                Some(a) => {
+                    regs.set_ip(a.address());
+                    addr = a;
                 }
-                Ok(None) => break,
-                Err(_) => {
+                None => {
                     out.truncated = true;
                     break;
                 }
             }
         }
         out
+    }
+
+    /// The first word at or above `sp` (within [`SCAN_BYTES`]) that points into code, and
+    /// where it is.
+    fn scan(&self, sp: u64, word: &impl Fn(u64) -> Option<u64>) -> Option<(u64, u64)> {
+        (0..SCAN_BYTES / 8)
+            .map(|i| sp + i * 8)
+            .map_while(|at| word(at).map(|w| (w, at)))
+            .find(|(w, _)| self.in_code(*w))
+    }
+
+    fn in_code(&self, addr: u64) -> bool {
+        self.exec.iter().any(|r| r.contains(&addr))
     }
 }
 
@@ -103,7 +141,8 @@ struct Mapped {
     range: Range<u64>,
     /// Start of the mapping at file offset 0.
     base: Option<u64>,
-    executable: bool,
+    /// The executable mappings.
+    exec: Vec<Range<u64>>,
 }
 
 /// Files mapped into this process, by path.
@@ -132,15 +171,17 @@ fn parse_maps(text: &str) -> BTreeMap<String, Mapped> {
         let e = out.entry(path.to_owned()).or_insert(Mapped {
             range: lo..hi,
             base: None,
-            executable: false,
+            exec: Vec::new(),
         });
         e.range = e.range.start.min(lo)..e.range.end.max(hi);
         if offset == 0 {
             e.base = Some(e.base.map_or(lo, |b| b.min(lo)));
         }
-        e.executable |= perms.contains('x');
+        if perms.contains('x') {
+            e.exec.push(lo..hi);
+        }
     }
-    out.retain(|_, m| m.executable && m.base.is_some());
+    out.retain(|_, m| !m.exec.is_empty() && m.base.is_some());
     out
 }
 
@@ -190,5 +231,6 @@ garbage line
         let app = &m["/usr/bin/app"];
         assert_eq!(app.range, 0x5555aaa00000..0x5555aab00000);
         assert_eq!(app.base, Some(0x5555aaa00000));
+        assert_eq!(app.exec, vec![0x5555aaa10000..0x5555aab00000]);
     }
 }
