@@ -41,6 +41,9 @@ use symbols::Frame;
 
 /// How long the probe thread waits for one thread's handler.
 const CAPTURE_WAIT: Duration = Duration::from_millis(50);
+/// How long one capture of all threads may hold the probe thread (threads that block the
+/// signal each cost a full wait); threads left over are not captured this time.
+const CAPTURE_BUDGET: Duration = Duration::from_millis(200);
 /// Most threads remembered per watched runtime.
 const MAX_THREADS: usize = 1024;
 /// Capture jobs waiting for the `loopwatch-stacks` thread.
@@ -246,8 +249,14 @@ impl Stacks {
             targets.retain(|(_, i)| *i == Some(want));
         }
         let mut stacks = Vec::with_capacity(targets.len());
+        let deadline = std::time::Instant::now() + CAPTURE_BUDGET;
         for (w, idx) in targets {
-            match signal::capture(self.signal, w.tid, w.stack, CAPTURE_WAIT) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::debug!("loopwatch stack capture budget spent; some threads skipped");
+                break;
+            }
+            match signal::capture(self.signal, w.tid, w.stack, CAPTURE_WAIT.min(left)) {
                 Ok(raw) => stacks.push((w, idx, raw)),
                 Err(signal::CaptureError::Gone(tid)) => self.threads.forget(tid),
                 Err(e) => {

@@ -7,10 +7,12 @@
 //! have no safe wrapper in std.
 //!
 //! What keeps it sound:
-//! * The handler does only async-signal-safe work: atomics, `clock_gettime`, one bounded
-//!   `memcpy` from the interrupted thread's own stack (between its stack pointer and the top of
-//!   the stack range recorded for that thread, so every byte read is mapped), and it saves and
-//!   restores `errno`. It never allocates, locks, unwinds or symbolizes (the deadlocks of
+//! * The handler does only async-signal-safe work: atomics, `clock_gettime`, one bounded copy
+//!   of the interrupted thread's own stack (between its stack pointer and the top of the stack
+//!   range recorded for that thread) by `process_vm_readv` on this process: the kernel copies,
+//!   so a page that is not mapped fails the call instead of faulting, and the copy holds plain
+//!   initialized bytes even where the stack had padding (a `memcpy` is the fallback where a
+//!   sandbox forbids the call), and it saves and restores `errno`. It never allocates, locks, unwinds or symbolizes (the deadlocks of
 //!   unwinding inside a handler: `dl_iterate_phdr` and allocator locks).
 //! * One capture at a time (a mutex held by the requesting thread, never by the handler), and a
 //!   state word (`IDLE → ARMED → WRITING → DONE`): the handler writes only after winning
@@ -244,13 +246,33 @@ unsafe fn copy_context(uc: *const libc::ucontext_t) {
     } else {
         0
     };
-    if len > 0 {
-        // SAFETY: [sp, sp + len) is this thread's mapped stack; the destination is the slot's
-        // buffer, owned by this handler in WRITING, and len <= its size.
-        unsafe {
-            std::ptr::copy_nonoverlapping(sp as *const u8, SLOT.stack.get().cast::<u8>(), len)
+    let len = if len > 0 {
+        let dst = SLOT.stack.get().cast::<u8>();
+        let local = libc::iovec {
+            iov_base: dst.cast(),
+            iov_len: len,
         };
-    }
+        let remote = libc::iovec {
+            iov_base: sp as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: the kernel copies [sp, sp + len) of this process into the slot's buffer (owned
+        // by this handler in WRITING, len <= its size), failing with EFAULT instead of faulting
+        // on an unmapped page; the copied bytes are then plain initialized memory.
+        let got = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        match usize::try_from(got) {
+            Ok(n) => n.min(len),
+            // A sandbox that forbids process_vm_readv: copy directly. [sp, sp + len) is this
+            // thread's mapped stack, and the destination is as above.
+            Err(_) => {
+                // SAFETY: see the two comments above.
+                unsafe { std::ptr::copy_nonoverlapping(sp as *const u8, dst, len) };
+                len
+            }
+        }
+    } else {
+        0
+    };
     SLOT.len.store(len, Ordering::Relaxed);
 }
 
