@@ -68,12 +68,27 @@ pub struct HeapSnapshot {
     pub window: Duration,
 }
 
-/// Reads the current live heap bytes from the best available source.
+/// Heap bytes loopwatch itself keeps for its own use (stall stacks' module list and symbol
+/// tables, loaded once): not the application's growth, so not reported as heap.
+static OWN_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The current live heap bytes, as the best available source reads them.
+pub(crate) fn live_heap_bytes() -> Option<u64> {
+    counted_heap_bytes().or_else(jemalloc_allocated)
+}
+
+/// Counts `bytes` more of the heap as loopwatch's own (see [`OWN_BYTES`]).
+pub(crate) fn add_own_bytes(bytes: u64) {
+    OWN_BYTES.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads the current live heap bytes from the best available source, less loopwatch's own.
 pub(crate) fn read_heap() -> Option<(u64, HeapSource)> {
+    let own = OWN_BYTES.load(std::sync::atomic::Ordering::Relaxed);
     if let Some(b) = counted_heap_bytes() {
-        return Some((b, HeapSource::CountingAllocator));
+        return Some((b.saturating_sub(own), HeapSource::CountingAllocator));
     }
-    jemalloc_allocated().map(|b| (b, HeapSource::Jemalloc))
+    jemalloc_allocated().map(|b| (b.saturating_sub(own), HeapSource::Jemalloc))
 }
 
 #[cfg(feature = "jemalloc")]

@@ -325,6 +325,9 @@ fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
     let mut unwinder: Option<unwind::Unwinder> = None;
     let mut sink = report::LogSink::new(target);
     while let Ok(work) = rx.recv() {
+        // The module list and symbol tables load on first use and stay: loopwatch's own heap,
+        // not the application's growth (a 30 MB debug binary's tables would read as growth).
+        let before = crate::heap::live_heap_bytes();
         let u = unwinder.get_or_insert_with(unwind::Unwinder::new);
         let job = match work {
             Work::Warm => {
@@ -332,15 +335,29 @@ fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
                 let here = run_reports as *const () as u64;
                 let _ = symbols::symbolize(&[here]);
                 sink.prepare();
+                own_growth(before, 0);
                 continue;
             }
             Work::Report(job) => job,
         };
         let bytes = job.bytes();
         let reports = build_reports(u, job);
+        // The job's stack copies were allocated on the probe thread and freed here.
+        own_growth(before, bytes);
         queued.fetch_sub(bytes, Ordering::AcqRel);
         for r in &reports {
             sink.emit(r);
+        }
+    }
+}
+
+/// Counts the heap growth since `before` (plus `freed` bytes released meanwhile) as
+/// loopwatch's own.
+fn own_growth(before: Option<u64>, freed: usize) {
+    if let (Some(b), Some(a)) = (before, crate::heap::live_heap_bytes()) {
+        let grown = a.saturating_add(freed as u64).saturating_sub(b);
+        if grown > 0 {
+            crate::heap::add_own_bytes(grown);
         }
     }
 }
