@@ -284,7 +284,13 @@ impl LoopwatchBuilder {
     /// [`LoopwatchBuilder::start_with_handle`].
     pub fn start(self) -> Result<LoopwatchGuard, StartError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        self.start_with_handle(handle)
+        // Inside a current_thread runtime this thread is the one that drives it (`block_on`):
+        // stall stacks know it before any probe has run on it.
+        let on_runtime_thread = matches!(
+            handle.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        self.start_inner(handle, on_runtime_thread)
     }
 
     /// Starts watching the runtime behind `handle`: resolves the configuration, builds the
@@ -297,6 +303,16 @@ impl LoopwatchBuilder {
     pub fn start_with_handle(
         self,
         handle: tokio::runtime::Handle,
+    ) -> Result<LoopwatchGuard, StartError> {
+        self.start_inner(handle, false)
+    }
+
+    /// [`LoopwatchBuilder::start_with_handle`]; `on_runtime_thread`: the calling thread drives
+    /// the watched runtime.
+    fn start_inner(
+        self,
+        handle: tokio::runtime::Handle,
+        on_runtime_thread: bool,
     ) -> Result<LoopwatchGuard, StartError> {
         let (stuck_threshold, heap_window) = (self.stuck_threshold, self.heap_window);
         let hook_threads = self.unpark_hook.as_ref().map(|h| Arc::clone(&h.threads));
@@ -369,6 +385,9 @@ impl LoopwatchBuilder {
         let (extras, mut sampler) =
             process::Extras::start(&handle, &provider, &shared, &attrs, flush.clone(), sampler);
         let stacks = start_stacks(&settings, &handle, hook_threads);
+        if on_runtime_thread && let Some(s) = &stacks {
+            s.threads().note_current();
+        }
         sampler.set_stacks(stacks.clone());
         drop(provider);
         // loopwatch's own pipeline exports when the probe asks (see `export::OwnedPipeline`).

@@ -243,6 +243,15 @@ impl Stacks {
                 (w, idx)
             })
             .collect();
+        // One thread drives a current_thread runtime: the one noted last (it may move between
+        // `block_on` calls on different threads).
+        if matches!(
+            self.handle.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        ) && let Some(last) = targets.pop()
+        {
+            targets = vec![last];
+        }
         if let Some(want) = worker
             && targets.iter().any(|(_, i)| *i == Some(want))
         {
@@ -327,7 +336,7 @@ fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
     while let Ok(work) = rx.recv() {
         // The module list and symbol tables load on first use and stay: loopwatch's own heap,
         // not the application's growth (a 30 MB debug binary's tables would read as growth).
-        let before = crate::heap::live_heap_bytes();
+        let before = crate::heap::own_begin();
         let u = unwinder.get_or_insert_with(unwind::Unwinder::new);
         let job = match work {
             Work::Warm => {
@@ -335,7 +344,7 @@ fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
                 let here = run_reports as *const () as u64;
                 let _ = symbols::symbolize(&[here]);
                 sink.prepare();
-                own_growth(before, 0);
+                crate::heap::own_end(before, 0);
                 continue;
             }
             Work::Report(job) => job,
@@ -343,21 +352,10 @@ fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
         let bytes = job.bytes();
         let reports = build_reports(u, job);
         // The job's stack copies were allocated on the probe thread and freed here.
-        own_growth(before, bytes);
+        crate::heap::own_end(before, bytes as u64);
         queued.fetch_sub(bytes, Ordering::AcqRel);
         for r in &reports {
             sink.emit(r);
-        }
-    }
-}
-
-/// Counts the heap growth since `before` (plus `freed` bytes released meanwhile) as
-/// loopwatch's own.
-fn own_growth(before: Option<u64>, freed: usize) {
-    if let (Some(b), Some(a)) = (before, crate::heap::live_heap_bytes()) {
-        let grown = a.saturating_add(freed as u64).saturating_sub(b);
-        if grown > 0 {
-            crate::heap::add_own_bytes(grown);
         }
     }
 }
