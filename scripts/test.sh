@@ -20,5 +20,8 @@ RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/unstable cargo build -p
 echo "== CountingAllocator under AddressSanitizer and valgrind (~20 s)"
 instrumentation/tests/alloc-sanitizer.sh
 
+echo "== stall stacks' signal module under valgrind (~1 min)"
+instrumentation/tests/stacks-valgrind.sh
+
 echo "== collector-config validation (manifests, dashboard, live PromQL, HPA decision)"
 collector-config/tests/run.sh

@@ -233,7 +233,9 @@ fn finite(v: Option<f64>) -> Value {
 
 async fn status(State(state): State<Arc<AgentState>>) -> Json<Value> {
     let views = state.evaluate(Instant::now());
-    Json(status_json(&views, state.is_draining()))
+    let mut body = status_json(&views, state.is_draining());
+    state.stalls.annotate(&mut body);
+    Json(body)
 }
 
 /// The `/v1/status` body for these views.

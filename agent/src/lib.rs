@@ -69,6 +69,7 @@ mod prometheus;
 mod receiver;
 mod routes;
 mod self_telemetry;
+mod stalls;
 mod state;
 mod status_page;
 mod store;

@@ -194,6 +194,8 @@ pub struct AgentState {
     pub telemetry: Telemetry,
     /// Upstream export pipeline (inactive without `exporter.endpoint`).
     pub export: Pipeline,
+    /// The last stall reports (stacks) per instance, from received logs.
+    pub(crate) stalls: crate::stalls::Stalls,
     draining: AtomicBool,
     changed: tokio::sync::Notify,
     /// Wakes the health timer when a service turns unhealthy (its holds need the tick).
@@ -216,6 +218,7 @@ impl AgentState {
             export: Pipeline::new(config.exporter.clone()),
             store: Mutex::new(Store::new(limits)),
             telemetry: Telemetry::default(),
+            stalls: crate::stalls::Stalls::default(),
             draining: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             unhealthy: tokio::sync::Notify::new(),
@@ -442,6 +445,8 @@ impl AgentState {
         let forgotten =
             store.evict_departed(now, cfg.stale_after.saturating_mul(EVICT_AFTER_STALE));
         if forgotten > 0 {
+            self.stalls
+                .retain(&store.services().map(|(k, _)| k.clone()).collect());
             tracing::info!(
                 forgotten,
                 "forgot departed service instances (no data for 60 x health.stale_after)"

@@ -42,6 +42,7 @@ pub(crate) mod env {
     pub(crate) const POD_NAME: &str = "POD_NAME";
     pub(crate) const HOSTNAME: &str = "HOSTNAME";
     pub(crate) const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
+    pub(crate) const STALL_STACKS: &str = "LOOPWATCH_STALL_STACKS";
 }
 
 /// OTLP transport.
@@ -81,6 +82,8 @@ pub struct LoopwatchBuilder {
     pub(crate) stuck_threshold: Option<Duration>,
     pub(crate) heap_window: Option<Duration>,
     pub(crate) unpark_hook: Option<crate::UnparkHook>,
+    pub(crate) stall_stacks: Option<bool>,
+    pub(crate) stall_stack_signal: Option<i32>,
 }
 
 impl LoopwatchBuilder {
@@ -138,6 +141,21 @@ impl LoopwatchBuilder {
         self.unpark_hook = Some(hook);
         self
     }
+    /// Capture the stacks of the running worker threads when a stall passes the threshold or a
+    /// worker starts a stuck episode, and report them (a `tracing` warning and an OTLP log
+    /// record `loopwatch.stall` / `tokio.worker.stuck`). Else `LOOPWATCH_STALL_STACKS`
+    /// (`true`/`false`, `1`/`0`), else on. Linux x86_64 only: elsewhere this does nothing.
+    pub fn stall_stacks(mut self, on: bool) -> Self {
+        self.stall_stacks = Some(on);
+        self
+    }
+    /// The real-time signal that interrupts worker threads for stall stacks; default
+    /// `SIGRTMIN + 6`. It must have no handler yet: loopwatch never replaces one (a profiler's
+    /// SIGPROF, an application's own handler), and starts without stall stacks instead.
+    pub fn stall_stack_signal(mut self, signal: i32) -> Self {
+        self.stall_stack_signal = Some(signal);
+        self
+    }
     /// Register loopwatch's instruments on this provider instead of building an OTLP pipeline.
     /// Endpoint, protocol, export interval and resource settings are then ignored (the provider
     /// owns them); stall flushes call its `force_flush`, and the guard never shuts it down.
@@ -159,6 +177,8 @@ pub(crate) struct Settings {
     pub(crate) runtime_name: String,
     pub(crate) resource: Vec<KeyValue>,
     pub(crate) meter_provider: Option<SdkMeterProvider>,
+    pub(crate) stall_stacks: bool,
+    pub(crate) stall_stack_signal: Option<i32>,
 }
 
 /// Looks up an environment variable; tests pass a map instead of the process environment.
@@ -262,6 +282,23 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
     let endpoint = validate_endpoint(endpoint.trim(), source_key)?;
 
     let resource = resolve_resource(b.service_name, env)?;
+    let stall_stacks = match b.stall_stacks {
+        Some(on) => on,
+        None => match non_empty(env, env::STALL_STACKS) {
+            None => true,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" => true,
+                "0" | "false" | "off" => false,
+                _ => {
+                    return Err(StartError::InvalidEnv {
+                        var: env::STALL_STACKS,
+                        value: v,
+                        reason: "is not a boolean (true | false | 1 | 0)".into(),
+                    });
+                }
+            },
+        },
+    };
 
     Ok(Settings {
         endpoint,
@@ -273,6 +310,8 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         runtime_name,
         resource,
         meter_provider: b.meter_provider,
+        stall_stacks,
+        stall_stack_signal: b.stall_stack_signal,
     })
 }
 
@@ -516,6 +555,22 @@ mod tests {
         let err = resolve_with(Loopwatch::builder().probe_interval(Duration::ZERO), &[])
             .expect_err("zero interval");
         assert!(err.to_string().starts_with("probe_interval:"), "{err}");
+    }
+
+    #[test]
+    fn stall_stacks_builder_beats_env_beats_on() {
+        let on =
+            |b: LoopwatchBuilder, v: &[(&str, &str)]| resolve_with(b, v).map(|s| s.stall_stacks);
+        assert!(on(Loopwatch::builder(), &[]).expect("default"));
+        let off = [("LOOPWATCH_STALL_STACKS", "false")];
+        assert!(!on(Loopwatch::builder(), &off).expect("env"));
+        assert!(on(Loopwatch::builder().stall_stacks(true), &off).expect("builder"));
+        let err = on(Loopwatch::builder(), &[("LOOPWATCH_STALL_STACKS", "maybe")])
+            .expect_err("not a boolean");
+        assert!(
+            err.to_string().starts_with("LOOPWATCH_STALL_STACKS:"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Wake for ThreadWaker {
 
 /// Runs a future to completion on this thread, outside any runtime (the HTTP exporter's
 /// blocking client must not run inside one).
-fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);

@@ -68,12 +68,46 @@ pub struct HeapSnapshot {
     pub window: Duration,
 }
 
-/// Reads the current live heap bytes from the best available source.
-pub(crate) fn read_heap() -> Option<(u64, HeapSource)> {
-    if let Some(b) = counted_heap_bytes() {
-        return Some((b, HeapSource::CountingAllocator));
+/// Heap bytes loopwatch itself keeps for its own use (stall stacks' module list and symbol
+/// tables, loaded once): not the application's growth, so not reported as heap.
+static OWN_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The current live heap bytes, as the best available source reads them.
+pub(crate) fn live_heap_bytes() -> Option<u64> {
+    counted_heap_bytes().or_else(jemalloc_allocated)
+}
+
+/// While loopwatch loads its own tables: the live bytes before it began (`u64::MAX`: not
+/// loading). Readings meanwhile are held at that level, so the load never reads as growth.
+static OWN_LOAD_BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Begins a step of loopwatch's own that may keep heap (see [`OWN_BYTES`]); returns the live
+/// bytes before it, for [`own_end`].
+pub(crate) fn own_begin() -> Option<u64> {
+    let before = live_heap_bytes()?;
+    OWN_LOAD_BASE.store(before, std::sync::atomic::Ordering::Relaxed);
+    Some(before)
+}
+
+/// Ends the step begun at `before`: the growth since, plus `freed` bytes released meanwhile
+/// that were allocated elsewhere, is loopwatch's own from now on.
+pub(crate) fn own_end(before: Option<u64>, freed: u64) {
+    if let (Some(b), Some(a)) = (before, live_heap_bytes()) {
+        let grown = a.saturating_add(freed).saturating_sub(b);
+        OWN_BYTES.fetch_add(grown, std::sync::atomic::Ordering::Relaxed);
     }
-    jemalloc_allocated().map(|b| (b, HeapSource::Jemalloc))
+    OWN_LOAD_BASE.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads the current live heap bytes from the best available source, less loopwatch's own.
+pub(crate) fn read_heap() -> Option<(u64, HeapSource)> {
+    let own = OWN_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    let held = OWN_LOAD_BASE.load(std::sync::atomic::Ordering::Relaxed);
+    let app = |b: u64| b.min(held).saturating_sub(own);
+    if let Some(b) = counted_heap_bytes() {
+        return Some((app(b), HeapSource::CountingAllocator));
+    }
+    jemalloc_allocated().map(|b| (app(b), HeapSource::Jemalloc))
 }
 
 #[cfg(feature = "jemalloc")]

@@ -36,6 +36,7 @@
 //! | coordinated omission | a delay `d` also records `d − i, d − 2i, …` (`i` = probe interval): a 1.5 s block puts ~1.5 s in p99 although only one probe was stuck |
 //! | stall in progress | while a probe is outstanding its age is the current stall; past `stall_threshold` the stall is counted once, a `tracing` warning is logged and an export is forced at once |
 //! | stall end | the window is completed and another export forced, so stall = 0 and the big p99 arrive together |
+//! | who is blocking | Linux x86_64: when a stall passes `stall_threshold` or a worker starts a stuck episode (and again at twice the threshold), the probe thread interrupts each watched worker thread with a real-time signal (`SIGRTMIN+6`, [`LoopwatchBuilder::stall_stack_signal`]); the handler copies registers and up to 64 KiB of stack; the `loopwatch-stacks` thread unwinds and names the frames and reports a `tracing` warning and an OTLP log record `loopwatch.stall` / `tokio.worker.stuck` (`code.stacktrace`, `thread.id`, `thread.name`, `tokio.worker.index`, `loopwatch.stall.duration`) to the configured endpoint. On by default; [`LoopwatchBuilder::stall_stacks`], `LOOPWATCH_STALL_STACKS`. Threads are learned where the probe task runs, and by [`UnparkHook::install`] as they start |
 //! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs (none with an [`UnparkHook`], which reports every wake-up). Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`RouteMetrics::layer`] of a running loopwatch) or [`ShedLayer`] wakes it at once, so a block in that request is probed from its start (the probe waits half a probe interval, at most 4 ms, for the woken worker to get going: its start-up after a quiet spell is not the event loop's lag, and a block is then read up to that much low). A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later). With an [`UnparkHook`] on the runtime (`on_thread_unpark`), every wake-up of a worker wakes the probe thread, which then sleeps until the next heartbeat export (2.5 s, or the export interval if longer) while the runtime is quiet (0.4 wake-ups a second instead of 40) and probes any block from its start, after the same wait |
 //! | unpark hook | [`UnparkHook::install`] on the runtime builder, then [`LoopwatchBuilder::unpark_hook`]: per worker wake-up one atomic increment and one load |
 //! | exports | loopwatch's own pipeline exports after every window in which the runtime was not quiet, at once on a stall (and once half way to `stall_threshold`: that export warms the export path, so the stall export at the threshold is not slowed by cold caches), its end and lifecycle changes, and otherwise every `max(export interval, 2.5 s)` as a heartbeat (the agent's default staleness is 5 s); a provider given with `meter_provider` exports on its own reader's schedule, plus the forced stall exports |
@@ -144,6 +145,7 @@
 //! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | endpoint, verbatim |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | endpoint; for HTTP `/v1/metrics` is appended |
 //! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` (default) or `http/protobuf` |
+//! | `LOOPWATCH_STALL_STACKS` | stall stacks on or off (`true`/`false`, `1`/`0`; default on) |
 //! | `OTEL_METRIC_EXPORT_INTERVAL` | export interval = window length, whole milliseconds (while the runtime is quiet, loopwatch's own pipeline exports every max(interval, 2.5 s)) |
 //!
 //! Unset and empty variables are ignored; a bad value fails [`LoopwatchBuilder::start`] with an
@@ -213,6 +215,11 @@ mod process;
 mod runtime;
 mod shed;
 mod shutdown;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod stacks;
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+#[path = "stacks/off.rs"]
+mod stacks;
 mod tasks;
 mod trace;
 mod unpark;
@@ -277,7 +284,13 @@ impl LoopwatchBuilder {
     /// [`LoopwatchBuilder::start_with_handle`].
     pub fn start(self) -> Result<LoopwatchGuard, StartError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        self.start_with_handle(handle)
+        // Inside a current_thread runtime this thread is the one that drives it (`block_on`):
+        // stall stacks know it before any probe has run on it.
+        let on_runtime_thread = matches!(
+            handle.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        self.start_inner(handle, on_runtime_thread)
     }
 
     /// Starts watching the runtime behind `handle`: resolves the configuration, builds the
@@ -291,7 +304,18 @@ impl LoopwatchBuilder {
         self,
         handle: tokio::runtime::Handle,
     ) -> Result<LoopwatchGuard, StartError> {
+        self.start_inner(handle, false)
+    }
+
+    /// [`LoopwatchBuilder::start_with_handle`]; `on_runtime_thread`: the calling thread drives
+    /// the watched runtime.
+    fn start_inner(
+        self,
+        handle: tokio::runtime::Handle,
+        on_runtime_thread: bool,
+    ) -> Result<LoopwatchGuard, StartError> {
         let (stuck_threshold, heap_window) = (self.stuck_threshold, self.heap_window);
+        let hook_threads = self.unpark_hook.as_ref().map(|h| Arc::clone(&h.threads));
         let nudge = match &self.unpark_hook {
             Some(hook) => Arc::clone(&hook.nudge),
             None => unpark::Nudge::unhooked(),
@@ -358,8 +382,13 @@ impl LoopwatchBuilder {
             let s = Arc::clone(&shared);
             tasks::register(&meter, &attrs, Arc::new(move || s.live()));
         }
-        let (extras, sampler) =
+        let (extras, mut sampler) =
             process::Extras::start(&handle, &provider, &shared, &attrs, flush.clone(), sampler);
+        let stacks = start_stacks(&settings, &handle, hook_threads);
+        if on_runtime_thread && let Some(s) = &stacks {
+            s.threads().note_current();
+        }
+        sampler.set_stacks(stacks.clone());
         drop(provider);
         // loopwatch's own pipeline exports when the probe asks (see `export::OwnedPipeline`).
         let drive_exports = matches!(target, FlushTarget::Owned(_));
@@ -387,6 +416,7 @@ impl LoopwatchBuilder {
             schedule: instruments.schedule,
             stalls: instruments.stalls,
             attrs,
+            stacks,
         };
         let (probe_done_tx, probe_done) = mpsc::channel();
         let probe_thread =
@@ -512,6 +542,31 @@ impl LoopwatchGuard {
             join_bounded(t, &done, DEFAULT_SHUTDOWN_TIMEOUT);
         }
         self.shared.silence();
+    }
+}
+
+/// Stall stacks as configured; off (with a warning) when the signal cannot be used.
+fn start_stacks(
+    s: &config::Settings,
+    handle: &tokio::runtime::Handle,
+    threads: Option<Arc<stacks::Threads>>,
+) -> Option<Arc<stacks::Stacks>> {
+    if !s.stall_stacks {
+        return None;
+    }
+    let target = stacks::LogTarget {
+        endpoint: s.endpoint.clone(),
+        protocol: s.protocol,
+        timeout: s.export_timeout,
+        resource: s.resource.clone(),
+        runtime_name: s.runtime_name.clone(),
+    };
+    match stacks::Stacks::start(s.stall_stack_signal, threads, handle.clone(), target) {
+        Ok(st) => Some(st),
+        Err(e) => {
+            tracing::warn!(error = %e, "loopwatch stall stacks are off");
+            None
+        }
     }
 }
 

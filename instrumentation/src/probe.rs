@@ -13,6 +13,7 @@ use opentelemetry::metrics::{Counter, Histogram as OtelHistogram};
 use crate::export::FlushTrigger;
 use crate::process::Sampler;
 use crate::runtime::{RuntimeSampler, RuntimeSnapshot};
+use crate::stacks::{self, Stacks};
 use crate::unpark::{Claim, Nudge};
 
 /// Highest delay the window histogram tracks exactly: 1 hour in µs. Longer delays are clamped.
@@ -416,6 +417,8 @@ pub(crate) struct ProbeTask {
     pub(crate) schedule: OtelHistogram<f64>,
     pub(crate) stalls: Counter<u64>,
     pub(crate) attrs: Vec<KeyValue>,
+    /// Stall stacks, when on: the probe task notes its threads, the stall captures them.
+    pub(crate) stacks: Option<Arc<Stacks>>,
 }
 
 impl ProbeTask {
@@ -460,16 +463,21 @@ impl ProbeTask {
                 let task_slot = Arc::clone(&slot);
                 let shared = Arc::clone(&self.shared);
                 let waker = me.clone();
+                let noter = self.stacks.as_ref().map(|s| s.threads());
 
                 let t0 = Instant::now();
                 let t0_us = us(t0.saturating_duration_since(self.shared.base));
                 self.shared.outstanding.store(t0_us + 1, Ordering::Release);
                 let join = self.handle.spawn(async move {
+                    if let Some(t) = &noter {
+                        t.note_current();
+                    }
                     task_slot.store(shared.now_us() + 1, Ordering::Release);
                     waker.unpark();
                 });
 
                 let mut stalled = false;
+                let mut stacks_taken = 0u8;
                 // Half way to the threshold, one early export of the growing stall: it warms the
                 // export path (an export after a quiet spell runs on cold caches and pages, tens
                 // of ms here), so that the stall export at the threshold reaches the agent fast.
@@ -512,6 +520,17 @@ impl ProbeTask {
                         );
                         self.flush.request();
                     }
+                    if let Some(s) = &self.stacks
+                        && age >= self.stall_threshold / 2
+                    {
+                        s.warm();
+                    }
+                    if let Some(s) = &self.stacks
+                        && let Some(nth) = stacks::decide(age, self.stall_threshold, stacks_taken)
+                    {
+                        stacks_taken = nth;
+                        s.capture(stacks::Kind::Stall, age, nth, None);
+                    }
                     if now >= next_roll {
                         self.window_end(&mut sampler, Some(age), quiet_for);
                         next_roll = now + self.export_interval;
@@ -524,6 +543,11 @@ impl ProbeTask {
                     }
                     if !stalled {
                         wait = wait.min(self.stall_threshold.saturating_sub(age));
+                    }
+                    if self.stacks.is_some()
+                        && let Some(due) = stacks::next_due(self.stall_threshold, stacks_taken)
+                    {
+                        wait = wait.min(due.saturating_sub(age));
                     }
                     thread::park_timeout(wait.max(Duration::from_micros(50)));
                 };

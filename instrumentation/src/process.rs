@@ -276,6 +276,11 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     /// Runs the stuck-worker check and the heap sample if due (or due within the slack).
+    /// Stall stacks for the stuck-worker check.
+    pub(crate) fn set_stacks(&mut self, stacks: Option<std::sync::Arc<crate::stacks::Stacks>>) {
+        self.watch.set_stacks(stacks);
+    }
+
     pub(crate) fn run_due(&mut self, now: Instant) {
         if now + self.slack >= self.next_check {
             self.watch.check(now);

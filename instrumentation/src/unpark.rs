@@ -148,6 +148,8 @@ impl Drop for Claim {
 #[derive(Debug, Clone)]
 pub struct UnparkHook {
     pub(crate) nudge: Arc<Nudge>,
+    /// The runtime's threads, noted as they start, for stall stacks.
+    pub(crate) threads: Arc<crate::stacks::Threads>,
 }
 
 impl Default for UnparkHook {
@@ -164,16 +166,27 @@ impl UnparkHook {
                 hook: true,
                 ..Nudge::default()
             }),
+            threads: Arc::new(crate::stacks::Threads::new()),
         }
     }
 
-    /// Sets `builder`'s `on_thread_unpark` to this hook (replacing an earlier one; if you have
-    /// your own, call [`UnparkHook::on_unpark`] from it instead).
+    /// Sets `builder`'s `on_thread_unpark` to this hook, and its `on_thread_start` to note
+    /// each runtime thread for stall stacks (replacing earlier ones; if you have your own, call
+    /// [`UnparkHook::on_unpark`] and [`UnparkHook::on_thread_start`] from them instead).
     pub fn install<'b>(
         &self,
         builder: &'b mut tokio::runtime::Builder,
     ) -> &'b mut tokio::runtime::Builder {
-        builder.on_thread_unpark(self.callback())
+        let threads = Arc::clone(&self.threads);
+        builder
+            .on_thread_unpark(self.callback())
+            .on_thread_start(move || threads.note_current())
+    }
+
+    /// Notes the calling thread as one of the runtime's, so that stall stacks can capture it
+    /// before the probe has run on it: call it from your own `on_thread_start` hook.
+    pub fn on_thread_start(&self) {
+        self.threads.note_current();
     }
 
     /// The hook as a closure for `tokio::runtime::Builder::on_thread_unpark`.

@@ -32,6 +32,7 @@ use opentelemetry::metrics::{Counter, Meter};
 use crate::config::LoopwatchBuilder;
 use crate::export::FlushTrigger;
 use crate::probe::Shared;
+use crate::stacks::{self, Stacks};
 
 /// Default time a worker must be stuck (awake without progress, or in one poll) before it is
 /// reported: 250 ms, the same as [`crate::DEFAULT_STALL_THRESHOLD`].
@@ -152,6 +153,9 @@ pub(crate) struct WorkerWatch {
     alive: Arc<AtomicBool>,
     #[cfg(tokio_unstable)]
     hooks: hooks::SlotMap,
+    /// Stall stacks, when on, and the captures taken in each worker's current episode.
+    stacks: Option<Arc<Stacks>>,
+    stacks_taken: Vec<u8>,
 }
 
 /// Dropped with the watched runtime's tasks at shutdown: marks the runtime gone.
@@ -200,7 +204,14 @@ impl WorkerWatch {
             alive,
             #[cfg(tokio_unstable)]
             hooks: hooks::SlotMap::new(n),
+            stacks: None,
+            stacks_taken: vec![0; n],
         }
+    }
+
+    /// Captures the stuck workers' stacks from now on.
+    pub(crate) fn set_stacks(&mut self, stacks: Option<Arc<Stacks>>) {
+        self.stacks = stacks;
     }
 
     /// One check of every worker.
@@ -254,10 +265,17 @@ impl WorkerWatch {
                         self.in_episode[w] = true;
                         self.report(w, d, loc);
                     }
+                    if let Some(s) = &self.stacks
+                        && let Some(nth) = stacks::decide(d, self.threshold, self.stacks_taken[w])
+                    {
+                        self.stacks_taken[w] = nth;
+                        s.capture(stacks::Kind::Stuck, d, nth, Some(w));
+                    }
                 }
                 None => {
                     cell.stuck_us.store(0, Ordering::Release);
                     self.in_episode[w] = false;
+                    self.stacks_taken[w] = 0;
                 }
             }
         }

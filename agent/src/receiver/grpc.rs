@@ -134,6 +134,7 @@ impl LogsService for GrpcReceiver {
             .telemetry
             .log_records_received
             .fetch_add(n, Ordering::Relaxed);
+        self.state.stalls.ingest(request.get_ref());
         self.state.export.add_logs(request.into_inner(), n);
         Ok(Response::new(ExportLogsServiceResponse::default()))
     }

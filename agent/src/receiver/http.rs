@@ -385,6 +385,7 @@ async fn logs(State(state): State<Arc<AgentState>>, req: Request) -> Response {
                 .telemetry
                 .log_records_received
                 .fetch_add(n, Ordering::Relaxed);
+            state.stalls.ingest(&req);
             state.export.add_logs(req, n);
             success(encoding, &ExportLogsServiceResponse::default())
         }

@@ -1,0 +1,254 @@
+//! Turns a stall report into its two outputs: a `tracing` warning carrying the stack, and one
+//! OTLP log record exported at once over loopwatch's own logs exporter (built on first use, on
+//! the `loopwatch-stacks` thread; gRPC inside a current-thread runtime of its own).
+
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry::{InstrumentationScope, Key, KeyValue};
+use opentelemetry_otlp::{LogExporter, RetryPolicy, WithExportConfig, WithHttpConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogger, SdkLoggerProvider};
+
+use super::{Kind, StallReport, symbols};
+use crate::config::Protocol;
+
+/// Where and how the log records go: loopwatch's resolved OTLP settings.
+#[derive(Debug, Clone)]
+pub(crate) struct LogTarget {
+    pub(crate) endpoint: String,
+    pub(crate) protocol: Protocol,
+    pub(crate) timeout: Duration,
+    pub(crate) resource: Vec<KeyValue>,
+    pub(crate) runtime_name: String,
+}
+
+/// The logs exporter, built lazily.
+pub(crate) struct LogSink {
+    target: LogTarget,
+    built: Option<Built>,
+}
+
+struct Built {
+    exporter: LogExporter,
+    runtime: Option<tokio::runtime::Runtime>,
+    logger: SdkLogger,
+    scope: InstrumentationScope,
+    _provider: SdkLoggerProvider,
+}
+
+/// The logs endpoint for a metrics endpoint: OTLP/HTTP paths name the signal.
+fn logs_endpoint(endpoint: &str, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Grpc => endpoint.to_owned(),
+        Protocol::HttpProtobuf => match endpoint.strip_suffix("/v1/metrics") {
+            Some(base) => format!("{base}/v1/logs"),
+            None => endpoint.to_owned(),
+        },
+    }
+}
+
+impl LogSink {
+    pub(crate) fn new(target: LogTarget) -> Self {
+        LogSink {
+            target,
+            built: None,
+        }
+    }
+
+    fn build(&self) -> Result<Built, String> {
+        let t = &self.target;
+        let endpoint = logs_endpoint(&t.endpoint, t.protocol);
+        let (mut exporter, runtime) = match t.protocol {
+            Protocol::Grpc => {
+                use opentelemetry_otlp::WithTonicConfig as _;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let built = {
+                    let _enter = rt.enter();
+                    LogExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint)
+                        .with_timeout(t.timeout)
+                        .with_retry_policy(RetryPolicy::disabled())
+                        .build()
+                };
+                (built.map_err(|e| e.to_string())?, Some(rt))
+            }
+            Protocol::HttpProtobuf => (
+                LogExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_timeout(t.timeout)
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+                None,
+            ),
+        };
+        let resource = Resource::builder_empty()
+            .with_attributes(t.resource.iter().cloned())
+            .build();
+        exporter.set_resource(&resource);
+        let provider = SdkLoggerProvider::builder().with_resource(resource).build();
+        let scope = InstrumentationScope::builder("loopwatch")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let logger = provider.logger_with_scope(scope.clone());
+        Ok(Built {
+            exporter,
+            runtime,
+            logger,
+            scope,
+            _provider: provider,
+        })
+    }
+
+    /// Builds the exporter if not done yet; false when it cannot be built.
+    pub(crate) fn prepare(&mut self) -> bool {
+        if self.built.is_none() {
+            match self.build() {
+                Ok(b) => self.built = Some(b),
+                Err(e) => {
+                    tracing::debug!(error = %e, "loopwatch logs exporter could not be built");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Logs and exports `r`; failures are logged at debug level (the warning stays).
+    pub(crate) fn emit(&mut self, r: &StallReport) {
+        warn(r, &self.target.runtime_name);
+        if !self.prepare() {
+            return;
+        }
+        let Some(b) = &self.built else { return };
+        let mut rec = b.logger.create_log_record();
+        rec.set_event_name(r.kind.event_name());
+        rec.set_severity_number(Severity::Warn);
+        rec.set_severity_text("WARN");
+        rec.set_timestamp(r.at);
+        rec.set_observed_timestamp(SystemTime::now());
+        rec.set_body(AnyValue::from(summary(r)));
+        for (k, v) in attributes(r, &self.target.runtime_name) {
+            rec.add_attribute(k, v);
+        }
+        let batch = [(&rec, &b.scope)];
+        let export = b.exporter.export(LogBatch::new(&batch));
+        let done = match &b.runtime {
+            Some(rt) => rt.block_on(export),
+            None => crate::export::block_on(export),
+        };
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "loopwatch stall log export failed");
+        }
+    }
+}
+
+fn summary(r: &StallReport) -> String {
+    let what = match r.kind {
+        Kind::Stall => "tokio runtime stalled",
+        Kind::Stuck => "tokio worker stuck",
+    };
+    // The first frame of the application's code: the libc, std and runtime frames above it are
+    // where it waits, not what blocks.
+    let library = |n: &str| {
+        [
+            "std::", "core::", "alloc::", "__", "tokio::", "<std::", "<core::", "??",
+        ]
+        .iter()
+        .any(|p| n.starts_with(p))
+    };
+    let top = r
+        .frames
+        .iter()
+        .map(|f| f.function.as_str())
+        .find(|n| !library(n))
+        .or_else(|| r.frames.first().map(|f| f.function.as_str()))
+        .unwrap_or("??");
+    format!(
+        "{what} for {:?}: thread {} ({}) in {top}",
+        r.duration, r.thread_id, r.thread_name
+    )
+}
+
+/// The log record's attributes.
+pub(crate) fn attributes(r: &StallReport, runtime: &str) -> Vec<(Key, AnyValue)> {
+    let mut a: Vec<(Key, AnyValue)> = vec![
+        (
+            Key::new("code.stacktrace"),
+            AnyValue::from(symbols::render(&r.frames, r.truncated)),
+        ),
+        (
+            Key::new("thread.id"),
+            AnyValue::from(i64::from(r.thread_id)),
+        ),
+        (
+            Key::new("thread.name"),
+            AnyValue::from(r.thread_name.clone()),
+        ),
+        (
+            Key::new("loopwatch.stall.duration"),
+            AnyValue::from(r.duration.as_secs_f64()),
+        ),
+        (
+            Key::new("loopwatch.stall.capture"),
+            AnyValue::from(i64::from(r.nth)),
+        ),
+        (
+            Key::new("loopwatch.stall.interruption"),
+            AnyValue::from(r.interruption.as_secs_f64()),
+        ),
+        (
+            Key::new("tokio.runtime.name"),
+            AnyValue::from(runtime.to_owned()),
+        ),
+    ];
+    if let Some(w) = r.worker {
+        a.push((
+            Key::new("tokio.worker.index"),
+            AnyValue::from(i64::try_from(w).unwrap_or(i64::MAX)),
+        ));
+    }
+    a
+}
+
+fn warn(r: &StallReport, runtime: &str) {
+    let stack = symbols::render(&r.frames, r.truncated);
+    let worker = r
+        .worker
+        .map_or(-1, |w| i64::try_from(w).unwrap_or(i64::MAX));
+    tracing::warn!(
+        event.name = r.kind.event_name(),
+        runtime,
+        thread.id = r.thread_id,
+        thread.name = %r.thread_name,
+        tokio.worker.index = worker,
+        stall_ms = r.duration.as_millis() as u64,
+        capture = r.nth,
+        "{}; stack:\n{stack}",
+        summary(r)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_logs_go_to_the_logs_path() {
+        assert_eq!(
+            logs_endpoint("http://a:4318/v1/metrics", Protocol::HttpProtobuf),
+            "http://a:4318/v1/logs"
+        );
+        assert_eq!(
+            logs_endpoint("http://a:4317", Protocol::Grpc),
+            "http://a:4317"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! End to end: a real `example-service` blocked in a handler reports the blocking code's stack
+//! while the block lasts; the real `loopwatch-agent` keeps it and shows it in `/v1/status` as
+//! `last_stalls`, naming the handler.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+use std::time::{Duration, Instant};
+
+use loopwatch_e2e::{Agent, Service, http_get, wait_for};
+
+/// Whether a frame of any report is `function` (or inside it).
+fn names(stalls: &serde_json::Value, function: &str) -> bool {
+    stalls.as_array().is_some_and(|a| {
+        a.iter().any(|r| {
+            r["frames"].as_array().is_some_and(|f| {
+                f.iter().any(|f| {
+                    f["function"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(function))
+                })
+            })
+        })
+    })
+}
+
+fn run(route: &str, function: &str, extra: &[&str]) {
+    let agent = Agent::start(&[]);
+    let service = Service::start_with(&agent, &format!("stacks-{route}"), extra);
+    service.wait_ready_at(&agent);
+    let url = format!("{}/{route}?ms=1500", service.url);
+    let started = Instant::now();
+    let block = std::thread::spawn(move || http_get(&url));
+    let (stalls, seen_at) = wait_for(
+        "last_stalls naming the handler in /v1/status",
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        || {
+            let s = agent.service_status(&service.name)?;
+            let stalls = s["last_stalls"].clone();
+            names(&stalls, function).then(|| (stalls, started.elapsed()))
+        },
+    );
+    let during = !block.is_finished();
+    let (code, _) = block.join().expect("block request");
+    assert_eq!(code, 200);
+    eprintln!(
+        "{route}: block start -> stack at the agent {seen_at:?} (during the block: {during})\n{}",
+        serde_json::to_string_pretty(&stalls).unwrap_or_default()
+    );
+    let r = stalls
+        .as_array()
+        .and_then(|a| a.iter().find(|r| names(&serde_json::json!([r]), function)))
+        .expect("a report naming the handler");
+    assert!(r["thread_id"].as_i64().is_some_and(|t| t > 0), "{r}");
+    assert!(
+        r["duration_seconds"].as_f64().is_some_and(|d| d >= 0.25),
+        "{r}"
+    );
+    assert!(r["thread_name"].is_string(), "{r}");
+    assert!(
+        ["loopwatch.stall", "tokio.worker.stuck"].contains(&r["event"].as_str().unwrap_or("")),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_sleeping_handler_is_named_in_status() {
+    run("block", "example_service::block", &[]);
+}
+
+#[test]
+fn a_spinning_handler_on_one_of_four_workers_is_named_in_status() {
+    run("spin", "example_service::spin", &["--workers", "4"]);
+}
