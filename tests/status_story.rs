@@ -2,7 +2,8 @@
 //! `example-service` blocks its runtime for 800 ms, then answers a burst of 500s; the page is
 //! opened in headless Chromium more than 5 s later. From `/v1/history` and `/v1/status` it
 //! shows the lag spike on the lag chart with the stall as a band, the incident with its
-//! reasons in the list, and the failing route at the top of the route table. Screenshots at
+//! reasons in the list, the stack captured during the block naming the handler, and the
+//! failing route at the top of the route table. Screenshots at
 //! desktop and phone widths go to `target/artifacts/`.
 
 use std::path::Path;
@@ -12,6 +13,8 @@ use loopwatch_e2e::{Agent, Service, chromium, client, repo_root, run_chromium, w
 
 const BLOCK_MS: u64 = 800;
 const FAILURES: usize = 40;
+/// The example service's `/block` handler, as the captured stack names it.
+const BLOCKING_FN: &str = "example_service::block";
 
 /// The element of `dom` that starts with `open` (up to the end of its start tag).
 fn start_tags<'a>(dom: &'a str, open: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -54,10 +57,12 @@ fn the_page_opened_after_an_incident_shows_the_spike_the_incident_and_the_route(
         || {
             let s = agent.service_status("story")?;
             let routes = s["routes"].as_array()?;
-            routes
+            let failed = routes
                 .iter()
-                .any(|r| r["route"] == "/fail" && r["requests"].as_u64() == Some(FAILURES as u64))
-                .then_some(())
+                .any(|r| r["route"] == "/fail" && r["requests"].as_u64() == Some(FAILURES as u64));
+            // The stack captured during the block has reached the agent too.
+            let stack = s["last_stalls"].to_string().contains(BLOCKING_FN);
+            (failed && stack).then_some(())
         },
     );
     std::thread::sleep(Duration::from_secs(5));
@@ -113,6 +118,14 @@ fn the_page_opened_after_an_incident_shows_the_spike_the_incident_and_the_route(
         unhealthy.contains("route \"/fail\" error ratio")
             || incidents.contains("route &quot;/fail&quot; error ratio"),
         "the incident does not name the failing route: {incidents}"
+    );
+
+    // Who was blocking: the stack captured during the block names the handler.
+    let stalls = &dom[dom.find("id=\"stalls\"").expect("stalls section")..];
+    let stalls = &stalls[..stalls.find("<h2>").unwrap_or(stalls.len())];
+    assert!(
+        stalls.contains("<details class=\"stall\"") && stalls.contains(BLOCKING_FN),
+        "the stall's stack does not name {BLOCKING_FN}: {stalls}"
     );
 
     // The failing route heads the route table, with its error ratio.

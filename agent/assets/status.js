@@ -93,7 +93,12 @@
       var r = x.r;
       var d = el('details', { 'class': 'stall', 'data-service': x.s.service, 'data-event': r.event });
       if (i === 0) d.setAttribute('open', '');
-      var top = (r.frames && r.frames[0]) ? r.frames[0].function : 'no frames';
+      // Name the first frame of the service's own code: past libc, std and the runtime.
+      var frames = r.frames || [];
+      var own = frames.filter(function (f) {
+        return !/^(_|<?(std|core|alloc|tokio|futures_util|libc)::|clock_|nanosleep|syscall|epoll|read$|write$)/.test(f.function);
+      })[0] || frames[0];
+      var top = own ? own.function : 'no frames';
       var what = [clock((r.time_unix_nano || 0) / 1e9), idOf(x.s.service, x.s.instance), r.event,
         r.duration_seconds === null || r.duration_seconds === undefined ? '' : duration(r.duration_seconds),
         'thread ' + (r.thread_name || r.thread_id || '?') + (r.worker === null || r.worker === undefined ? '' : ' (worker ' + r.worker + ')'),

@@ -21,7 +21,7 @@ mod prepare;
 pub(crate) use key::KeyView;
 use key::*;
 use prepare::*;
-pub(crate) use prepare::{Prepared, Update, prepare, prepare_wire};
+pub(crate) use prepare::{Prepared, Update, prepare, prepare_wire, service_key};
 
 /// Max attributes on one datapoint; datapoints with more are dropped (reason `oversize`).
 pub(crate) const MAX_ATTRIBUTES: usize = 64;
