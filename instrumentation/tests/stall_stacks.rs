@@ -456,3 +456,22 @@ fn stall_stacks_off_reports_nothing() {
     );
     assert!(got.is_empty(), "{got:#?}");
 }
+
+#[inline(never)]
+fn block_in_place_in_user_code(d: Duration) {
+    tokio::task::block_in_place(|| spin_in_user_code(d));
+}
+
+#[test]
+fn a_block_in_place_worker_is_not_a_stall() {
+    // `block_in_place` hands the worker's core to a new thread before the closure runs: the
+    // runtime keeps scheduling, so there is no stall and no stuck worker to report.
+    let started = Instant::now();
+    let got = run(
+        2,
+        block_in_place_in_user_code,
+        Duration::from_millis(600),
+        |g| !g.is_empty() || started.elapsed() > Duration::from_secs(3),
+    );
+    assert!(got.is_empty(), "{got:#?}");
+}
