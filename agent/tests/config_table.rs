@@ -97,7 +97,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("drain.max_timeout", "50s"),
     ("drain.token", "s3cret"),
     ("shutdown.grace", "3s"),
-    ("exporter.endpoint", "http://collector:4318/"),
+    ("exporter.endpoint", "https://collector:4318/"),
     ("exporter.protocol", "http/protobuf"),
     ("exporter.interval", "2s"),
     ("exporter.timeout", "3s"),
@@ -105,6 +105,9 @@ const SAMPLES: &[(&str, &str)] = &[
     ("exporter.max_retry_time", "90s"),
     ("exporter.headers", "authorization=Bearer%20x,x-tenant=a"),
     ("exporter.compression", "gzip"),
+    ("exporter.tls_ca_file", "/etc/loopwatch/ca.pem"),
+    ("exporter.tls_cert_file", "/etc/loopwatch/client.pem"),
+    ("exporter.tls_key_file", "/etc/loopwatch/client.key"),
 ];
 
 #[test]

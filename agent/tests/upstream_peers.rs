@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use loopwatch_agent::config::{Config, ExportProtocol};
+use loopwatch_e2e::free_port;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
@@ -30,36 +31,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
 /// Runs the peer installer script; panics (never skips) when it fails.
 fn install(script: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/peers.d").join(script))
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .output()
-        .expect("run peer installer");
-    assert!(
-        out.status.success(),
-        "peer installer {script} failed (run scripts/install-peers.sh as root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let path = line.split_once(": ").map(|(_, p)| p).unwrap_or(&line);
-    PathBuf::from(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    loopwatch_e2e::install_peer(script)
 }
 
 fn now_nanos() -> u64 {

@@ -645,6 +645,23 @@ impl Agent {
     }
 }
 
+/// Runs the peer installer `scripts/peers.d/SCRIPT` and returns the path it prints last
+/// (`name: PATH`); panics (never skips) when the installer fails.
+pub fn install_peer(script: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/peers.d").join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("run peer installer {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "peer installer {script} failed (run scripts/install-peers.sh as root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default().trim();
+    PathBuf::from(line.split_once(": ").map_or(line, |(_, p)| p))
+}
+
 /// The headless browser (Debian `chromium`, installed by `scripts/peers.d/50-chromium.sh`,
 /// which this runs to check): panics with what to run when it is missing.
 pub fn chromium() -> PathBuf {

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Config, ExportProtocol, StuckPolicy, env_var_name};
@@ -42,6 +43,8 @@ pub(crate) enum Field {
     Stuck(fn(&mut Config) -> &mut StuckPolicy),
     /// `gzip` or `none` (empty: `none`).
     Compression(fn(&mut Config) -> &mut bool),
+    /// A file path; empty for none.
+    File(fn(&mut Config) -> &mut Option<PathBuf>),
 }
 
 /// One configuration key.
@@ -169,7 +172,8 @@ keys! {
             2, or stale)";
     "exporter.endpoint", "", "(disabled)", F::Endpoint(|c| &mut c.exporter.endpoint),
         "upstream OTLP endpoint: gRPC `http://host:4317`; HTTP base URL `http://host:4318` \
-            (`/v1/metrics` etc. appended)";
+            (`/v1/metrics` etc. appended); `https://` for TLS (rustls, system roots unless \
+            `exporter.tls_ca_file`)";
     "exporter.protocol", "grpc", "", F::Protocol(|c| &mut c.exporter.protocol),
         "`grpc` or `http/protobuf`";
     "exporter.interval", "10s", "",
@@ -190,6 +194,13 @@ keys! {
             `--print-config`";
     "exporter.compression", "none", "", F::Compression(|c| &mut c.exporter.gzip),
         "`gzip` or `none` for upstream requests";
+    "exporter.tls_ca_file", "", "(system roots)", F::File(|c| &mut c.exporter.tls_ca_file),
+        "PEM CA certificates an `https://` endpoint's certificate must chain to, instead of the \
+            system roots";
+    "exporter.tls_cert_file", "", "", F::File(|c| &mut c.exporter.tls_cert_file),
+        "PEM client certificate chain for mTLS; set with `exporter.tls_key_file`";
+    "exporter.tls_key_file", "", "", F::File(|c| &mut c.exporter.tls_key_file),
+        "PEM private key of `exporter.tls_cert_file`";
 }
 
 /// The values of `exporter.protocol`.
@@ -286,6 +297,11 @@ impl Field {
             F::Protocol(get) => *get(c) = choose("protocol", value, PROTOCOLS)?,
             F::Stuck(get) => *get(c) = choose("policy", value, STUCK_POLICIES)?,
             F::Compression(get) => *get(c) = choose("compression", value, COMPRESSIONS)?,
+            F::File(get) => {
+                *get(c) = Some(value.trim())
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from);
+            }
         }
         Ok(())
     }
@@ -305,6 +321,12 @@ impl Field {
             F::Protocol(get) => format!("\"{}\"", name_of(PROTOCOLS, get(c))),
             F::Stuck(get) => format!("\"{}\"", name_of(STUCK_POLICIES, get(c))),
             F::Compression(get) => format!("\"{}\"", name_of(COMPRESSIONS, get(c))),
+            F::File(get) => toml::Value::String(
+                get(c)
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+            )
+            .to_string(),
         }
     }
 }

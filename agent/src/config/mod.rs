@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod keys;
+mod tls;
 
 pub use keys::{DurationError, KEYS, format_duration, key_table_markdown, parse_duration};
 use keys::{Field, TABLE};
+pub(crate) use tls::TlsMaterial;
 
 /// Upstream OTLP protocol (`exporter.protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +209,12 @@ pub struct ExporterConfig {
     pub headers: Vec<(String, String)>,
     /// Whether upstream requests are gzip-compressed.
     pub gzip: bool,
+    /// PEM CA certificates trusted for an `https://` endpoint instead of the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mTLS (set with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// The full agent configuration.
@@ -282,6 +290,9 @@ impl Config {
                 max_retry_time: Duration::ZERO,
                 headers: Vec::new(),
                 gzip: false,
+                tls_ca_file: None,
+                tls_cert_file: None,
+                tls_key_file: None,
             },
         }
     }
@@ -378,7 +389,14 @@ impl Config {
                 });
             }
         }
-        Ok(())
+        TlsMaterial::check(&self.exporter)
+    }
+
+    /// [`Config::validate`], then reads the TLS files: a missing or invalid one fails at
+    /// startup, naming its key.
+    fn validate_with_files(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        TlsMaterial::load(&self.exporter).map(drop)
     }
 
     /// Applies a TOML document. Unknown sections/keys and bad values are errors naming the key.
@@ -474,7 +492,7 @@ impl Config {
         for (k, v) in overrides {
             config.set(k, v, Some("flag"))?;
         }
-        config.validate()?;
+        config.validate_with_files()?;
         Ok(config)
     }
 }
@@ -600,7 +618,7 @@ impl ConfigBuilder {
     }
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
-        self.config.validate()?;
+        self.config.validate_with_files()?;
         Ok(self.config)
     }
 }

@@ -24,6 +24,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod client;
+mod tls;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,0 +1,93 @@
+"""An OTLP metrics receiver behind TLS (optionally mTLS) on 127.0.0.1, over gRPC (grpcio) and
+HTTP (http.server + ssl), decoding with the opentelemetry-proto package.
+
+Usage: otlp_tls_server.py CERT KEY OUT [CLIENT_CA]
+With CLIENT_CA both servers require a client certificate that chains to it. Every export
+received is appended to OUT as one JSON line: transport, request headers, service names.
+Prints `ready grpc=PORT http=PORT` once both listen.
+"""
+
+import json
+import ssl
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as pb
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as pb_grpc
+
+CERT, KEY, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
+CLIENT_CA = sys.argv[4] if len(sys.argv) > 4 else None
+LOCK = threading.Lock()
+
+
+def services(request):
+    names = []
+    for rm in request.resource_metrics:
+        for kv in rm.resource.attributes:
+            if kv.key == "service.name":
+                names.append(kv.value.string_value)
+    return names
+
+
+def record(transport, headers, request):
+    line = json.dumps({"transport": transport, "headers": headers, "services": services(request)})
+    with LOCK, open(OUT, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+class Metrics(pb_grpc.MetricsServiceServicer):
+    def Export(self, request, context):
+        record("grpc", {k: v for k, v in context.invocation_metadata()}, request)
+        return pb.ExportMetricsServiceResponse()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        length = int(self.headers.get("content-length", "0"))
+        request = pb.ExportMetricsServiceRequest()
+        request.ParseFromString(self.rfile.read(length))
+        record("http", {k.lower(): v for k, v in self.headers.items()}, request)
+        body = pb.ExportMetricsServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        sys.stderr.write("http: " + (args[0] % args[1:]) + "\n")
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def main():
+    client_ca = read(CLIENT_CA) if CLIENT_CA else None
+    creds = grpc.ssl_server_credentials(
+        [(read(KEY), read(CERT))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    grpc_port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(CERT, KEY)
+    if CLIENT_CA:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(CLIENT_CA)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    print(f"ready grpc={grpc_port} http={httpd.server_address[1]}", flush=True)
+    httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
