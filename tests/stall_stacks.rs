@@ -1,11 +1,13 @@
 //! End to end: a real `example-service` blocked in a handler reports the blocking code's stack
 //! while the block lasts; the real `loopwatch-agent` keeps it and shows it in `/v1/status` as
-//! `last_stalls`, naming the handler.
+//! `last_stalls`, naming the handler, also when the binary carries no debug information.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 use std::time::{Duration, Instant};
 
-use loopwatch_e2e::{Agent, Service, http_get, wait_for};
+use std::path::Path;
+
+use loopwatch_e2e::{Agent, Service, bin, http_get, wait_for};
 
 /// Whether a frame of any report is `function` (or inside it).
 fn names(stalls: &serde_json::Value, function: &str) -> bool {
@@ -22,9 +24,14 @@ fn names(stalls: &serde_json::Value, function: &str) -> bool {
     })
 }
 
-fn run(route: &str, function: &str, extra: &[&str]) {
+fn run(route: &str, function: &str, extra: &[&str]) -> serde_json::Value {
+    run_program(&bin("example-service"), route, function, extra)
+}
+
+/// Blocks `program`'s `route` for 1.5 s and returns the first report naming `function`.
+fn run_program(program: &Path, route: &str, function: &str, extra: &[&str]) -> serde_json::Value {
     let agent = Agent::start(&[]);
-    let service = Service::start_with(&agent, &format!("stacks-{route}"), extra);
+    let service = Service::start_program(program, &agent, &format!("stacks-{route}"), extra);
     service.wait_ready_at(&agent);
     let url = format!("{}/{route}?ms=1500", service.url);
     let started = Instant::now();
@@ -49,7 +56,8 @@ fn run(route: &str, function: &str, extra: &[&str]) {
     let r = stalls
         .as_array()
         .and_then(|a| a.iter().find(|r| names(&serde_json::json!([r]), function)))
-        .expect("a report naming the handler");
+        .expect("a report naming the handler")
+        .clone();
     assert!(r["thread_id"].as_i64().is_some_and(|t| t > 0), "{r}");
     assert!(
         r["duration_seconds"].as_f64().is_some_and(|d| d >= 0.25),
@@ -60,6 +68,7 @@ fn run(route: &str, function: &str, extra: &[&str]) {
         ["loopwatch.stall", "tokio.worker.stuck"].contains(&r["event"].as_str().unwrap_or("")),
         "{r}"
     );
+    r
 }
 
 #[test]
@@ -70,4 +79,34 @@ fn a_sleeping_handler_is_named_in_status() {
 #[test]
 fn a_spinning_handler_on_one_of_four_workers_is_named_in_status() {
     run("spin", "example_service::spin", &["--workers", "4"]);
+}
+
+#[test]
+fn a_binary_without_debug_information_still_names_the_handler() {
+    let stripped = std::env::temp_dir().join(format!(
+        "loopwatch-example-service-stripped-{}",
+        std::process::id()
+    ));
+    let done = std::process::Command::new(loopwatch_e2e::peer("objcopy"))
+        .arg("--strip-debug")
+        .arg(bin("example-service"))
+        .arg(&stripped)
+        .status()
+        .expect("objcopy");
+    assert!(done.success(), "objcopy --strip-debug failed");
+    let r = run_program(&stripped, "block", "example_service::block", &[]);
+    let _ = std::fs::remove_file(&stripped);
+    // Names come from the symbol table; without line tables no frame has a file:line.
+    let frames = r["frames"].as_array().expect("frames");
+    assert!(
+        frames
+            .iter()
+            .filter(|f| f["function"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("example_service")))
+            .all(|f| !f["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("examples/src"))),
+        "a stripped binary has no line tables: {r}"
+    );
 }

@@ -5,7 +5,7 @@
 //! | route | what it does |
 //! |---|---|
 //! | `GET /` | answers at once |
-//! | `GET /block?ms=N` | blocks the runtime thread with `std::thread::sleep` for N ms (capped at 60 s) |
+//! | `GET /block?ms=N[&how=H]` | blocks the runtime thread for N ms (capped at 60 s): `how` is `sleep` (`std::thread::sleep`, the default), `mutex` (a `std::sync::Mutex` held by another thread), `net` (a blocking `std::net` read) or `file` (a blocking `std::fs::File` read) |
 //! | `GET /fail` | answers 500 |
 //! | `GET /sleep?ms=N` | waits N ms asynchronously (capped at 60 s): a slow but well-behaved request |
 //! | `GET /items/{id}` | answers at once (a templated route: `http.route` is `/items/{id}`) |
@@ -43,6 +43,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use serde::Deserialize;
+
+mod blocking;
 
 /// Counts live heap bytes for `loopwatch.heap.*`.
 #[cfg(feature = "counting-alloc")]
@@ -126,15 +128,22 @@ struct BlockParams {
     ms: Option<u64>,
 }
 
+#[derive(Debug, Deserialize)]
+struct HowParams {
+    ms: Option<u64>,
+    #[serde(default)]
+    how: blocking::How,
+}
+
 async fn hello() -> &'static str {
     "hello from example-service\n"
 }
 
 /// Blocks the thread that polls this handler: the bug loopwatch exists to catch.
-async fn block(Query(params): Query<BlockParams>) -> String {
+async fn block(Query(params): Query<HowParams>) -> String {
     let wanted = Duration::from_millis(params.ms.unwrap_or(100));
     let blocked = wanted.min(MAX_BLOCK);
-    std::thread::sleep(blocked);
+    blocking::block(params.how, blocked);
     format!("blocked the runtime for {} ms\n", blocked.as_millis())
 }
 

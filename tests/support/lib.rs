@@ -302,7 +302,13 @@ impl Service {
 
     /// Like [`Service::start`] with extra arguments.
     pub fn start_with(agent: &Agent, name: &str, extra: &[&str]) -> Service {
-        let mut cmd = Command::new(bin("example-service"));
+        Self::start_program(&bin("example-service"), agent, name, extra)
+    }
+
+    /// Like [`Service::start_with`], running `program` (a copy of the example service, such
+    /// as a stripped one).
+    pub fn start_program(program: &Path, agent: &Agent, name: &str, extra: &[&str]) -> Service {
+        let mut cmd = Command::new(program);
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("OTEL_SERVICE_NAME", name)
