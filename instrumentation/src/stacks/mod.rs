@@ -168,6 +168,8 @@ pub(crate) struct Stacks {
     tx: Mutex<Option<SyncSender<Work>>>,
     /// The reporting thread was asked to warm up.
     warmed: AtomicBool,
+    /// Set once the application's replacement of the signal handler has been logged.
+    replaced_warned: AtomicBool,
     /// Captures dropped because the reporting thread was behind.
     dropped: AtomicU64,
     /// Stack bytes handed to the reporting thread and not yet reported.
@@ -200,6 +202,7 @@ impl Stacks {
             target,
             tx: Mutex::new(None),
             warmed: AtomicBool::new(false),
+            replaced_warned: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             queued: Arc::new(AtomicUsize::new(0)),
         }))
@@ -268,6 +271,12 @@ impl Stacks {
             match signal::capture(self.signal, w.tid, w.stack, CAPTURE_WAIT.min(left)) {
                 Ok(raw) => stacks.push((w, idx, raw)),
                 Err(signal::CaptureError::Gone(tid)) => self.threads.forget(tid),
+                Err(e @ signal::CaptureError::Replaced(_)) => {
+                    if !self.replaced_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("loopwatch: {e}");
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(tid = w.tid, error = %e, "loopwatch stack capture failed")
                 }

@@ -90,6 +90,11 @@ pub(crate) enum CaptureError {
     /// A handler from an earlier, abandoned capture is still writing.
     #[error("an earlier capture is still being written")]
     Busy,
+    /// The application replaced loopwatch's handler after it was installed.
+    #[error(
+        "signal {0} no longer runs loopwatch's handler (the application replaced it); stall stacks are off"
+    )]
+    Replaced(i32),
 }
 
 struct Slot {
@@ -167,17 +172,14 @@ pub(crate) fn install(sig: i32) -> Result<(), InstallError> {
     if !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) {
         return Err(InstallError::NotRealtime(sig));
     }
-    let handler = on_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-        as libc::sighandler_t;
+    let handler = our_handler();
+    let old = current_handler(sig)
+        .ok_or_else(|| InstallError::Sigaction(std::io::Error::last_os_error()))?;
+    if old != libc::SIG_DFL && old != libc::SIG_IGN {
+        return Err(InstallError::InUse(sig));
+    }
     // SAFETY: sigaction with valid, zero-initialized structs; the handler is async-signal-safe.
     unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-            return Err(InstallError::Sigaction(std::io::Error::last_os_error()));
-        }
-        if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
-            return Err(InstallError::InUse(sig));
-        }
         let mut new: libc::sigaction = std::mem::zeroed();
         new.sa_sigaction = handler;
         new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
@@ -188,6 +190,20 @@ pub(crate) fn install(sig: i32) -> Result<(), InstallError> {
     }
     *installed = sig;
     Ok(())
+}
+
+fn our_handler() -> libc::sighandler_t {
+    on_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+        as libc::sighandler_t
+}
+
+/// The handler `sig` runs now; `None` when `sigaction` fails.
+fn current_handler(sig: i32) -> Option<libc::sighandler_t> {
+    // SAFETY: reads the current action into a valid, zero-initialized struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        (libc::sigaction(sig, std::ptr::null(), &mut old) == 0).then_some(old.sa_sigaction)
+    }
 }
 
 fn monotonic_ns() -> u64 {
@@ -285,6 +301,12 @@ pub(crate) fn capture(
     wait: Duration,
 ) -> Result<RawStack, CaptureError> {
     let _one = REQUEST.lock().unwrap_or_else(|e| e.into_inner());
+    // An application may install its own handler after loopwatch's (or reset it to the
+    // default, which for a real-time signal terminates the process): the signal is then
+    // never sent.
+    if current_handler(sig) != Some(our_handler()) {
+        return Err(CaptureError::Replaced(sig));
+    }
     match SLOT.state.load(Ordering::Acquire) {
         WRITING => return Err(CaptureError::Busy),
         _ => SLOT.state.store(IDLE, Ordering::Release),
