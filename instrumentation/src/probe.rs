@@ -35,8 +35,9 @@ pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(200);
 /// heartbeat export instead (`ProbeTask::idle_window`; see [`HOOK_MISSES_TOLERATED`]).
 pub(crate) const IDLE_TICK: Duration = Duration::from_millis(25);
 /// How much earlier than one probe interval after the last tick the probe thread asks to be
-/// woken: a sleep ends late by the timer slack (50 µs) plus the wake-up latency (0.1–0.3 ms on
-/// the benchmark VM), and the probe must sample at least once per interval. 1/20 of the
+/// woken: a sleep ends late by the timer slack (50 µs) plus the scheduler's wake-up latency
+/// (tenths of a millisecond on a virtual machine), and the probe must sample at least once per
+/// interval. 1/20 of the
 /// interval, at most 0.5 ms: a 10 ms interval ticks every ~9.6 ms.
 fn tick_early(interval: Duration) -> Duration {
     (interval / 20).min(Duration::from_micros(500))
