@@ -20,43 +20,13 @@ use crate::unpark::{Claim, Nudge};
 const MAX_TRACKABLE_US: u64 = 3_600_000_000;
 /// Upper bound on coordinated-omission samples added to the OTel histogram per real probe.
 const MAX_CORRECTED_OTEL_SAMPLES: u64 = 100_000;
-/// How often the probe thread re-checks an outstanding probe even without a deadline.
-const MAX_PARK: Duration = Duration::from_millis(50);
-/// How long the watched runtime must stay *quiet* (every worker parked, and none woke up in
-/// between) before the probe thread lengthens its tick to [`IDLE_TICK`].
-pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(200);
-/// The probe thread's tick while the runtime is quiet (never shorter than the probe interval).
-/// A block that starts from a quiet runtime without a nudge ([`Shared::wake_if_idle`]) is
-/// probed up to this much after its start (instead of one probe interval): read up to 25 ms
-/// low, and a stall reported up to 25 ms later. 25 ms keeps the stall export within the
-/// detection budget (`stall_threshold` + 50 ms, an export taking ~15 ms) while cutting the
-/// idle probe thread's wake-ups from 100/s to 40/s. With an [`crate::UnparkHook`] installed,
-/// every wake-up of the runtime nudges the probe thread, which then sleeps until the next
-/// heartbeat export instead (`ProbeTask::idle_window`; see [`HOOK_MISSES_TOLERATED`]).
-pub(crate) const IDLE_TICK: Duration = Duration::from_millis(25);
-/// How much earlier than one probe interval after the last tick the probe thread asks to be
-/// woken: a sleep ends late by the timer slack (50 µs) plus the scheduler's wake-up latency
-/// (tenths of a millisecond on a virtual machine), and the probe must sample at least once per
-/// interval. 1/20 of the
-/// interval, at most 0.5 ms: a 10 ms interval ticks every ~9.6 ms.
-fn tick_early(interval: Duration) -> Duration {
-    (interval / 20).min(Duration::from_micros(500))
-}
+mod quiet;
+mod schedule;
 
-/// How long the probe thread waits after a nudge (a worker of a quiet runtime woke for new
-/// work) before its next probe. The woken worker first gets going: it runs the I/O and timer
-/// drivers and, after a quiet spell, touches cold caches and pages (0.5–3 ms on the benchmark
-/// VM) before it polls the task it woke for. A probe spawned meanwhile would count that
-/// start-up, and read a block that starts the work up to that much above the block. At most half
-/// the probe interval (4 ms at most), so that such a block is still probed within one interval
-/// of its start, and a stall reported at most that much later.
-fn nudge_settle(interval: Duration) -> Duration {
-    (interval / 2).min(Duration::from_millis(4))
-}
+use quiet::Quiet;
 
-/// Timed-out long idle sleeps after which the runtime had woken without the hook reporting it:
-/// beyond this many, the hook is taken as not installed on the watched runtime and ignored.
-const HOOK_MISSES_TOLERATED: u32 = 2;
+pub(crate) use schedule::IDLE_AFTER;
+use schedule::{IDLE_TICK, Outstanding, Ticks, Waiting};
 
 /// Values read by [`crate::LoopwatchGuard::snapshot`] and by the observable gauges.
 ///
@@ -328,68 +298,14 @@ impl Window {
     }
 }
 
-/// Whether the watched runtime is *quiet*: every worker parked and no worker woke up since the
-/// previous look (`worker_park_unpark_count` is odd while parked and changes on every wake-up).
-/// A quiet runtime has no scheduling delay to measure and no stuck worker.
-#[derive(Default)]
-struct Quiet {
-    counts: Vec<u64>,
-    /// Since when the runtime has been seen quiet; `None` while it is not.
-    since: Option<Instant>,
-    /// The last look found every worker parked.
-    all_parked: bool,
-    /// loopwatch's own idle probe woke a worker: the next change of counts is not activity.
-    own_wake: bool,
-}
-
-impl Quiet {
-    /// Looks at the runtime's workers at `now`; returns how long it has been quiet.
-    fn observe(&mut self, handle: &tokio::runtime::Handle, now: Instant) -> Duration {
-        let m = handle.metrics();
-        let n = m.num_workers();
-        let mut same = self.counts.len() == n;
-        self.counts.resize(n, 0);
-        let mut all_parked = n > 0;
-        for (w, seen) in self.counts.iter_mut().enumerate() {
-            let c = m.worker_park_unpark_count(w);
-            all_parked &= c % 2 == 1;
-            same &= *seen == c;
-            *seen = c;
-        }
-        self.all_parked = all_parked;
-        let own = std::mem::take(&mut self.own_wake);
-        self.since = match self.since {
-            Some(s) if all_parked && (same || own) => Some(s),
-            _ if all_parked => Some(now),
-            _ => None,
-        };
-        self.since
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
-    }
-
-    /// Wake-ups of all workers published so far (`worker_park_unpark_count / 2`: the count
-    /// starts even while running, is odd while parked).
-    fn unparks(handle: &tokio::runtime::Handle) -> u64 {
-        let m = handle.metrics();
-        (0..m.num_workers())
-            .map(|w| m.worker_park_unpark_count(w) / 2)
-            .sum()
-    }
-
-    /// Whether a worker woke up since the last [`Quiet::observe`] (the counts changed), not
-    /// counting the wake-up of loopwatch's own idle probe.
-    fn woke_since(&self, handle: &tokio::runtime::Handle) -> bool {
-        if self.own_wake {
-            return false;
-        }
-        let m = handle.metrics();
-        m.num_workers() != self.counts.len()
-            || self
-                .counts
-                .iter()
-                .enumerate()
-                .any(|(w, c)| m.worker_park_unpark_count(w) != *c)
-    }
+/// How one probe ended.
+enum Probed {
+    /// Its delay was recorded.
+    Done,
+    /// loopwatch is stopping.
+    Stopped,
+    /// The watched runtime shut down (the thread kept sampling until loopwatch stopped).
+    RuntimeGone,
 }
 
 /// Everything the probe thread needs.
@@ -426,16 +342,17 @@ impl ProbeTask {
     /// Body of the `loopwatch-probe` thread; returns when `shared.stop` is set or the watched
     /// runtime has shut down.
     pub(crate) fn run(mut self) {
-        let interval_us = us(self.probe_interval).max(1);
         let mut sampler = RuntimeSampler::new(&self.handle);
         let mut next_roll = Instant::now() + self.export_interval;
-        let me = thread::current();
         let nudge = Arc::clone(&self.shared.nudge);
-        nudge.set_thread(me.clone());
+        nudge.set_thread(thread::current());
         let mut last_probe: Option<Instant> = None;
         let mut quiet = Quiet::default();
-        let idle_tick = IDLE_TICK.max(self.probe_interval);
-        let long_tick = self.idle_window.max(idle_tick);
+        let ticks = Ticks {
+            probe: self.probe_interval,
+            idle: IDLE_TICK.max(self.probe_interval),
+            long: self.idle_window.max(IDLE_TICK.max(self.probe_interval)),
+        };
         let mut hook_misses = 0u32;
         // When the last nudge woke this thread, if it settled before this tick's probe: the
         // next probe is then due one interval after the nudge, not after the settled probe.
@@ -445,238 +362,257 @@ impl ProbeTask {
             let tick = Instant::now();
             let hook_seen = nudge.unparks();
             let quiet_for = quiet.observe(&self.handle, tick);
-            // A fully parked runtime has no scheduling delay: skip the spawn (and the wake-up
-            // it would cost), but still probe once per window. A stall needs a busy worker,
-            // which the next tick sees. With a working unpark hook every wake-up of the
-            // runtime is reported: a quiet runtime needs no probe at all.
-            let hook_trusted =
-                nudge.hooked() && hook_misses <= HOOK_MISSES_TOLERATED && hook_seen > 0;
-            let idle_probe_due = !hook_trusted
-                && last_probe
-                    .is_none_or(|t| tick.saturating_duration_since(t) >= self.export_interval);
-            if !idle_probe_due && quiet.all_parked {
+            let hook_trusted = schedule::hook_trusted(nudge.hooked(), hook_misses, hook_seen);
+            let probe = schedule::probe_now(schedule::Tick {
+                hook_trusted,
+                all_parked: quiet.all_parked,
+                since_probe: last_probe.map(|t| tick.saturating_duration_since(t)),
+                window: self.export_interval,
+            });
+            if !probe {
                 self.shared.idle_skips.fetch_add(1, Ordering::Relaxed);
             } else {
                 // This spawn wakes a parked worker: not a sign of activity.
                 quiet.own_wake = quiet.all_parked;
                 last_probe = Some(tick);
-                let slot = Arc::new(AtomicU64::new(0));
-                let task_slot = Arc::clone(&slot);
-                let shared = Arc::clone(&self.shared);
-                let waker = me.clone();
-                let noter = self.stacks.as_ref().map(|s| s.threads());
-
-                let t0 = Instant::now();
-                let t0_us = us(t0.saturating_duration_since(self.shared.base));
-                self.shared.outstanding.store(t0_us + 1, Ordering::Release);
-                let join = self.handle.spawn(async move {
-                    if let Some(t) = &noter {
-                        t.note_current();
-                    }
-                    task_slot.store(shared.now_us() + 1, Ordering::Release);
-                    waker.unpark();
-                });
-
-                let mut stalled = false;
-                let mut stacks_taken = 0u8;
-                // Half way to the threshold, one early export of the growing stall: it warms the
-                // export path (an export after a quiet spell runs on cold caches and pages, tens
-                // of ms here), so that the stall export at the threshold reaches the agent fast.
-                let mut early_export = !self.drive_exports;
-                let t1_us = loop {
-                    let v = slot.load(Ordering::Acquire);
-                    if v != 0 {
-                        break Some(v - 1);
-                    }
-                    if self.shared.stop.load(Ordering::Acquire) {
-                        break None;
-                    }
-                    if join.is_finished() {
-                        // Finished without running: the watched runtime shut down.
-                        let v = slot.load(Ordering::Acquire);
-                        if v != 0 {
-                            break Some(v - 1);
-                        }
-                        self.shared.outstanding.store(0, Ordering::Release);
-                        tracing::debug!(runtime = %self.runtime_name, "watched runtime shut down; loopwatch probe stops");
-                        self.sample_until_stop();
-                        return;
-                    }
-                    let now = Instant::now();
-                    self.sampler.run_due(now);
-                    let age = now.saturating_duration_since(t0);
-                    if !early_export && age >= self.stall_threshold / 2 {
-                        early_export = true;
-                        self.flush.request();
-                    }
-                    if !stalled && age >= self.stall_threshold {
-                        stalled = true;
-                        self.shared.stalls.fetch_add(1, Ordering::Relaxed);
-                        self.stalls.add(1, &self.attrs);
-                        tracing::warn!(
-                            runtime = %self.runtime_name,
-                            stalled_ms = age.as_millis() as u64,
-                            threshold_ms = self.stall_threshold.as_millis() as u64,
-                            "tokio runtime stalled: a task scheduled {age:?} ago has not been polled yet"
-                        );
-                        self.flush.request();
-                    }
-                    if let Some(s) = &self.stacks
-                        && age >= self.stall_threshold / 2
-                    {
-                        s.warm();
-                    }
-                    if let Some(s) = &self.stacks
-                        && let Some(nth) = stacks::decide(age, self.stall_threshold, stacks_taken)
-                    {
-                        stacks_taken = nth;
-                        s.capture(stacks::Kind::Stall, age, nth, None);
-                    }
-                    if now >= next_roll {
-                        self.window_end(&mut sampler, Some(age), quiet_for);
-                        next_roll = now + self.export_interval;
-                    }
-                    let mut wait = MAX_PARK
-                        .min(next_roll.saturating_duration_since(now))
-                        .min(self.sampler.next_check_due().saturating_duration_since(now));
-                    if !early_export {
-                        wait = wait.min((self.stall_threshold / 2).saturating_sub(age));
-                    }
-                    if !stalled {
-                        wait = wait.min(self.stall_threshold.saturating_sub(age));
-                    }
-                    if self.stacks.is_some()
-                        && let Some(due) = stacks::next_due(self.stall_threshold, stacks_taken)
-                    {
-                        wait = wait.min(due.saturating_sub(age));
-                    }
-                    thread::park_timeout(wait.max(Duration::from_micros(50)));
-                };
-                if let Some(t1) = t1_us {
-                    // Before clearing `outstanding`: readers may overcount, never undercount.
-                    let d = t1.saturating_sub(t0_us);
-                    self.shared.delayed_total_us.fetch_add(d, Ordering::AcqRel);
-                    self.shared.last_delay_us.store(d, Ordering::Release);
-                    self.shared
-                        .last_delay_end_us
-                        .store(t1 + 1, Ordering::Release);
-                }
-                self.shared.outstanding.store(0, Ordering::Release);
-                let Some(t1_us) = t1_us else { break };
-
-                let delay_us = t1_us.saturating_sub(t0_us);
-                self.shared.probes.fetch_add(1, Ordering::Relaxed);
-                self.window.record(delay_us, interval_us);
-                self.record_otel(delay_us, interval_us);
-
-                let now = Instant::now();
-                if stalled {
-                    tracing::warn!(
-                        runtime = %self.runtime_name,
-                        delay_ms = delay_us / 1000,
-                        "tokio runtime stall ended"
-                    );
-                    self.roll(&mut sampler, None);
-                    // Published after the window, so readers seeing it also see the stall's window.
-                    self.shared.last_stall_us.store(delay_us, Ordering::Release);
-                    next_roll = now + self.export_interval;
-                    self.flush.request();
-                } else if now >= next_roll {
-                    self.window_end(&mut sampler, None, quiet_for);
-                    next_roll = now + self.export_interval;
+                match self.probe_once(&mut sampler, &mut next_roll, quiet_for) {
+                    Probed::Done => {}
+                    Probed::Stopped => break,
+                    Probed::RuntimeGone => return,
                 }
             }
-
-            // Sleep until the next probe is due (unpark on shutdown wakes us early). A runtime
-            // quiet for IDLE_AFTER is looked at every idle tick instead, and the stuck checks
-            // and heap samples ride on those ticks (a parked worker is not stuck); a nudge
-            // (`Shared::wake_if_idle`, or the unpark hook) ends the idle sleep early. With a
-            // working hook every wake-up of the runtime nudges, so the idle tick is long.
-            let mut idle = quiet_for >= IDLE_AFTER;
-            if idle {
-                nudge.begin_idle();
-                // A worker that woke after the look above may have missed the flag: look again.
-                if quiet.woke_since(&self.handle) || (hook_trusted && nudge.unparks() != hook_seen)
-                {
-                    nudge.end_idle();
-                    idle = false;
-                }
-            }
-            let long = idle && hook_trusted;
-            let before_sleep = long.then(|| (Quiet::unparks(&self.handle), nudge.unparks()));
-            // After a settled nudge, count the busy interval from the nudge: the settled probe
-            // may run before a block that started with the woken work (a worker still free),
-            // and the next one must still come within one interval of that work's start.
-            let base = match nudged_at.take() {
-                Some(n) if !idle => n,
-                _ => tick,
-            };
-            let due = base
-                + if long {
-                    long_tick
-                } else if idle {
-                    idle_tick
-                } else {
-                    // Aim early by the OS timer's overshoot, so that two probes are at most one
-                    // interval apart and a block is read at most one interval low.
-                    self.probe_interval - tick_early(self.probe_interval)
-                };
-            loop {
-                if self.shared.stop.load(Ordering::Acquire) {
-                    break;
-                }
-                if idle && !nudge.is_idle() {
-                    break; // nudged: the runtime has work now
-                }
-                let now = Instant::now();
-                if now >= due {
-                    break;
-                }
-                self.sampler.run_due(now);
-                if now >= next_roll {
-                    self.window_end(&mut sampler, None, quiet_for);
-                    next_roll = now + self.export_interval;
-                }
-                let until = if idle {
-                    // A window in which the runtime was busy still ends on time: its export
-                    // tells the agent that the runtime is calm again (after a stall, readiness
-                    // recovers one export interval after it, not one heartbeat). Windows
-                    // that are quiet throughout stretch to the heartbeat.
-                    let busy_window = tick
-                        .checked_sub(quiet_for)
-                        .is_some_and(|quiet_since| quiet_since > self.window_start);
-                    if busy_window { due.min(next_roll) } else { due }
-                } else {
-                    due.min(self.sampler.next_check_due())
-                };
-                thread::park_timeout(until.saturating_duration_since(now));
-            }
+            let idle =
+                quiet_for >= IDLE_AFTER && self.raise_idle(&nudge, &quiet, hook_trusted, hook_seen);
+            let rest = schedule::rest(tick, idle, hook_trusted, nudged_at.take(), ticks);
+            let before_sleep = rest
+                .long
+                .then(|| (Quiet::unparks(&self.handle), nudge.unparks()));
+            self.rest(rest, &mut sampler, &mut next_roll, tick, quiet_for);
             let slept_through = idle && nudge.end_idle();
             if idle && !slept_through {
                 // Nudged: a worker has just woken for new work. Let it get going before the
                 // next probe is spawned, so that the probe does not count the worker's own
                 // start-up from a quiet spell as scheduling delay (see `nudge_settle`).
                 nudged_at = Some(Instant::now());
-                thread::sleep(nudge_settle(self.probe_interval));
+                thread::sleep(schedule::nudge_settle(self.probe_interval));
             }
             if slept_through && let Some((workers0, hook0)) = before_sleep {
-                // Slept through without a nudge: the runtime must not have woken meanwhile
-                // (tokio may publish a wake-up late, never before the hook reports it).
                 let woke = Quiet::unparks(&self.handle).saturating_sub(workers0);
-                if woke > nudge.unparks().saturating_sub(hook0) {
+                if schedule::hook_missed(woke, nudge.unparks().saturating_sub(hook0)) {
                     hook_misses += 1;
-                    if hook_misses > HOOK_MISSES_TOLERATED {
+                    if hook_misses > schedule::HOOK_MISSES_TOLERATED {
                         tracing::warn!(
                             runtime = %self.runtime_name,
                             "the UnparkHook given to loopwatch does not report this runtime's \
                              wake-ups (installed on another runtime?); ignoring it: the probe \
-                             thread looks at the quiet runtime every {idle_tick:?}"
+                             thread looks at the quiet runtime every {:?}", ticks.idle
                         );
                     }
                 }
             }
         }
         self.shared.outstanding.store(0, Ordering::Release);
+    }
+
+    /// Raises the idle flag for a quiet runtime; false (flag lowered again) when a worker woke
+    /// after the tick's look and may have missed the flag.
+    fn raise_idle(&self, nudge: &Nudge, quiet: &Quiet, hook_trusted: bool, hook_seen: u64) -> bool {
+        nudge.begin_idle();
+        if quiet.woke_since(&self.handle) || (hook_trusted && nudge.unparks() != hook_seen) {
+            nudge.end_idle();
+            return false;
+        }
+        true
+    }
+
+    /// Sleeps until the next tick is due (unpark on shutdown wakes it early). A quiet runtime
+    /// is looked at every idle tick instead, and the stuck checks and heap samples ride on
+    /// those ticks (a parked worker is not stuck); a nudge (`Shared::wake_if_idle`, or the
+    /// unpark hook) ends the idle sleep early.
+    fn rest(
+        &mut self,
+        rest: schedule::Rest,
+        sampler: &mut RuntimeSampler,
+        next_roll: &mut Instant,
+        tick: Instant,
+        quiet_for: Duration,
+    ) {
+        let nudge = Arc::clone(&self.shared.nudge);
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) || (rest.idle && !nudge.is_idle()) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= rest.due {
+                return;
+            }
+            self.sampler.run_due(now);
+            if now >= *next_roll {
+                self.window_end(sampler, None, quiet_for);
+                *next_roll = now + self.export_interval;
+            }
+            let busy = schedule::busy_window(tick, quiet_for, self.window_start);
+            let until = schedule::park_until(rest, busy, *next_roll, self.sampler.next_check_due());
+            thread::park_timeout(until.saturating_duration_since(now));
+        }
+    }
+
+    /// Spawns one probe into the watched runtime and waits for its first poll, reporting a
+    /// stall while it grows; records the delay.
+    fn probe_once(
+        &mut self,
+        sampler: &mut RuntimeSampler,
+        next_roll: &mut Instant,
+        quiet_for: Duration,
+    ) -> Probed {
+        let slot = Arc::new(AtomicU64::new(0));
+        let task_slot = Arc::clone(&slot);
+        let shared = Arc::clone(&self.shared);
+        let waker = thread::current();
+        let noter = self.stacks.as_ref().map(|s| s.threads());
+
+        let t0 = Instant::now();
+        let t0_us = us(t0.saturating_duration_since(self.shared.base));
+        self.shared.outstanding.store(t0_us + 1, Ordering::Release);
+        let join = self.handle.spawn(async move {
+            if let Some(t) = &noter {
+                t.note_current();
+            }
+            task_slot.store(shared.now_us() + 1, Ordering::Release);
+            waker.unpark();
+        });
+
+        // Loopwatch's own pipeline wants the early export; another provider's does not.
+        let mut o = Outstanding {
+            early_export_done: !self.drive_exports,
+            ..Outstanding::default()
+        };
+        let t1_us = loop {
+            let v = slot.load(Ordering::Acquire);
+            if v != 0 {
+                break Some(v - 1);
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                break None;
+            }
+            if join.is_finished() {
+                // Finished without running: the watched runtime shut down.
+                let v = slot.load(Ordering::Acquire);
+                if v != 0 {
+                    break Some(v - 1);
+                }
+                self.shared.outstanding.store(0, Ordering::Release);
+                tracing::debug!(runtime = %self.runtime_name, "watched runtime shut down; loopwatch probe stops");
+                self.sample_until_stop();
+                return Probed::RuntimeGone;
+            }
+            let now = Instant::now();
+            self.sampler.run_due(now);
+            let age = now.saturating_duration_since(t0);
+            let step = schedule::while_outstanding(
+                &mut o,
+                Waiting {
+                    age,
+                    threshold: self.stall_threshold,
+                    stacks: self.stacks.is_some(),
+                    until_roll: next_roll.saturating_duration_since(now),
+                    window: self.export_interval,
+                    until_check: self.sampler.next_check_due().saturating_duration_since(now),
+                },
+            );
+            self.carry_out(step, age, sampler, next_roll, now, quiet_for);
+            thread::park_timeout(step.park);
+        };
+        if let Some(t1) = t1_us {
+            // Before clearing `outstanding`: readers may overcount, never undercount.
+            let d = t1.saturating_sub(t0_us);
+            self.shared.delayed_total_us.fetch_add(d, Ordering::AcqRel);
+            self.shared.last_delay_us.store(d, Ordering::Release);
+            self.shared
+                .last_delay_end_us
+                .store(t1 + 1, Ordering::Release);
+        }
+        self.shared.outstanding.store(0, Ordering::Release);
+        let Some(t1_us) = t1_us else {
+            return Probed::Stopped;
+        };
+        self.probed(
+            t1_us.saturating_sub(t0_us),
+            o.stalled,
+            sampler,
+            next_roll,
+            quiet_for,
+        );
+        Probed::Done
+    }
+
+    /// Carries out one step decided while a probe is outstanding.
+    fn carry_out(
+        &mut self,
+        step: schedule::WaitStep,
+        age: Duration,
+        sampler: &mut RuntimeSampler,
+        next_roll: &mut Instant,
+        now: Instant,
+        quiet_for: Duration,
+    ) {
+        if step.early_export {
+            self.flush.request();
+        }
+        if step.stall {
+            self.shared.stalls.fetch_add(1, Ordering::Relaxed);
+            self.stalls.add(1, &self.attrs);
+            tracing::warn!(
+                runtime = %self.runtime_name,
+                stalled_ms = age.as_millis() as u64,
+                threshold_ms = self.stall_threshold.as_millis() as u64,
+                "tokio runtime stalled: a task scheduled {age:?} ago has not been polled yet"
+            );
+            self.flush.request();
+        }
+        if let Some(s) = &self.stacks {
+            if step.warm_stacks {
+                s.warm();
+            }
+            if let Some(nth) = step.capture {
+                s.capture(stacks::Kind::Stall, age, nth, None);
+            }
+        }
+        if step.roll {
+            self.window_end(sampler, Some(age), quiet_for);
+            *next_roll = now + self.export_interval;
+        }
+    }
+
+    /// Records a completed probe's delay; a stall's end rolls the window and exports at once.
+    fn probed(
+        &mut self,
+        delay_us: u64,
+        stalled: bool,
+        sampler: &mut RuntimeSampler,
+        next_roll: &mut Instant,
+        quiet_for: Duration,
+    ) {
+        let interval_us = us(self.probe_interval).max(1);
+        self.shared.probes.fetch_add(1, Ordering::Relaxed);
+        self.window.record(delay_us, interval_us);
+        self.record_otel(delay_us, interval_us);
+        let now = Instant::now();
+        if stalled {
+            tracing::warn!(
+                runtime = %self.runtime_name,
+                delay_ms = delay_us / 1000,
+                "tokio runtime stall ended"
+            );
+            self.roll(sampler, None);
+            // Published after the window, so readers seeing it also see the stall's window.
+            self.shared.last_stall_us.store(delay_us, Ordering::Release);
+            *next_roll = now + self.export_interval;
+            self.flush.request();
+        } else if now >= *next_roll {
+            self.window_end(sampler, None, quiet_for);
+            *next_roll = now + self.export_interval;
+        }
     }
 
     /// After the watched runtime shut down: keeps the heap samples (and the stuck-worker
@@ -748,95 +684,6 @@ impl ProbeTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_nudged_probe_waits_half_an_interval_at_most_4_ms() {
-        assert_eq!(
-            nudge_settle(Duration::from_millis(10)),
-            Duration::from_millis(4)
-        );
-        assert_eq!(
-            nudge_settle(Duration::from_millis(2)),
-            Duration::from_millis(1)
-        );
-    }
-
-    #[test]
-    fn ticks_aim_early_by_a_twentieth_of_the_interval_at_most_half_a_millisecond() {
-        assert_eq!(
-            tick_early(Duration::from_millis(10)),
-            Duration::from_micros(500)
-        );
-        assert_eq!(
-            tick_early(Duration::from_millis(100)),
-            Duration::from_micros(500)
-        );
-        assert_eq!(
-            tick_early(Duration::from_millis(2)),
-            Duration::from_micros(100)
-        );
-        assert_eq!(
-            tick_early(Duration::from_micros(100)),
-            Duration::from_micros(5)
-        );
-    }
-
-    #[test]
-    fn quiet_tracks_a_parked_runtime_and_resets_on_a_wake_up() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let handle = rt.handle().clone();
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stop2 = Arc::clone(&stop);
-        let driver = thread::spawn(move || rt.block_on(async move { stop2.notified().await }));
-        let m = handle.metrics();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while m.worker_park_unpark_count(0).is_multiple_of(2) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(1));
-        }
-
-        let mut q = Quiet::default();
-        let t0 = Instant::now();
-        q.observe(&handle, t0);
-        assert!(
-            q.all_parked && q.since == Some(t0),
-            "parked runtime is quiet"
-        );
-        let later = t0 + Duration::from_millis(300);
-        assert_eq!(q.observe(&handle, later), Duration::from_millis(300));
-        assert!(!q.woke_since(&handle));
-
-        // A spawn wakes the worker: no longer quiet from the first look after it.
-        let task = handle.spawn(async {});
-        while !task.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(1));
-        }
-        assert!(q.woke_since(&handle));
-        let after = later + Duration::from_millis(1);
-        assert_eq!(q.observe(&handle, after), Duration::ZERO);
-        assert!(q.since.is_none() || q.since == Some(after));
-
-        // loopwatch's own idle probe is not activity.
-        let mut q = Quiet::default();
-        while m.worker_park_unpark_count(0).is_multiple_of(2) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(1));
-        }
-        q.observe(&handle, t0);
-        q.own_wake = true;
-        let task = handle.spawn(async {});
-        while (!task.is_finished() || m.worker_park_unpark_count(0).is_multiple_of(2))
-            && Instant::now() < deadline
-        {
-            thread::sleep(Duration::from_millis(1));
-        }
-        assert!(!q.woke_since(&handle), "own wake-up ignored");
-        assert_eq!(q.observe(&handle, later), Duration::from_millis(300));
-
-        stop.notify_one();
-        driver.join().expect("driver");
-    }
 
     #[test]
     fn corrected_window_reads_block_in_p99_and_never_high() {
