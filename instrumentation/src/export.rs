@@ -1,7 +1,7 @@
 //! The OTLP pipeline (exported from loopwatch's own `loopwatch-flush` thread, never the watched runtime),
 //! instrument registration, and the `loopwatch-flush` thread that runs force-flushes.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use opentelemetry_sdk::metrics::{
 
 use crate::config::{Protocol, Settings};
 use crate::error::StartError;
-use crate::probe::Shared;
+use crate::live::Shared;
 
 /// Bucket boundaries of `tokio.schedule.duration`, seconds.
 pub(crate) const SCHEDULE_BUCKETS: [f64; 16] = [
@@ -370,30 +370,10 @@ pub(crate) fn register(
     Instruments { schedule, stalls }
 }
 
-/// Asks the `loopwatch-flush` thread for an immediate export; never blocks, coalesces requests
-/// (at most one pending).
-#[derive(Debug, Clone)]
-pub(crate) struct FlushTrigger {
-    tx: SyncSender<()>,
-}
-
-impl FlushTrigger {
-    pub(crate) fn request(&self) {
-        match self.tx.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-        }
-    }
-}
-
 /// Which provider the flush thread flushes, and whether it owns it.
 pub(crate) enum FlushTarget {
     Owned(Box<OwnedPipeline>),
     Borrowed(SdkMeterProvider),
-}
-
-pub(crate) fn flush_channel() -> (FlushTrigger, Receiver<()>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    (FlushTrigger { tx }, rx)
 }
 
 /// Body of the `loopwatch-flush` thread: exports on request (a stall, a completed window of an

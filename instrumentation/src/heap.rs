@@ -26,7 +26,7 @@ pub use alloc::{BATCH as COUNTING_BATCH_BYTES, CountingAllocator, counted_heap_b
 pub use tikv_jemallocator::Jemalloc;
 
 use crate::config::LoopwatchBuilder;
-use crate::probe::Shared;
+use crate::live::Shared;
 
 /// Default length of the heap growth-rate window: 30 s.
 pub const DEFAULT_HEAP_WINDOW: Duration = Duration::from_secs(30);

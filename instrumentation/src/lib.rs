@@ -207,9 +207,12 @@
 mod config;
 mod error;
 mod export;
+mod flush;
 mod health;
 mod heap;
 mod http;
+mod live;
+mod nudge;
 mod probe;
 mod process;
 mod runtime;
@@ -249,7 +252,7 @@ pub use http::{
     DEFAULT_WAIT_EVENT_THRESHOLD, DURATION_BUCKETS, OVERFLOW_ROUTE, RouteFuture, RouteLayer,
     RouteMetrics, RouteMetricsBuilder, RouteService, RouteStats, SHED_ERROR_TYPE, UNMATCHED_ROUTE,
 };
-pub use probe::ProbeSnapshot;
+pub use live::ProbeSnapshot;
 pub use runtime::RuntimeSnapshot;
 pub use shed::{
     DEFAULT_EXEMPT_PATHS, DEFAULT_RETRY_AFTER, DEFAULT_SHED_MAX_DELAY, Overload, OverloadFn,
@@ -273,8 +276,10 @@ pub use workers::{DEFAULT_STUCK_THRESHOLD, StuckSource, StuckWorker};
 #[cfg(tokio_unstable)]
 pub use workers::{after_task_poll, before_task_poll, install_poll_hooks};
 
-use export::{FlushTarget, FlushTrigger};
-use probe::{ProbeTask, Shared, Window};
+use export::FlushTarget;
+use flush::FlushTrigger;
+use live::Shared;
+use probe::{ProbeTask, Window};
 
 impl LoopwatchBuilder {
     /// Starts watching the runtime this is called from (`Handle::try_current()`).
@@ -318,7 +323,7 @@ impl LoopwatchBuilder {
         let hook_threads = self.unpark_hook.as_ref().map(|h| Arc::clone(&h.threads));
         let nudge = match &self.unpark_hook {
             Some(hook) => Arc::clone(&hook.nudge),
-            None => unpark::Nudge::unhooked(),
+            None => nudge::Nudge::unhooked(),
         };
         // Released when the probe thread ends, or on any error before it starts.
         let claim = nudge.claim().ok_or_else(|| StartError::InvalidConfig {
@@ -346,7 +351,7 @@ impl LoopwatchBuilder {
 
         // The flush thread is spawned before the pipeline exists, so that no spawn failure can
         // leave us dropping loopwatch's export runtime here (which panics in async contexts).
-        let (flush, flush_rx) = export::flush_channel();
+        let (flush, flush_rx) = flush::flush_channel();
         let (target_tx, target_rx) = mpsc::sync_channel::<FlushTarget>(1);
         let (flush_done_tx, flush_done) = mpsc::channel();
         let export_timeout = settings.export_timeout;

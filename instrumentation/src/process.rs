@@ -16,9 +16,9 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::LoopwatchGuard;
 use crate::error::StartError;
-use crate::export::FlushTrigger;
+use crate::flush::FlushTrigger;
 use crate::heap::{self, HeapSampler, HeapShared, HeapSnapshot};
-use crate::probe::Shared;
+use crate::live::Shared;
 use crate::workers::{self, StuckWorker, WorkerShared, WorkerWatch};
 
 /// Process RSS and CPU read at collection time: on Linux from `/proc/self/stat`, kept open and

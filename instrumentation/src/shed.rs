@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
-use crate::probe::Shared;
+use crate::live::Shared;
 
 /// Default scheduling delay above which [`ShedLayer`] sheds: 200 ms.
 pub const DEFAULT_SHED_MAX_DELAY: Duration = Duration::from_millis(200);

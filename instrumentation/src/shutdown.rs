@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::export::FlushTrigger;
+use crate::flush::FlushTrigger;
 use crate::http::RouteMetrics;
 
 /// Default wait between "draining" (readiness 503, agent told) and closing the listener: 5 s,
@@ -377,7 +377,7 @@ impl GracefulShutdown {
 pub(crate) fn register(
     meter: &opentelemetry::metrics::Meter,
     lifecycle: &Lifecycle,
-    shared: &Arc<crate::probe::Shared>,
+    shared: &Arc<crate::live::Shared>,
     attrs: &[opentelemetry::KeyValue],
 ) {
     let lifecycle = lifecycle.clone();

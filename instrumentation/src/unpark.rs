@@ -2,113 +2,9 @@
 //! worker of the runtime wakes up, so that the probe thread can sleep long while the runtime is
 //! quiet without seeing a block that starts from quiet any later.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::Thread;
+use std::sync::Arc;
 
-/// The probe thread's idle flag and the means to wake it: shared by the probe thread, the
-/// nudges of the route layer and [`crate::ShedLayer`], and an [`UnparkHook`].
-#[derive(Debug, Default)]
-pub(crate) struct Nudge {
-    /// True while the probe thread sleeps an idle tick; a nudge takes it and unparks the thread.
-    idle_sleep: AtomicBool,
-    /// Worker wake-ups reported by the hook.
-    unparks: AtomicU64,
-    /// This nudge belongs to an [`UnparkHook`] (wake-ups of the runtime are reported).
-    hook: bool,
-    /// A running loopwatch uses this nudge.
-    claimed: AtomicBool,
-    /// The `loopwatch-probe` thread while it runs. Locked only to wake it or to set it.
-    thread: Mutex<Option<Thread>>,
-}
-
-impl Nudge {
-    /// A nudge without a hook (wake-ups come only from requests).
-    pub(crate) fn unhooked() -> Arc<Self> {
-        Arc::new(Nudge::default())
-    }
-
-    /// Whether wake-ups of the runtime are reported by an [`UnparkHook`].
-    pub(crate) fn hooked(&self) -> bool {
-        self.hook
-    }
-
-    /// Worker wake-ups reported so far (0 without a hook, or a hook not installed).
-    pub(crate) fn unparks(&self) -> u64 {
-        self.unparks.load(Ordering::SeqCst)
-    }
-
-    /// Marks this nudge used by a starting loopwatch; `None` if a running one already uses it.
-    /// The claim ends when the returned [`Claim`] is dropped: with the probe thread that owns
-    /// it, or with a start that fails before that thread runs.
-    pub(crate) fn claim(self: &Arc<Self>) -> Option<Claim> {
-        (!self.claimed.swap(true, Ordering::AcqRel)).then(|| Claim(Arc::clone(self)))
-    }
-
-    /// The probe thread that wakes on nudges.
-    pub(crate) fn set_thread(&self, t: Thread) {
-        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
-    }
-
-    /// The probe thread is about to sleep an idle tick; it must look at the runtime once more
-    /// after this (a wake-up reported before the flag was set did not wake it).
-    pub(crate) fn begin_idle(&self) {
-        self.idle_sleep.store(true, Ordering::SeqCst);
-    }
-
-    /// Ends an idle sleep; returns whether it was still idle (not nudged).
-    pub(crate) fn end_idle(&self) -> bool {
-        self.idle_sleep.swap(false, Ordering::AcqRel)
-    }
-
-    /// Whether the probe thread is (still) in an idle sleep, i.e. was not nudged.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.idle_sleep.load(Ordering::Acquire)
-    }
-
-    /// A nudge from work starting on the watched runtime: if the probe thread sleeps an idle
-    /// tick, wakes it now. Otherwise one relaxed load; the wake-up (one `unpark`) happens once
-    /// per quiet → busy transition. Best effort without a hook: a nudge racing with the probe
-    /// thread falling asleep is seen at its next idle tick at the latest.
-    pub(crate) fn wake_if_idle(&self) {
-        if self.idle_sleep.load(Ordering::Relaxed) && self.idle_sleep.swap(false, Ordering::AcqRel)
-        {
-            self.unpark_thread();
-        }
-    }
-
-    /// A worker of the watched runtime woke up. The count and the flag are both sequentially
-    /// consistent: either the probe thread's second look sees this count, or this sees its
-    /// flag (no lost wake-up).
-    fn on_unpark(&self) {
-        self.unparks.fetch_add(1, Ordering::SeqCst);
-        if self.idle_sleep.load(Ordering::SeqCst) && self.idle_sleep.swap(false, Ordering::AcqRel) {
-            self.unpark_thread();
-        }
-    }
-
-    fn unpark_thread(&self) {
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            t.unpark();
-        }
-    }
-}
-
-/// A running loopwatch's use of a [`Nudge`]; dropping it forgets the probe thread and frees
-/// the hook for another loopwatch.
-pub(crate) struct Claim(Arc<Nudge>);
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        *self.0.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.0.claimed.store(false, Ordering::Release);
-    }
-}
+use crate::nudge::Nudge;
 
 /// Lets loopwatch's probe thread sleep while the watched runtime is quiet: install it as the
 /// runtime's `on_thread_unpark` hook and give it to [`crate::LoopwatchBuilder::unpark_hook`].
@@ -162,10 +58,7 @@ impl UnparkHook {
     /// A new hook, not yet installed.
     pub fn new() -> Self {
         UnparkHook {
-            nudge: Arc::new(Nudge {
-                hook: true,
-                ..Nudge::default()
-            }),
+            nudge: Nudge::hooked_new(),
             threads: Arc::new(crate::stacks::Threads::new()),
         }
     }

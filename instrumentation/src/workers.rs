@@ -30,8 +30,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Meter};
 
 use crate::config::LoopwatchBuilder;
-use crate::export::FlushTrigger;
-use crate::probe::Shared;
+use crate::flush::FlushTrigger;
+use crate::live::Shared;
 use crate::stacks::{self, Stacks};
 
 /// Default time a worker must be stuck (awake without progress, or in one poll) before it is
