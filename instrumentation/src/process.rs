@@ -14,12 +14,11 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 #[cfg(not(target_os = "linux"))]
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use crate::LoopwatchGuard;
 use crate::error::StartError;
 use crate::flush::FlushTrigger;
-use crate::heap::{self, HeapSampler, HeapShared, HeapSnapshot};
+use crate::heap::{self, HeapSampler, HeapShared};
 use crate::live::Shared;
-use crate::workers::{self, StuckWorker, WorkerShared, WorkerWatch};
+use crate::workers::{self, WorkerShared, WorkerWatch};
 
 /// Process RSS and CPU read at collection time: on Linux from `/proc/self/stat`, kept open and
 /// re-read with one `pread` (sysinfo's refresh opened and parsed several files, the largest
@@ -256,8 +255,8 @@ pub(crate) fn sampler_settings(
 /// metric callbacks. The periodic work is a [`Sampler`], run on the `loopwatch-probe` thread.
 #[derive(Debug)]
 pub(crate) struct Extras {
-    workers: Arc<WorkerShared>,
-    heap: Arc<HeapShared>,
+    pub(crate) workers: Arc<WorkerShared>,
+    pub(crate) heap: Arc<HeapShared>,
 }
 
 /// The per-tick work of stuck-worker checks and heap samples. It has no thread of its own: the
@@ -359,24 +358,6 @@ impl Extras {
             },
             sampler,
         )
-    }
-}
-
-impl LoopwatchGuard {
-    /// Workers stuck right now (one long poll, or awake without progress for at least the
-    /// stuck threshold). Cheap: reads atomics, allocates the returned `Vec`.
-    pub fn stuck_workers(&self) -> Vec<StuckWorker> {
-        self.extras.workers.stuck()
-    }
-
-    /// Stuck episodes counted since start (`tokio.worker.stuck.episodes`).
-    pub fn stuck_episodes(&self) -> u64 {
-        self.extras.workers.episodes()
-    }
-
-    /// Live heap bytes and growth rate as of the last heap sample.
-    pub fn heap(&self) -> HeapSnapshot {
-        self.extras.heap.snapshot()
     }
 }
 

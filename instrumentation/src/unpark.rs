@@ -45,7 +45,7 @@ use crate::nudge::Nudge;
 pub struct UnparkHook {
     pub(crate) nudge: Arc<Nudge>,
     /// The runtime's threads, noted as they start, for stall stacks.
-    pub(crate) threads: Arc<crate::stacks::Threads>,
+    pub(crate) threads: Arc<crate::threads::Threads>,
 }
 
 impl Default for UnparkHook {
@@ -59,7 +59,7 @@ impl UnparkHook {
     pub fn new() -> Self {
         UnparkHook {
             nudge: Nudge::hooked_new(),
-            threads: Arc::new(crate::stacks::Threads::new()),
+            threads: Arc::new(crate::threads::Threads::new()),
         }
     }
 

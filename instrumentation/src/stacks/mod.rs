@@ -28,7 +28,6 @@ mod signal;
 mod symbols;
 mod unwind;
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -39,13 +38,13 @@ pub(crate) use episode::{Kind, decide, next_due};
 pub(crate) use report::LogTarget;
 use symbols::Frame;
 
+use crate::threads::{Threads, Watched};
+
 /// How long the probe thread waits for one thread's handler.
 const CAPTURE_WAIT: Duration = Duration::from_millis(50);
 /// How long one capture of all threads may hold the probe thread (threads that block the
 /// signal each cost a full wait); threads left over are not captured this time.
 const CAPTURE_BUDGET: Duration = Duration::from_millis(200);
-/// Most threads remembered per watched runtime.
-const MAX_THREADS: usize = 1024;
 /// Capture jobs waiting for the `loopwatch-stacks` thread.
 const QUEUE: usize = 64;
 /// Stack bytes waiting for the `loopwatch-stacks` thread; a capture beyond is dropped.
@@ -65,72 +64,6 @@ pub(crate) struct StallReport {
     pub(crate) truncated: bool,
     /// How long the handler held the thread.
     pub(crate) interruption: Duration,
-}
-
-/// A thread the probe task ran on.
-#[derive(Debug, Clone)]
-struct Watched {
-    tid: i32,
-    thread: ThreadId,
-    name: String,
-    stack: (usize, usize),
-}
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// The id of the [`Threads`] this thread was last noted in.
-    static NOTED: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Threads of one watched runtime.
-#[derive(Debug)]
-pub(crate) struct Threads {
-    id: u64,
-    list: Mutex<Vec<Watched>>,
-}
-
-impl Threads {
-    pub(crate) fn new() -> Self {
-        Threads {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            list: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Records the calling thread (runs in the probe task: one thread-local read once known).
-    pub(crate) fn note_current(&self) {
-        if NOTED.with(Cell::get) == self.id {
-            return;
-        }
-        NOTED.with(|n| n.set(self.id));
-        let Some(stack) = signal::current_stack() else {
-            return;
-        };
-        let t = std::thread::current();
-        let w = Watched {
-            tid: signal::gettid(),
-            thread: t.id(),
-            name: t.name().unwrap_or("unnamed").to_owned(),
-            stack,
-        };
-        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        list.retain(|x| x.tid != w.tid);
-        if list.len() < MAX_THREADS {
-            list.push(w);
-        }
-    }
-
-    fn snapshot(&self) -> Vec<Watched> {
-        self.list.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn forget(&self, tid: i32) {
-        self.list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|x| x.tid != tid);
-    }
 }
 
 /// Work for the `loopwatch-stacks` thread.
@@ -411,7 +344,7 @@ mod tests {
         threads.note_current();
         let list = threads.snapshot();
         assert_eq!(list.len(), 1);
-        assert_eq!(list[0].tid, signal::gettid());
+        assert_eq!(list[0].tid, crate::threads::gettid());
         let (lo, hi) = list[0].stack;
         let here = &threads as *const Threads as usize;
         assert!(lo < here && here < hi, "{lo:#x} {here:#x} {hi:#x}");

@@ -26,16 +26,7 @@ pub(crate) enum StartStacksError {
     Unsupported,
 }
 
-/// Never noted.
-#[derive(Debug)]
-pub(crate) struct Threads;
-
-impl Threads {
-    pub(crate) fn new() -> Self {
-        Threads
-    }
-    pub(crate) fn note_current(&self) {}
-}
+use crate::threads::Threads;
 
 /// Never started.
 pub(crate) struct Stacks;
