@@ -219,6 +219,8 @@ mod runtime;
 mod shed;
 mod shutdown;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod signal;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod stacks;
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 #[path = "stacks/off.rs"]

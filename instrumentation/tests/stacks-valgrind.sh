@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soundness check of stall stacks' signal module (src/stacks/signal.rs, the crate's other
+# Soundness check of stall stacks' signal module (src/signal.rs, the crate's other
 # unsafe code), issue 15: runs the crate's `stacks::` unit tests under valgrind memcheck. They
 # install the handler, interrupt spinning, deeply recursing and exited threads (a thousand
 # captures in one of them), copy their stacks and unwind the copies. Errors (invalid reads of
@@ -26,5 +26,5 @@ for line in sys.stdin:
 [ -n "$exe" ] || { echo "could not find the loopwatch unit-test binary" >&2; exit 1; }
 echo "== stall stacks (signal, copy, unwind) under valgrind memcheck"
 valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
-  "$exe" stacks:: --test-threads=1
+  "$exe" stacks:: signal:: --test-threads=1
 echo "stacks-valgrind: ok"

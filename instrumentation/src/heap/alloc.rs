@@ -1,7 +1,7 @@
 //! [`CountingAllocator`]: a global allocator wrapper that counts live heap bytes.
 //!
-//! This is the only module of the crate with unsafe code (`#[allow(unsafe_code)]` on its
-//! declaration in `heap.rs`). It is unavoidable: `GlobalAlloc` is an `unsafe trait` and its
+//! One of the crate's two modules with unsafe code (`#[allow(unsafe_code)]` on its declaration
+//! in `heap.rs`; the other is `signal.rs`, stall stacks' signal capture). It is unavoidable: `GlobalAlloc` is an `unsafe trait` and its
 //! methods are `unsafe fn`s. Every unsafe block only forwards the caller's pointer and layout,
 //! unchanged, to the wrapped allocator, whose contract is exactly the one our caller upholds; the
 //! counting itself is safe code (a thread-local `Cell` and one atomic).

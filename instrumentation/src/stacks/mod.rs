@@ -24,7 +24,6 @@
 
 mod episode;
 mod report;
-mod signal;
 mod symbols;
 mod unwind;
 
@@ -37,6 +36,8 @@ use std::time::{Duration, SystemTime};
 pub(crate) use episode::{Kind, decide, next_due};
 pub(crate) use report::LogTarget;
 use symbols::Frame;
+
+use crate::signal;
 
 use crate::threads::{Threads, Watched};
 
@@ -344,7 +345,7 @@ mod tests {
         threads.note_current();
         let list = threads.snapshot();
         assert_eq!(list.len(), 1);
-        assert_eq!(list[0].tid, crate::threads::gettid());
+        assert_eq!(list[0].tid, crate::signal::gettid());
         let (lo, hi) = list[0].stack;
         let here = &threads as *const Threads as usize;
         assert!(lo < here && here < hi, "{lo:#x} {here:#x} {hi:#x}");

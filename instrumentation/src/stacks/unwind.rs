@@ -14,7 +14,7 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module};
 use object::{Object, ObjectSection, ObjectSegment};
 
-use super::signal::RawStack;
+use crate::signal::RawStack;
 
 /// Most frames kept per stack.
 pub(crate) const MAX_FRAMES: usize = 128;

@@ -1,4 +1,4 @@
-//! The only unsafe code of stall stacks: a thread-directed signal whose handler copies the
+//! The only unsafe code of stall stacks (a leaf: `threads` and `stacks` use it): a thread-directed signal whose handler copies the
 //! interrupted thread's registers and a bounded slice of its stack into one preallocated buffer.
 //!
 //! Why unsafe is needed: installing a signal handler (`sigaction`), sending a signal to one
@@ -138,6 +138,28 @@ pub(crate) fn default_signal() -> i32 {
     libc::SIGRTMIN() + 6
 }
 
+/// The calling thread's OS id.
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// The calling thread's stack range `lo..hi` (the stack grows down from `hi`).
+pub(crate) fn current_stack() -> Option<(usize, usize)> {
+    // SAFETY: attr is initialized by pthread_getattr_np before use and destroyed once.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (rc == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+    }
+}
+
 /// Installs the handler for `sig` (once per process; again with the same signal is a no-op).
 pub(crate) fn install(sig: i32) -> Result<(), InstallError> {
     let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,7 +221,7 @@ fn monotonic_ns() -> u64 {
 extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: errno is thread-local; it is restored before returning to the interrupted code.
     let errno = unsafe { *libc::__errno_location() };
-    if SLOT.target.load(Ordering::Acquire) == crate::threads::gettid()
+    if SLOT.target.load(Ordering::Acquire) == gettid()
         && SLOT
             .state
             .compare_exchange(ARMED, WRITING, Ordering::AcqRel, Ordering::Relaxed)
