@@ -137,7 +137,7 @@ fn ring_capacity() -> usize {
 struct Cases {
     routers: Vec<(&'static str, Router)>,
     guard: loopwatch::LoopwatchGuard,
-    loopwatch: loopwatch::RouteMetrics,
+    loopwatch: loopwatch::http::RouteMetrics,
 }
 
 impl Cases {

@@ -23,7 +23,7 @@
 //! It runs a `current_thread` runtime by default, like a Node.js event loop: one blocking
 //! handler stalls every request. `--workers N` (N ≥ 1) switches to a `multi_thread` runtime.
 //!
-//! The global allocator is `loopwatch::CountingAllocator` (`loopwatch.heap.allocated`,
+//! The global allocator is `loopwatch::heap::CountingAllocator` (`loopwatch.heap.allocated`,
 //! `loopwatch.heap.growth_rate`). Built with `RUSTFLAGS="--cfg tokio_unstable"`, the
 //! `multi_thread` runtime gets loopwatch's poll hooks (stuck reports name the task's spawn
 //! location) and the unstable runtime metrics.
@@ -49,7 +49,7 @@ mod blocking;
 /// Counts live heap bytes for `loopwatch.heap.*`.
 #[cfg(feature = "counting-alloc")]
 #[global_allocator]
-static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
+static ALLOC: loopwatch::heap::CountingAllocator = loopwatch::heap::CountingAllocator::system();
 
 /// Longest block `/block` accepts, so a typo cannot wedge the demo for hours.
 const MAX_BLOCK: Duration = Duration::from_secs(60);
@@ -213,17 +213,17 @@ fn router() -> Router {
 
 /// Everything `serve` needs from loopwatch (route metrics and pressure only when it runs).
 struct Wiring {
-    routes: Option<loopwatch::RouteMetrics>,
-    pressure: Option<loopwatch::Pressure>,
-    health: loopwatch::Health,
-    shutdown: loopwatch::GracefulShutdown,
+    routes: Option<loopwatch::http::RouteMetrics>,
+    pressure: Option<loopwatch::shed::Pressure>,
+    health: loopwatch::health::Health,
+    shutdown: loopwatch::shutdown::GracefulShutdown,
 }
 
 fn app(args: &Args, w: &Wiring) -> Router {
     let mut app = router().merge(w.health.router());
     if let Some(pressure) = w.pressure.clone().filter(|_| args.shed_delay_ms > 0) {
         app = app.layer(
-            loopwatch::ShedLayer::builder(pressure)
+            loopwatch::shed::ShedLayer::builder(pressure)
                 .max_delay(Duration::from_millis(args.shed_delay_ms))
                 .build(),
         );
@@ -235,7 +235,7 @@ fn app(args: &Args, w: &Wiring) -> Router {
     }
 }
 
-async fn serve(args: &Args, w: Wiring) -> Result<loopwatch::ShutdownOutcome, String> {
+async fn serve(args: &Args, w: Wiring) -> Result<loopwatch::shutdown::ShutdownOutcome, String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("bind {}: {e}", args.listen))?;
@@ -260,7 +260,7 @@ fn main() -> ExitCode {
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             b = b.service_name("example-service");
         }
-        match loopwatch::OtlpTracing::start(b) {
+        match loopwatch::trace::OtlpTracing::start(b) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("example-service: loopwatch tracing: {e}");
@@ -305,7 +305,7 @@ fn main() -> ExitCode {
         b.worker_threads(args.workers);
         // Exact stuck-poll durations and the spawn location of the task holding a worker.
         #[cfg(tokio_unstable)]
-        loopwatch::install_poll_hooks(&mut b);
+        loopwatch::workers::install_poll_hooks(&mut b);
         b
     };
     if let Some(h) = &unpark_hook {
@@ -343,13 +343,13 @@ fn main() -> ExitCode {
         .map(|g| g.route_metrics());
     let pressure = guard.as_ref().map(|g| g.pressure());
     let lifecycle = guard.as_ref().map(|g| g.lifecycle()).unwrap_or_default();
-    let mut health = loopwatch::Health::builder()
+    let mut health = loopwatch::health::Health::builder()
         .lifecycle(lifecycle.clone())
         .max_delay(Duration::from_millis(args.ready_max_delay_ms));
     if let Some(p) = &pressure {
         health = health.pressure(p.clone());
     }
-    let mut shutdown = loopwatch::GracefulShutdown::builder()
+    let mut shutdown = loopwatch::shutdown::GracefulShutdown::builder()
         .lifecycle(lifecycle)
         .drain_delay(Duration::from_millis(args.drain_delay_ms))
         .deadline(Duration::from_millis(args.drain_deadline_ms));
@@ -371,7 +371,7 @@ fn main() -> ExitCode {
         t.shutdown();
     }
     match result {
-        Ok(loopwatch::ShutdownOutcome::DeadlineExceeded { active }) => {
+        Ok(loopwatch::shutdown::ShutdownOutcome::DeadlineExceeded { active }) => {
             eprintln!("example-service: drain deadline passed with {active} active requests");
             ExitCode::FAILURE
         }

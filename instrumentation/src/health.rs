@@ -83,7 +83,9 @@ struct HealthInner {
 /// Local liveness and readiness (cheap to clone).
 ///
 /// ```
-/// use loopwatch::{Health, Lifecycle, Pressure};
+/// use loopwatch::health::Health;
+/// use loopwatch::shed::Pressure;
+/// use loopwatch::shutdown::Lifecycle;
 /// let lifecycle = Lifecycle::new(); // from a running loopwatch: guard.lifecycle()
 /// let health = Health::builder().pressure(Pressure::manual()).lifecycle(lifecycle).build();
 /// let app: axum::Router = axum::Router::new().merge(health.router());

@@ -20,7 +20,7 @@ use opentelemetry::metrics::Meter;
 
 pub use alloc::{BATCH as COUNTING_BATCH_BYTES, CountingAllocator, counted_heap_bytes};
 /// jemalloc as a global allocator (feature `jemalloc`), re-exported from `tikv-jemallocator`:
-/// `#[global_allocator] static A: loopwatch::Jemalloc = loopwatch::Jemalloc;` feeds
+/// `#[global_allocator] static A: loopwatch::heap::Jemalloc = loopwatch::heap::Jemalloc;` feeds
 /// `loopwatch.heap.*` from jemalloc's own statistics.
 #[cfg(feature = "jemalloc")]
 pub use tikv_jemallocator::Jemalloc;
@@ -287,7 +287,7 @@ pub(crate) fn register(
         let (live, heap, attrs) = (Arc::clone(live), Arc::clone(heap), attrs.to_vec());
         let _ = meter
             .u64_observable_gauge("loopwatch.heap.allocated")
-            .with_description("Live heap bytes (allocated minus freed), from loopwatch::CountingAllocator or jemalloc stats")
+            .with_description("Live heap bytes (allocated minus freed), from loopwatch::heap::CountingAllocator or jemalloc stats")
             .with_unit("By")
             .with_callback(move |obs| {
                 if let Some(b) = heap.snapshot().allocated.filter(|_| live.live()) {

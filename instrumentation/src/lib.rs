@@ -37,7 +37,7 @@
 //! | stall in progress | while a probe is outstanding its age is the current stall; past `stall_threshold` the stall is counted once, a `tracing` warning is logged and an export is forced at once |
 //! | stall end | the window is completed and another export forced, so stall = 0 and the big p99 arrive together |
 //! | who is blocking | Linux x86_64: when a stall passes `stall_threshold` or a worker starts a stuck episode (and again at twice the threshold), the probe thread interrupts each watched worker thread with a real-time signal (`SIGRTMIN+6`, [`LoopwatchBuilder::stall_stack_signal`]); the handler copies registers and up to 64 KiB of stack; the `loopwatch-stacks` thread unwinds and names the frames and reports a `tracing` warning and an OTLP log record `loopwatch.stall` / `tokio.worker.stuck` (`code.stacktrace`, `thread.id`, `thread.name`, `tokio.worker.index`, `loopwatch.stall.duration`) to the configured endpoint. On by default; [`LoopwatchBuilder::stall_stacks`], `LOOPWATCH_STALL_STACKS`. Threads are learned where the probe task runs, and by [`UnparkHook::install`] as they start |
-//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs (none with an [`UnparkHook`], which reports every wake-up). Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`RouteMetrics::layer`] of a running loopwatch) or [`ShedLayer`] wakes it at once, so a block in that request is probed from its start (the probe waits half a probe interval, at most 4 ms, for the woken worker to get going: its start-up after a quiet spell is not the event loop's lag, and a block is then read up to that much low). A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later). With an [`UnparkHook`] on the runtime (`on_thread_unpark`), every wake-up of a worker wakes the probe thread, which then sleeps until the next heartbeat export (2.5 s, or the export interval if longer) while the runtime is quiet (0.4 wake-ups a second instead of 40) and probes any block from its start, after the same wait |
+//! | idle cost | a tick where every worker is parked (`worker_park_unpark_count` odd) spawns nothing — an idle runtime has no scheduling delay; one probe per window still runs (none with an [`UnparkHook`], which reports every wake-up). Delay statistics therefore describe ticks when the runtime was awake. Once the runtime has been *quiet* (every worker parked, none woke up in between) for 200 ms, the probe thread ticks every 25 ms instead of every probe interval, until it sees a worker awake; a request passing the route layer ([`http::RouteMetrics::layer`] of a running loopwatch) or [`shed::ShedLayer`] wakes it at once, so a block in that request is probed from its start (the probe waits half a probe interval, at most 4 ms, for the woken worker to get going: its start-up after a quiet spell is not the event loop's lag, and a block is then read up to that much low). A block that starts from a quiet runtime in other work is seen up to 25 ms after its start (read up to 25 ms low, a stall reported up to 25 ms later). With an [`UnparkHook`] on the runtime (`on_thread_unpark`), every wake-up of a worker wakes the probe thread, which then sleeps until the next heartbeat export (2.5 s, or the export interval if longer) while the runtime is quiet (0.4 wake-ups a second instead of 40) and probes any block from its start, after the same wait |
 //! | unpark hook | [`UnparkHook::install`] on the runtime builder, then [`LoopwatchBuilder::unpark_hook`]: per worker wake-up one atomic increment and one load |
 //! | exports | loopwatch's own pipeline exports after every window in which the runtime was not quiet, at once on a stall (and once half way to `stall_threshold`: that export warms the export path, so the stall export at the threshold is not slowed by cold caches), its end and lifecycle changes, and otherwise every `max(export interval, 2.5 s)` as a heartbeat (the agent's default staleness is 5 s); a provider given with `meter_provider` exports on its own reader's schedule, plus the forced stall exports |
 //! | runtime metrics | `tokio_metrics::RuntimeMonitor` (stable set), sampled once per window |
@@ -96,25 +96,25 @@
 //! ```ignore
 //! // Needs RUSTFLAGS="--cfg tokio_unstable".
 //! let mut builder = tokio::runtime::Builder::new_multi_thread();
-//! loopwatch::install_poll_hooks(&mut builder).enable_all();
+//! loopwatch::workers::install_poll_hooks(&mut builder).enable_all();
 //! let rt = builder.build()?;
 //! let guard = rt.block_on(async { loopwatch::Loopwatch::builder().start() })?;
 //! ```
 //!
-//! Heap: install [`CountingAllocator`] as the global allocator (opt-in; per-thread batching of
-//! [`COUNTING_BATCH_BYTES`], so no contended atomic per allocation, accurate to that many bytes
+//! Heap: install [`heap::CountingAllocator`] as the global allocator (opt-in; per-thread batching of
+//! [`heap::COUNTING_BATCH_BYTES`], so no contended atomic per allocation, accurate to that many bytes
 //! per thread) or build with the `jemalloc` feature on a jemalloc service. Live bytes are
 //! sampled 30 times per `heap_window`; the growth rate is the least-squares slope over it.
 //!
 //! ```
 //! #[global_allocator]
-//! static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
+//! static ALLOC: loopwatch::heap::CountingAllocator = loopwatch::heap::CountingAllocator::system();
 //! ```
 //!
 //! | cargo feature / cfg | adds |
 //! |---|---|
 //! | (default) | stuck workers from runtime metrics; `CountingAllocator`; process RSS/CPU (procfs on Linux, `sysinfo` elsewhere) |
-//! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc: `#[global_allocator] static A: loopwatch::Jemalloc = loopwatch::Jemalloc;` (re-exported `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
+//! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc: `#[global_allocator] static A: loopwatch::heap::Jemalloc = loopwatch::heap::Jemalloc;` (re-exported `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
 //! | `RUSTFLAGS="--cfg tokio_unstable"` | `install_poll_hooks`, `before_task_poll`, `after_task_poll`; the unstable runtime metrics below |
 //!
 //! | name | instrument | unit | meaning |
@@ -164,17 +164,20 @@
 //!
 //! | piece | API |
 //! |---|---|
-//! | per-route HTTP metrics (`http.server.request.duration`, `http.server.active_requests`, route error ratio / latency windows, poll timing) | [`LoopwatchGuard::route_metrics`] → [`RouteMetrics::layer`] |
-//! | per-request waiting on the `tracing` span (`loopwatch.waited_ms`, `loopwatch.poll_ms`) and OTLP traces | [`RouteLayer`], [`OtlpTracing`] |
-//! | named task families (`tokio.task.family.*`) | [`TaskFamily`], [`instrument_family`] |
-//! | 503 + `Retry-After` while overloaded | [`ShedLayer`] reading [`LoopwatchGuard::pressure`] |
-//! | local `/livez`, `/readyz` | [`Health::router`] |
-//! | SIGTERM → drain → stop accepting → wait → final export; `loopwatch.lifecycle.state` (0 running, 1 draining, 2 stopped) | [`GracefulShutdown`], [`LoopwatchGuard::lifecycle`] |
+//! | per-route HTTP metrics (`http.server.request.duration`, `http.server.active_requests`, route error ratio / latency windows, poll timing) | [`LoopwatchGuard::route_metrics`] → [`http::RouteMetrics::layer`] |
+//! | per-request waiting on the `tracing` span (`loopwatch.waited_ms`, `loopwatch.poll_ms`) and OTLP traces | [`http::RouteLayer`], [`trace::OtlpTracing`] |
+//! | named task families (`tokio.task.family.*`) | [`tasks::TaskFamily`], [`tasks::instrument_family`] |
+//! | 503 + `Retry-After` while overloaded | [`shed::ShedLayer`] reading [`LoopwatchGuard::pressure`] |
+//! | local `/livez`, `/readyz` | [`health::Health::router`] |
+//! | SIGTERM → drain → stop accepting → wait → final export; `loopwatch.lifecycle.state` (0 running, 1 draining, 2 stopped) | [`shutdown::GracefulShutdown`], [`LoopwatchGuard::lifecycle`] |
 //!
 //! ```
 //! use std::time::Duration;
 //! use axum::{Router, body::Body, http::Request, routing::get};
-//! use loopwatch::{Health, Lifecycle, LifecycleState, Pressure, RouteMetrics, ShedLayer};
+//! use loopwatch::health::Health;
+//! use loopwatch::http::RouteMetrics;
+//! use loopwatch::shed::{Pressure, ShedLayer};
+//! use loopwatch::shutdown::{Lifecycle, LifecycleState};
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -208,16 +211,16 @@ mod config;
 mod error;
 mod export;
 mod flush;
-mod health;
-mod heap;
-mod http;
+pub mod health;
+pub mod heap;
+pub mod http;
 mod live;
 mod nudge;
 mod probe;
 mod process;
 mod runtime;
-mod shed;
-mod shutdown;
+pub mod shed;
+pub mod shutdown;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod signal;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -226,15 +229,15 @@ mod stacks;
 #[path = "stacks/off.rs"]
 mod stacks;
 mod start;
-mod tasks;
+pub mod tasks;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod threads;
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 #[path = "threads_off.rs"]
 mod threads;
-mod trace;
+pub mod trace;
 mod unpark;
-mod workers;
+pub mod workers;
 
 pub use config::{
     DEFAULT_EXPORT_INTERVAL, DEFAULT_EXPORT_TIMEOUT, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT,
@@ -242,37 +245,12 @@ pub use config::{
     DEFAULT_STALL_THRESHOLD, Loopwatch, LoopwatchBuilder, Protocol,
 };
 pub use error::StartError;
-pub use health::{DEFAULT_READY_MAX_DELAY, Health, HealthBuilder};
-pub use heap::{
-    COUNTING_BATCH_BYTES, CountingAllocator, DEFAULT_HEAP_WINDOW, HeapSnapshot, HeapSource,
-    counted_heap_bytes,
-};
-pub use http::{
-    DEFAULT_MAX_ROUTES, DEFAULT_RING_CAPACITY, DEFAULT_ROUTE_WINDOW, DEFAULT_SLOW_POLL_THRESHOLD,
-    DEFAULT_WAIT_EVENT_THRESHOLD, DURATION_BUCKETS, OVERFLOW_ROUTE, RouteFuture, RouteLayer,
-    RouteMetrics, RouteMetricsBuilder, RouteService, RouteStats, SHED_ERROR_TYPE, UNMATCHED_ROUTE,
-};
 pub use live::ProbeSnapshot;
 pub use runtime::RuntimeSnapshot;
-pub use shed::{
-    DEFAULT_EXEMPT_PATHS, DEFAULT_RETRY_AFTER, DEFAULT_SHED_MAX_DELAY, Overload, OverloadFn,
-    Pressure, ShedFuture, ShedLayer, ShedLayerBuilder, ShedService,
-};
-pub use shutdown::{
-    DEFAULT_DRAIN_DEADLINE, DEFAULT_DRAIN_DELAY, GracefulShutdown, GracefulShutdownBuilder,
-    Lifecycle, LifecycleState, ShutdownOutcome,
-};
 pub use start::LoopwatchGuard;
-pub use tasks::{DEFAULT_MAX_TASK_FAMILIES, OVERFLOW_FAMILY, TaskFamily, instrument_family};
-pub use trace::OtlpTracing;
 pub use unpark::UnparkHook;
 
 /// The examples of `instrumentation/README.md`, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-#[cfg(feature = "jemalloc")]
-pub use heap::Jemalloc;
-pub use workers::{DEFAULT_STUCK_THRESHOLD, StuckSource, StuckWorker};
-#[cfg(tokio_unstable)]
-pub use workers::{after_task_poll, before_task_poll, install_poll_hooks};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 
 /// The probe thread's idle flag and the means to wake it: shared by the probe thread, the
-/// nudges of the route layer and [`crate::ShedLayer`], and an [`crate::UnparkHook`].
+/// nudges of the route layer and [`crate::shed::ShedLayer`], and an [`crate::UnparkHook`].
 #[derive(Debug, Default)]
 pub(crate) struct Nudge {
     /// True while the probe thread sleeps an idle tick; a nudge takes it and unparks the thread.

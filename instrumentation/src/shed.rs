@@ -2,8 +2,6 @@
 //! the runtime is overloaded (scheduling delay, utilization, or a signal of your own), plus the
 //! [`Pressure`] handle that the shedder, the local health router and the route layer read.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -171,7 +169,7 @@ impl std::fmt::Display for Overload {
 /// A user predicate that reports overload (e.g. heap growth).
 pub type OverloadFn = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Thresholds shared by [`ShedLayer`] and [`crate::Health`].
+/// Thresholds shared by [`ShedLayer`] and [`crate::health::Health`].
 #[derive(Clone)]
 pub(crate) struct Thresholds {
     pub(crate) pressure: Pressure,
@@ -283,7 +281,7 @@ struct ShedInner {
 }
 
 /// Marks a response [`ShedLayer`] produced, so that the route layer records it with
-/// `error.type` = [`crate::SHED_ERROR_TYPE`] instead of as a server error.
+/// `error.type` = [`crate::http::SHED_ERROR_TYPE`] instead of as a server error.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shed;
 
@@ -293,7 +291,7 @@ pub(crate) struct Shed;
 /// ```
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
-/// use loopwatch::{Pressure, ShedLayer};
+/// use loopwatch::shed::{Pressure, ShedLayer};
 ///
 /// let pressure = Pressure::manual(); // from a running loopwatch: guard.pressure()
 /// let app: Router = Router::new()
@@ -357,7 +355,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = ShedFuture<S::Future>;
+    type Future = future::ShedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.service.poll_ready(cx)
@@ -378,39 +376,49 @@ where
                     .insert(header::RETRY_AFTER, self.inner.retry_after.clone());
                 // Marks the response for the route layer: shed, not an error.
                 resp.extensions_mut().insert(Shed);
-                return ShedFuture::Shed { resp: Some(resp) };
+                return future::ShedFuture::Shed { resp: Some(resp) };
             }
         }
-        ShedFuture::Inner {
+        future::ShedFuture::Inner {
             fut: self.service.call(req),
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Response future of [`ShedService`].
-    #[project = ShedProj]
-    #[allow(missing_docs)]
-    pub enum ShedFuture<F> {
-        /// Passed through.
-        Inner { #[pin] fut: F },
-        /// Shed: answers at once.
-        Shed { resp: Option<Response<Body>> },
-    }
-}
+/// The shedding layer's response future.
+pub mod future {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
-impl<F, E> Future for ShedFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, E>>,
-{
-    type Output = Result<Response<Body>, E>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ShedProj::Inner { fut } => fut.poll(cx),
-            ShedProj::Shed { resp } => match resp.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending, // polled after completion: never again ready
-            },
+    use axum::body::Body;
+    use axum::http::Response;
+
+    pin_project_lite::pin_project! {
+        /// Response future of [`super::ShedService`].
+        #[project = ShedProj]
+        #[allow(missing_docs)]
+        pub enum ShedFuture<F> {
+            /// Passed through.
+            Inner { #[pin] fut: F },
+            /// Shed: answers at once.
+            Shed { resp: Option<Response<Body>> },
+        }
+    }
+
+    impl<F, E> Future for ShedFuture<F>
+    where
+        F: Future<Output = Result<Response<Body>, E>>,
+    {
+        type Output = Result<Response<Body>, E>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            match self.project() {
+                ShedProj::Inner { fut } => fut.poll(cx),
+                ShedProj::Shed { resp } => match resp.take() {
+                    Some(r) => Poll::Ready(Ok(r)),
+                    None => Poll::Pending, // polled after completion: never again ready
+                },
+            }
         }
     }
 }

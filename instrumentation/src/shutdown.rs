@@ -210,7 +210,7 @@ struct ShutdownInner {
 /// # async fn demo(guard: loopwatch::LoopwatchGuard) -> std::io::Result<()> {
 /// use axum::{Router, routing::get};
 /// let routes = guard.route_metrics();
-/// let shutdown = loopwatch::GracefulShutdown::builder()
+/// let shutdown = loopwatch::shutdown::GracefulShutdown::builder()
 ///     .lifecycle(guard.lifecycle())
 ///     .routes(routes.clone())
 ///     .build();

@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 
+use crate::heap::HeapSnapshot;
+use crate::http::{RouteMetrics, RouteMetricsBuilder};
+use crate::shed::Pressure;
+use crate::shutdown::{Lifecycle, LifecycleState};
+use crate::workers::StuckWorker;
 use crate::{
-    DEFAULT_SHUTDOWN_TIMEOUT, HeapSnapshot, Lifecycle, LifecycleState, LoopwatchBuilder, Pressure,
-    ProbeSnapshot, RouteMetrics, RouteMetricsBuilder, StartError, StuckWorker, config, nudge,
-    process, shutdown, stacks, tasks,
+    DEFAULT_SHUTDOWN_TIMEOUT, LoopwatchBuilder, ProbeSnapshot, StartError, config, nudge, process,
+    shutdown, stacks, tasks,
 };
 
 use crate::export::{self, FlushTarget};
@@ -240,7 +244,7 @@ impl LoopwatchGuard {
         self.meter.clone()
     }
 
-    /// Load of the watched runtime, for [`ShedLayer`], [`Health`] and your own checks.
+    /// Load of the watched runtime, for [`crate::shed::ShedLayer`], [`crate::health::Health`] and your own checks.
     pub fn pressure(&self) -> Pressure {
         Pressure::from_shared(Arc::clone(&self.shared))
     }
@@ -263,8 +267,8 @@ impl LoopwatchGuard {
             .clone()
     }
 
-    /// A [`RouteMetricsBuilder`] preset with loopwatch's meter and pressure. Each
-    /// [`RouteMetricsBuilder::build`] makes new metrics and registers their instruments again:
+    /// A [`crate::http::RouteMetricsBuilder`] preset with loopwatch's meter and pressure. Each
+    /// [`crate::http::RouteMetricsBuilder::build`] makes new metrics and registers their instruments again:
     /// build once and clone the result (or use [`LoopwatchGuard::route_metrics`]).
     pub fn route_metrics_builder(&self) -> RouteMetricsBuilder {
         RouteMetrics::builder()

@@ -24,9 +24,9 @@ fn registry() -> &'static Mutex<Vec<TaskFamily>> {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let jobs = loopwatch::TaskFamily::new("jobs");
+/// let jobs = loopwatch::tasks::TaskFamily::new("jobs");
 /// tokio::spawn(jobs.instrument(async { /* work */ })).await.unwrap();
-/// tokio::spawn(loopwatch::instrument_family("cache-refresh", async {})).await.unwrap();
+/// tokio::spawn(loopwatch::tasks::instrument_family("cache-refresh", async {})).await.unwrap();
 /// assert_eq!(jobs.stats().instrumented_count, 1);
 /// # }
 /// ```

@@ -23,7 +23,7 @@ use crate::error::StartError;
 /// use tracing_subscriber::layer::SubscriberExt;
 /// use tracing_subscriber::util::SubscriberInitExt;
 ///
-/// let tracing = loopwatch::OtlpTracing::start(
+/// let tracing = loopwatch::trace::OtlpTracing::start(
 ///     loopwatch::Loopwatch::builder().service_name("example-service"),
 /// )?;
 /// tracing_subscriber::registry().with(tracing.layer()).init();

@@ -17,7 +17,7 @@
 //!   worker of a `current_thread` runtime stuck is a stall, which the probe reports (and an
 //!   undriven `current_thread` runtime would look awake). After the watched runtime shut down
 //!   nothing is reported.
-//! * **Poll hooks (`--cfg tokio_unstable`).** With [`install_poll_hooks`] on the runtime
+//! * **Poll hooks (`--cfg tokio_unstable`).** With `install_poll_hooks` on the runtime
 //!   builder, every worker stamps the start of each poll and the spawn location of the task it
 //!   polls into its own slot (two relaxed atomic stores and one clock read per poll; no lock, no
 //!   allocation). The duration is then exact and the report names the task's spawn location.
@@ -40,7 +40,7 @@ pub const DEFAULT_STUCK_THRESHOLD: Duration = Duration::from_millis(250);
 
 impl LoopwatchBuilder {
     /// Time a worker must be stuck before it is reported as `tokio.worker.stuck.duration` and a
-    /// `tracing` warning; default [`DEFAULT_STUCK_THRESHOLD`]. Must be at least 1 ms.
+    /// `tracing` warning; default [`crate::workers::DEFAULT_STUCK_THRESHOLD`]. Must be at least 1 ms.
     pub fn stuck_threshold(mut self, threshold: Duration) -> Self {
         self.stuck_threshold = Some(threshold);
         self
@@ -54,7 +54,7 @@ pub enum StuckSource {
     /// From runtime metrics (stable tokio): awake and no metrics published; duration is a lower
     /// bound, task unknown.
     RuntimeMetrics,
-    /// From loopwatch's poll hooks (`--cfg tokio_unstable` + `crate::install_poll_hooks`): exact
+    /// From loopwatch's poll hooks (`--cfg tokio_unstable` + `crate::workers::install_poll_hooks`): exact
     /// duration of the current poll, with the task's spawn location.
     PollHooks,
 }
@@ -638,13 +638,13 @@ mod hooks {
     ///
     /// ```ignore
     /// let mut b = tokio::runtime::Builder::new_multi_thread();
-    /// loopwatch::install_poll_hooks(&mut b).enable_all();
+    /// loopwatch::workers::install_poll_hooks(&mut b).enable_all();
     /// let rt = b.build()?;
     /// ```
     ///
     /// This replaces any `on_before_task_poll` / `on_after_task_poll` callback set before
-    /// (tokio keeps one of each); to keep your own, call [`before_task_poll`] and
-    /// [`after_task_poll`] from it instead.
+    /// (tokio keeps one of each); to keep your own, call [`crate::workers::before_task_poll`] and
+    /// [`crate::workers::after_task_poll`] from it instead.
     pub fn install_poll_hooks(builder: &mut Builder) -> &mut Builder {
         let _ = base();
         builder

@@ -7,7 +7,7 @@ mod capture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopwatch::{CountingAllocator, HeapSource};
+use loopwatch::heap::{CountingAllocator, HeapSource};
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::system();

@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use loopwatch::HeapSource;
+use loopwatch::heap::HeapSource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 #[global_allocator]
-static ALLOC: loopwatch::Jemalloc = loopwatch::Jemalloc;
+static ALLOC: loopwatch::heap::Jemalloc = loopwatch::heap::Jemalloc;
 
 #[test]
 fn jemalloc_stats_feed_the_heap_metrics() {
@@ -23,7 +23,7 @@ fn jemalloc_stats_feed_the_heap_metrics() {
         .heap_window(Duration::from_millis(600))
         .start_with_handle(rt.handle().clone())
         .expect("start");
-    let wait_for = |pred: &dyn Fn(&loopwatch::HeapSnapshot) -> bool| {
+    let wait_for = |pred: &dyn Fn(&loopwatch::heap::HeapSnapshot) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let h = guard.heap();

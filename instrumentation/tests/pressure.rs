@@ -68,7 +68,7 @@ fn pressure_reads_a_block_while_it_lasts_and_the_shed_layer_acts_on_it() {
     assert!(!blocking.load(Ordering::SeqCst));
 
     // Right after: the completed window's p99 keeps it visible, and the shedder acts on it.
-    let shed = loopwatch::ShedLayer::builder(pressure.clone())
+    let shed = loopwatch::shed::ShedLayer::builder(pressure.clone())
         .max_delay(LIMIT)
         .build();
     let app = Router::new()

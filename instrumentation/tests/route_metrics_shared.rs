@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
-use loopwatch::CountingAllocator;
+use loopwatch::heap::CountingAllocator;
 use tower::ServiceExt;
 
 #[global_allocator]
@@ -27,7 +27,7 @@ fn rss_bytes() -> u64 {
     kb * 1024
 }
 
-fn router(routes: &loopwatch::RouteMetrics) -> Router {
+fn router(routes: &loopwatch::http::RouteMetrics) -> Router {
     Router::new()
         .route("/x", get(|| async { "x" }))
         .layer(routes.layer())
@@ -66,7 +66,7 @@ fn repeated_route_metrics_calls_share_one_state_and_one_series() {
         }
     });
 
-    let heap_before = loopwatch::counted_heap_bytes().expect("CountingAllocator installed");
+    let heap_before = loopwatch::heap::counted_heap_bytes().expect("CountingAllocator installed");
     let rss_before = rss_bytes();
     let mut last = None;
     for _ in 0..CALLS {
@@ -75,7 +75,7 @@ fn repeated_route_metrics_calls_share_one_state_and_one_series() {
         drop(router(&m));
         last = Some(m);
     }
-    let heap_growth = loopwatch::counted_heap_bytes()
+    let heap_growth = loopwatch::heap::counted_heap_bytes()
         .expect("counted")
         .saturating_sub(heap_before);
     let rss_growth = rss_bytes().saturating_sub(rss_before);

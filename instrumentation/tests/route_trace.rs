@@ -118,7 +118,7 @@ fn waiting_behind_a_block_is_on_the_request_span_and_reaches_otlp() {
         tonic::transport::Server::builder().add_service(TraceServiceServer::new(receiver.clone())),
     );
 
-    let tracing_pipeline = loopwatch::OtlpTracing::start(
+    let tracing_pipeline = loopwatch::trace::OtlpTracing::start(
         loopwatch::Loopwatch::builder()
             .service_name("trace-test")
             .endpoint(format!("http://{addr}"))
@@ -287,7 +287,7 @@ fn task_family_times_spawned_tasks() {
         .enable_all()
         .build()
         .expect("runtime");
-    let fam = loopwatch::TaskFamily::new("route-trace-test-family");
+    let fam = loopwatch::tasks::TaskFamily::new("route-trace-test-family");
     rt.block_on(async {
         for _ in 0..3 {
             tokio::spawn(fam.instrument(async {

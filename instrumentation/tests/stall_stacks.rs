@@ -23,7 +23,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 /// Every allocation of these tests goes through loopwatch's counting allocator, so that a
 /// signal landing in `malloc`/`free` lands inside it too.
 #[global_allocator]
-static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
+static ALLOC: loopwatch::heap::CountingAllocator = loopwatch::heap::CountingAllocator::system();
 
 const THRESHOLD: Duration = Duration::from_millis(100);
 /// Generous upper bound on waiting for reports (never a timing assertion).

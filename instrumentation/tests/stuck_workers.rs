@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopwatch::{LoopwatchGuard, StuckSource, StuckWorker};
+use loopwatch::LoopwatchGuard;
+use loopwatch::workers::{StuckSource, StuckWorker};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use capture::{Points, provider};
@@ -101,7 +102,7 @@ fn runtime(hooks: bool) -> tokio::runtime::Runtime {
     b.worker_threads(WORKERS).enable_all();
     #[cfg(tokio_unstable)]
     if hooks {
-        loopwatch::install_poll_hooks(&mut b);
+        loopwatch::workers::install_poll_hooks(&mut b);
     }
     #[cfg(not(tokio_unstable))]
     let _ = hooks;

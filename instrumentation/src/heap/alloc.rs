@@ -35,7 +35,7 @@ thread_local! {
 ///
 /// ```
 /// #[global_allocator]
-/// static ALLOC: loopwatch::CountingAllocator = loopwatch::CountingAllocator::system();
+/// static ALLOC: loopwatch::heap::CountingAllocator = loopwatch::heap::CountingAllocator::system();
 /// ```
 ///
 /// Wrap another allocator with [`CountingAllocator::new`], e.g. jemalloc:

@@ -377,7 +377,7 @@ pub(super) fn register(meter: &Meter, inner: &Arc<Inner>) {
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// let routes = loopwatch::RouteMetrics::builder().build(); // or guard.route_metrics()
+/// let routes = loopwatch::http::RouteMetrics::builder().build(); // or guard.route_metrics()
 /// let app: Router = Router::new()
 ///     .route("/items/{id}", get(|| async { "item" }))
 ///     .layer(routes.layer());

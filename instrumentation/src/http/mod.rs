@@ -35,7 +35,12 @@ mod metrics;
 mod ring;
 mod window;
 
-pub use layer::{RouteFuture, RouteLayer, RouteService};
+pub use layer::{RouteLayer, RouteService};
+
+/// The route layer's response future.
+pub mod future {
+    pub use super::layer::RouteFuture;
+}
 #[cfg(test)]
 use metrics::next_drain_pause;
 pub use metrics::{RouteMetrics, RouteMetricsBuilder, RouteStats};
@@ -88,7 +93,7 @@ const KIND_OK: u64 = 0;
 const KIND_5XX: u64 = 1;
 const KIND_SERVICE_ERROR: u64 = 2;
 const KIND_CANCELLED: u64 = 3;
-/// A response of the service's own load shedding ([`crate::ShedLayer`]): not an error.
+/// A response of the service's own load shedding ([`crate::shed::ShedLayer`]): not an error.
 const KIND_SHED: u64 = 4;
 /// `error.type` of a shed response; namespaced so another SDK's `"503"` never collides.
 pub const SHED_ERROR_TYPE: &str = "loopwatch.shed";

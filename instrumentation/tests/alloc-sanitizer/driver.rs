@@ -1,4 +1,4 @@
-//! Soundness driver for `loopwatch::CountingAllocator` (run by `../alloc-sanitizer.sh`).
+//! Soundness driver for `loopwatch::heap::CountingAllocator` (run by `../alloc-sanitizer.sh`).
 //!
 //! Includes the allocator module's source directly (it depends on std only), installs it as
 //! the global allocator and stresses every `GlobalAlloc` method from several threads: alloc,
