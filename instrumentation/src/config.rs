@@ -39,10 +39,47 @@ pub(crate) mod env {
     pub(crate) const METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
     pub(crate) const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
     pub(crate) const EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+    pub(crate) const METRICS_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT";
+    pub(crate) const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+    pub(crate) const METRICS_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION";
+    pub(crate) const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+    pub(crate) const METRICS_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE";
+    pub(crate) const CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+    pub(crate) const METRICS_CLIENT_CERTIFICATE: &str =
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE";
+    pub(crate) const CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+    pub(crate) const METRICS_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY";
+    pub(crate) const CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
     pub(crate) const POD_NAME: &str = "POD_NAME";
     pub(crate) const HOSTNAME: &str = "HOSTNAME";
     pub(crate) const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
     pub(crate) const STALL_STACKS: &str = "LOOPWATCH_STALL_STACKS";
+
+    /// Every variable above: the documented table must name each.
+    #[cfg(test)]
+    pub(crate) const ALL: [&str; 21] = [
+        SERVICE_NAME,
+        RESOURCE_ATTRIBUTES,
+        METRICS_ENDPOINT,
+        ENDPOINT,
+        METRICS_PROTOCOL,
+        PROTOCOL,
+        EXPORT_INTERVAL,
+        METRICS_TIMEOUT,
+        TIMEOUT,
+        METRICS_COMPRESSION,
+        COMPRESSION,
+        METRICS_CERTIFICATE,
+        CERTIFICATE,
+        METRICS_CLIENT_CERTIFICATE,
+        CLIENT_CERTIFICATE,
+        METRICS_CLIENT_KEY,
+        CLIENT_KEY,
+        POD_NAME,
+        HOSTNAME,
+        KUBERNETES_SERVICE_HOST,
+        STALL_STACKS,
+    ];
 }
 
 /// OTLP transport.
@@ -112,7 +149,8 @@ impl LoopwatchBuilder {
         self.export_interval = Some(interval);
         self
     }
-    /// Bound on one export attempt; default [`DEFAULT_EXPORT_TIMEOUT`].
+    /// Bound on one export attempt. Else `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT` /
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else [`DEFAULT_EXPORT_TIMEOUT`].
     pub fn export_timeout(mut self, timeout: Duration) -> Self {
         self.export_timeout = Some(timeout);
         self
@@ -172,6 +210,9 @@ pub(crate) struct Settings {
     pub(crate) protocol: Protocol,
     pub(crate) export_interval: Duration,
     pub(crate) export_timeout: Duration,
+    /// Gzip request bodies (`OTEL_EXPORTER_OTLP_COMPRESSION`).
+    pub(crate) gzip: bool,
+    pub(crate) tls: TlsFiles,
     pub(crate) probe_interval: Duration,
     pub(crate) stall_threshold: Duration,
     pub(crate) runtime_name: String,
@@ -214,52 +255,41 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         b.stall_threshold.unwrap_or(DEFAULT_STALL_THRESHOLD),
         Duration::from_millis(1),
     )?;
-    let export_timeout = check_positive(
-        "export_timeout",
-        b.export_timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT),
-        Duration::from_millis(1),
-    )?;
+    let export_timeout = match b.export_timeout {
+        Some(d) => check_positive("export_timeout", d, Duration::from_millis(1))?,
+        None => match first_set(env, [env::METRICS_TIMEOUT, env::TIMEOUT]) {
+            Some((var, v)) => env_millis(var, v)?,
+            None => DEFAULT_EXPORT_TIMEOUT,
+        },
+    };
     let export_interval = match b.export_interval {
         Some(d) => check_positive("export_interval", d, Duration::from_millis(1))?,
         None => match non_empty(env, env::EXPORT_INTERVAL) {
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => {
-                    return Err(StartError::InvalidEnv {
-                        var: env::EXPORT_INTERVAL,
-                        value: v,
-                        reason: "is not a whole number of milliseconds (> 0)".into(),
-                    });
-                }
-            },
+            Some(v) => env_millis(env::EXPORT_INTERVAL, v)?,
             None => DEFAULT_EXPORT_INTERVAL,
         },
     };
+    let gzip = resolve_gzip(env)?;
     let runtime_name = b
         .runtime_name
         .unwrap_or_else(|| DEFAULT_RUNTIME_NAME.to_owned());
 
     let protocol = match b.protocol {
         Some(p) => p,
-        None => {
-            let found = [env::METRICS_PROTOCOL, env::PROTOCOL]
-                .into_iter()
-                .find_map(|var| non_empty(env, var).map(|v| (var, v)));
-            match found {
-                None => Protocol::Grpc,
-                Some((var, v)) => match v.trim() {
-                    "grpc" => Protocol::Grpc,
-                    "http/protobuf" => Protocol::HttpProtobuf,
-                    _ => {
-                        return Err(StartError::InvalidEnv {
-                            var,
-                            value: v,
-                            reason: "is not a supported protocol (grpc | http/protobuf)".into(),
-                        });
-                    }
-                },
-            }
-        }
+        None => match first_set(env, [env::METRICS_PROTOCOL, env::PROTOCOL]) {
+            None => Protocol::Grpc,
+            Some((var, v)) => match v.trim() {
+                "grpc" => Protocol::Grpc,
+                "http/protobuf" => Protocol::HttpProtobuf,
+                _ => {
+                    return Err(StartError::InvalidEnv {
+                        var,
+                        value: v,
+                        reason: "is not a supported protocol (grpc | http/protobuf)".into(),
+                    });
+                }
+            },
+        },
     };
 
     let (endpoint, source_key) = if let Some(e) = b.endpoint {
@@ -280,6 +310,7 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         (d.to_owned(), "default")
     };
     let endpoint = validate_endpoint(endpoint.trim(), source_key)?;
+    let tls = resolve_tls(env, &endpoint)?;
 
     let resource = resolve_resource(b.service_name, env)?;
     let stall_stacks = match b.stall_stacks {
@@ -305,6 +336,8 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         protocol,
         export_interval,
         export_timeout,
+        gzip,
+        tls,
         probe_interval,
         stall_threshold,
         runtime_name,
@@ -313,6 +346,97 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         stall_stacks,
         stall_stack_signal: b.stall_stack_signal,
     })
+}
+
+/// The first of `vars` that is set (not empty), with its name: a `_METRICS_` form listed first
+/// wins over the generic one.
+fn first_set<const N: usize>(
+    env: EnvLookup<'_>,
+    vars: [&'static str; N],
+) -> Option<(&'static str, String)> {
+    vars.into_iter()
+        .find_map(|var| non_empty(env, var).map(|v| (var, v)))
+}
+
+/// A whole, positive number of milliseconds from `var`.
+fn env_millis(var: &'static str, value: String) -> Result<Duration, StartError> {
+    match value.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(StartError::InvalidEnv {
+            var,
+            value,
+            reason: "is not a whole number of milliseconds (> 0)".into(),
+        }),
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_{METRICS_,}COMPRESSION`: `gzip` or `none` (default). The value is not
+/// trimmed: opentelemetry-otlp reads these variables too, untrimmed, and both readings must
+/// agree.
+fn resolve_gzip(env: EnvLookup<'_>) -> Result<bool, StartError> {
+    match first_set(env, [env::METRICS_COMPRESSION, env::COMPRESSION]) {
+        None => Ok(false),
+        Some((_, v)) if v.eq_ignore_ascii_case("gzip") => Ok(true),
+        Some((_, v)) if v.eq_ignore_ascii_case("none") => Ok(false),
+        Some((var, v)) => Err(StartError::InvalidEnv {
+            var,
+            value: v,
+            reason: "is not a supported compression (gzip | none)".into(),
+        }),
+    }
+}
+
+/// PEM files for an `https://` endpoint, each with the variable that named it (errors name it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// CA certificates to trust instead of the system roots.
+    pub(crate) ca: Option<(&'static str, String)>,
+    /// Client certificate chain (mTLS), set together with `key`.
+    pub(crate) cert: Option<(&'static str, String)>,
+    /// Client private key (mTLS).
+    pub(crate) key: Option<(&'static str, String)>,
+}
+
+/// The certificate variables, the `_METRICS_` form of each winning. They apply to `https://`
+/// endpoints only. For an `http://` endpoint the generic forms are ignored (a process's other
+/// OTLP exporters may use them for their own `https://` endpoints), while a `_METRICS_` form
+/// is an error: it can only have been meant for this exporter.
+fn resolve_tls(env: EnvLookup<'_>, endpoint: &str) -> Result<TlsFiles, StartError> {
+    let files = TlsFiles {
+        ca: first_set(env, [env::METRICS_CERTIFICATE, env::CERTIFICATE]),
+        cert: first_set(
+            env,
+            [env::METRICS_CLIENT_CERTIFICATE, env::CLIENT_CERTIFICATE],
+        ),
+        key: first_set(env, [env::METRICS_CLIENT_KEY, env::CLIENT_KEY]),
+    };
+    if !endpoint.starts_with("https://") {
+        let metrics_var = [&files.ca, &files.cert, &files.key]
+            .into_iter()
+            .flatten()
+            .find(|(var, _)| var.contains("_METRICS_"));
+        return match metrics_var {
+            Some((var, v)) => Err(StartError::InvalidEnv {
+                var,
+                value: v.clone(),
+                reason: format!("needs an https:// endpoint (the endpoint is {endpoint})"),
+            }),
+            None => Ok(TlsFiles::default()),
+        };
+    }
+    match (&files.cert, &files.key) {
+        (Some((var, v)), None) => Err(StartError::InvalidEnv {
+            var,
+            value: v.clone(),
+            reason: format!("needs {} as well", env::CLIENT_KEY),
+        }),
+        (None, Some((var, v))) => Err(StartError::InvalidEnv {
+            var,
+            value: v.clone(),
+            reason: format!("needs {} as well", env::CLIENT_CERTIFICATE),
+        }),
+        _ => Ok(files),
+    }
 }
 
 fn validate_endpoint(value: &str, source_key: &'static str) -> Result<String, StartError> {
@@ -438,172 +562,4 @@ fn resolve_resource(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn resolve_with(b: LoopwatchBuilder, vars: &[(&str, &str)]) -> Result<Settings, StartError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        resolve(b, &move |k: &str| map.get(k).cloned())
-    }
-
-    fn attr(s: &Settings, key: &str) -> Option<String> {
-        s.resource
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.to_string())
-    }
-
-    #[test]
-    fn defaults() {
-        let s = resolve_with(Loopwatch::builder(), &[]).expect("defaults resolve");
-        assert_eq!(s.endpoint, DEFAULT_GRPC_ENDPOINT);
-        assert_eq!(s.protocol, Protocol::Grpc);
-        assert_eq!(s.export_interval, DEFAULT_EXPORT_INTERVAL);
-        assert_eq!(s.probe_interval, DEFAULT_PROBE_INTERVAL);
-        assert_eq!(s.stall_threshold, DEFAULT_STALL_THRESHOLD);
-        assert_eq!(s.runtime_name, "main");
-        assert_eq!(attr(&s, "service.name").as_deref(), Some("unknown_service"));
-        let id = attr(&s, "service.instance.id").expect("instance id generated");
-        assert!(id.contains(&format!("-{}-", std::process::id())), "{id}");
-        assert_eq!(attr(&s, "k8s.pod.name"), None);
-    }
-
-    #[test]
-    fn builder_beats_env_beats_default() {
-        let env = [
-            ("OTEL_SERVICE_NAME", "from-env"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ];
-        let s = resolve_with(Loopwatch::builder(), &env).expect("env resolves");
-        assert_eq!(attr(&s, "service.name").as_deref(), Some("from-env"));
-        assert_eq!(s.protocol, Protocol::HttpProtobuf);
-        assert_eq!(s.endpoint, "http://env:4317/v1/metrics");
-        assert_eq!(s.export_interval, Duration::from_millis(250));
-
-        let b = Loopwatch::builder()
-            .service_name("svc")
-            .endpoint("http://b:1")
-            .protocol(Protocol::Grpc)
-            .export_interval(Duration::from_secs(3));
-        let s = resolve_with(b, &env).expect("builder resolves");
-        assert_eq!(attr(&s, "service.name").as_deref(), Some("svc"));
-        assert_eq!(s.protocol, Protocol::Grpc);
-        assert_eq!(s.endpoint, "http://b:1");
-        assert_eq!(s.export_interval, Duration::from_secs(3));
-    }
-
-    #[test]
-    fn metrics_endpoint_is_verbatim_and_wins() {
-        let env = [
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318/"),
-            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9/custom"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ];
-        let s = resolve_with(Loopwatch::builder(), &env).expect("resolves");
-        assert_eq!(s.endpoint, "http://m:9/custom");
-        let s = resolve_with(Loopwatch::builder(), &env[..1]).expect("resolves");
-        assert_eq!(s.endpoint, "http://generic:4318/"); // grpc: verbatim
-        let s = resolve_with(Loopwatch::builder().protocol(Protocol::HttpProtobuf), &[])
-            .expect("resolves");
-        assert_eq!(s.endpoint, DEFAULT_HTTP_ENDPOINT);
-    }
-
-    #[test]
-    fn bad_env_values_name_the_variable() {
-        let err = resolve_with(
-            Loopwatch::builder(),
-            &[("OTEL_METRIC_EXPORT_INTERVAL", "abc")],
-        )
-        .expect_err("abc is not a number");
-        assert_eq!(
-            err.to_string(),
-            "OTEL_METRIC_EXPORT_INTERVAL: \"abc\" is not a whole number of milliseconds (> 0)"
-        );
-        let err = resolve_with(
-            Loopwatch::builder(),
-            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
-        )
-        .expect_err("json unsupported");
-        assert!(
-            err.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL:"),
-            "{err}"
-        );
-        let err = resolve_with(
-            Loopwatch::builder(),
-            &[("OTEL_RESOURCE_ATTRIBUTES", "a=1,b")],
-        )
-        .expect_err("entry without =");
-        assert!(
-            err.to_string().starts_with("OTEL_RESOURCE_ATTRIBUTES:"),
-            "{err}"
-        );
-        let err = resolve_with(
-            Loopwatch::builder(),
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317")],
-        )
-        .expect_err("no scheme");
-        assert!(
-            err.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            "{err}"
-        );
-        let err = resolve_with(Loopwatch::builder().probe_interval(Duration::ZERO), &[])
-            .expect_err("zero interval");
-        assert!(err.to_string().starts_with("probe_interval:"), "{err}");
-    }
-
-    #[test]
-    fn stall_stacks_builder_beats_env_beats_on() {
-        let on =
-            |b: LoopwatchBuilder, v: &[(&str, &str)]| resolve_with(b, v).map(|s| s.stall_stacks);
-        assert!(on(Loopwatch::builder(), &[]).expect("default"));
-        let off = [("LOOPWATCH_STALL_STACKS", "false")];
-        assert!(!on(Loopwatch::builder(), &off).expect("env"));
-        assert!(on(Loopwatch::builder().stall_stacks(true), &off).expect("builder"));
-        let err = on(Loopwatch::builder(), &[("LOOPWATCH_STALL_STACKS", "maybe")])
-            .expect_err("not a boolean");
-        assert!(
-            err.to_string().starts_with("LOOPWATCH_STALL_STACKS:"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn resource_attributes() {
-        let env = [
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "service.name=attr-svc,service.instance.id=i-1,deployment.environment=prod%2Ceu",
-            ),
-            ("POD_NAME", "pod-7"),
-        ];
-        let s = resolve_with(Loopwatch::builder(), &env).expect("resolves");
-        assert_eq!(attr(&s, "service.name").as_deref(), Some("attr-svc"));
-        assert_eq!(attr(&s, "service.instance.id").as_deref(), Some("i-1"));
-        assert_eq!(
-            attr(&s, "deployment.environment").as_deref(),
-            Some("prod,eu")
-        );
-        assert_eq!(attr(&s, "k8s.pod.name").as_deref(), Some("pod-7"));
-
-        let env = [
-            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
-            ("HOSTNAME", "web-abc"),
-        ];
-        let s = resolve_with(Loopwatch::builder(), &env).expect("resolves");
-        assert_eq!(attr(&s, "k8s.pod.name").as_deref(), Some("web-abc"));
-        assert!(
-            attr(&s, "service.instance.id")
-                .unwrap_or_default()
-                .starts_with("web-abc-")
-        );
-        // outside Kubernetes HOSTNAME is not a pod name
-        let s = resolve_with(Loopwatch::builder(), &env[1..]).expect("resolves");
-        assert_eq!(attr(&s, "k8s.pod.name"), None);
-    }
-}
+mod tests;

@@ -3,16 +3,17 @@
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{
-    MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    Compression, MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::reader::MetricReader;
@@ -20,9 +21,10 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
 
-use crate::config::{Protocol, Settings};
+use crate::config::{Protocol, Settings, TlsFiles};
 use crate::error::StartError;
 use crate::live::Shared;
+use crate::tls::TlsMaterial;
 
 /// Bucket boundaries of `tokio.schedule.duration`, seconds.
 pub(crate) const SCHEDULE_BUCKETS: [f64; 16] = [
@@ -43,7 +45,7 @@ pub(crate) struct OwnedPipeline {
     pub(crate) provider: SdkMeterProvider,
     reader: Arc<ManualReader>,
     exporter: MetricExporter,
-    /// gRPC: the runtime of the tonic channel; `None` for HTTP (a blocking client).
+    /// The runtime of the exporter's connections; `None` once shut down.
     runtime: Option<tokio::runtime::Runtime>,
     /// Reused between collections.
     metrics: ResourceMetrics,
@@ -61,7 +63,7 @@ impl OwnedPipeline {
         let export = self.exporter.export(&self.metrics);
         match &self.runtime {
             Some(rt) => rt.block_on(export),
-            None => block_on(export),
+            None => Err(OTelSdkError::AlreadyShutdown),
         }
     }
 
@@ -103,69 +105,13 @@ impl MetricReader for SharedReader {
     }
 }
 
-/// Wakes the thread blocked in [`block_on`].
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Runs a future to completion on this thread, outside any runtime (the HTTP exporter's
-/// blocking client must not run inside one).
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
-/// Builds the OTLP exporter + manual reader + provider. For gRPC the tonic channel is created
-/// inside loopwatch's own current-thread runtime, driven by the `loopwatch-flush` thread during
-/// exports, so exports progress while the watched runtime is completely blocked.
+/// Builds the OTLP exporter + manual reader + provider. The exporter's connections (a tonic
+/// channel, or a hyper client pool for HTTP) live in loopwatch's own current-thread runtime,
+/// driven by the `loopwatch-flush` thread during exports, so exports progress while the watched
+/// runtime is completely blocked.
 pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> {
-    let (exporter, runtime) = match s.protocol {
-        Protocol::Grpc => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| StartError::Exporter(format!("loopwatch export runtime: {e}")))?;
-            let built = {
-                let _enter = rt.enter();
-                MetricExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(s.endpoint.clone())
-                    .with_timeout(s.export_timeout)
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build()
-            };
-            match built {
-                Ok(e) => (e, Some(rt)),
-                Err(e) => {
-                    // Never drop a runtime in an async context: it would panic.
-                    rt.shutdown_background();
-                    return Err(StartError::Exporter(e.to_string()));
-                }
-            }
-        }
-        Protocol::HttpProtobuf => {
-            let e = MetricExporter::builder()
-                .with_http()
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(s.export_timeout)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_retry_policy(RetryPolicy::disabled())
-                .build()
-                .map_err(|e| StartError::Exporter(e.to_string()))?;
-            (e, None)
-        }
-    };
+    let tls = tls_for(&s.endpoint, &s.tls)?;
+    let (rt, exporter) = on_export_runtime(|| build_exporter(s, tls.as_ref()))?;
     let reader = Arc::new(
         ManualReader::builder()
             .with_temporality(exporter.temporality())
@@ -182,10 +128,119 @@ pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> 
         provider,
         reader,
         exporter,
-        runtime,
+        runtime: Some(rt),
         metrics: ResourceMetrics::default(),
         heartbeat: s.export_interval.max(IDLE_EXPORT_INTERVAL),
     })
+}
+
+/// A new current-thread export runtime and `build`'s result, built inside it: the tonic channel
+/// and the hyper client spawn their connection tasks there.
+pub(crate) fn on_export_runtime<T>(
+    build: impl FnOnce() -> Result<T, StartError>,
+) -> Result<(tokio::runtime::Runtime, T), StartError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Exporter(format!("loopwatch export runtime: {e}")))?;
+    let built = {
+        let _enter = rt.enter();
+        build()
+    };
+    match built {
+        Ok(v) => Ok((rt, v)),
+        Err(e) => {
+            // Never drop a runtime in an async context: it would panic.
+            rt.shutdown_background();
+            Err(e)
+        }
+    }
+}
+
+/// The OTLP metric exporter for `s`: endpoint, timeout, gzip and TLS as resolved by loopwatch
+/// (headers come from the environment through opentelemetry-otlp).
+fn build_exporter(s: &Settings, tls: Option<&TlsMaterial>) -> Result<MetricExporter, StartError> {
+    let built = match s.protocol {
+        Protocol::Grpc => grpc_transport(
+            MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(s.endpoint.clone())
+                .with_timeout(s.export_timeout)
+                .with_retry_policy(RetryPolicy::disabled()),
+            s.gzip,
+            tls,
+        )
+        .build(),
+        Protocol::HttpProtobuf => http_transport(
+            MetricExporter::builder()
+                .with_http()
+                .with_endpoint(s.endpoint.clone())
+                .with_timeout(s.export_timeout)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_retry_policy(RetryPolicy::disabled()),
+            s.gzip,
+            tls,
+            s.export_timeout,
+        )?
+        .build(),
+    };
+    built.map_err(|e| StartError::Exporter(e.to_string()))
+}
+
+/// The TLS material for `endpoint`: loaded for `https://`, `None` otherwise.
+pub(crate) fn tls_for(endpoint: &str, files: &TlsFiles) -> Result<Option<TlsMaterial>, StartError> {
+    match endpoint.starts_with("https://") {
+        true => TlsMaterial::load(files).map(Some),
+        false => Ok(None),
+    }
+}
+
+/// gzip and TLS on a gRPC exporter builder (metrics or logs).
+pub(crate) fn grpc_transport<B: WithTonicConfig>(
+    mut b: B,
+    gzip: bool,
+    tls: Option<&TlsMaterial>,
+) -> B {
+    if let Some(tls) = tls {
+        b = b.with_tls_config(tls.grpc());
+    }
+    if gzip {
+        b = b.with_compression(Compression::Gzip);
+    }
+    b
+}
+
+/// gzip and the HTTP client on an HTTP exporter builder (metrics or logs): hyper on loopwatch's
+/// export runtime (the builder must run inside it), with rustls (ring) for `https://` on
+/// loopwatch's own TLS config, which needs no process-wide crypto provider. The client bounds
+/// the whole request, body included, by `timeout`.
+pub(crate) fn http_transport<B: WithHttpConfig>(
+    mut b: B,
+    gzip: bool,
+    tls: Option<&TlsMaterial>,
+    timeout: Duration,
+) -> Result<B, StartError> {
+    let tls_config = match tls {
+        Some(material) => material.http()?,
+        // An `http://` endpoint never uses TLS: trust nothing.
+        None => crate::tls::config_builder()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(timeout));
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    b = b.with_http_client(HyperClient::new(connector, timeout, None));
+    if gzip {
+        b = b.with_compression(Compression::Gzip);
+    }
+    Ok(b)
 }
 
 /// (name, description, reader) of an f64 gauge.

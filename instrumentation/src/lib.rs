@@ -137,24 +137,20 @@
 //!
 //! ## Environment variables (builder value > environment > default)
 //!
-//! | variable | setting |
-//! |---|---|
-//! | `OTEL_SERVICE_NAME` | `service.name` (before `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; default `unknown_service`) |
-//! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` (values percent-encoded): extra resource attributes; `service.instance.id` and `k8s.pod.name` taken from here if present |
-//! | `POD_NAME` | `k8s.pod.name`; else `HOSTNAME` when `KUBERNETES_SERVICE_HOST` is set (inside a pod) |
-//! | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` | endpoint, verbatim |
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | endpoint; for HTTP `/v1/metrics` is appended |
-//! | `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` (default) or `http/protobuf` |
-//! | `LOOPWATCH_STALL_STACKS` | stall stacks on or off (`true`/`false`, `1`/`0`; default on) |
-//! | `OTEL_METRIC_EXPORT_INTERVAL` | export interval = window length, whole milliseconds (while the runtime is quiet, loopwatch's own pipeline exports every max(interval, 2.5 s)) |
+#![doc = include_str!("env.md")]
 //!
 //! Unset and empty variables are ignored; a bad value fails [`LoopwatchBuilder::start`] with an
-//! error naming the variable. `service.instance.id`, when not given, is generated once per
-//! start as `<HOSTNAME or /etc/hostname or "host">-<pid>-<start time, ns since epoch, hex>`.
+//! error naming the variable, as does an unreadable or invalid certificate file for an
+//! `https://` endpoint. The certificate variables apply to `https://` endpoints only: for an
+//! `http://` endpoint the generic forms are ignored (other exporters of the process may use
+//! them) and a `_METRICS_` form is an error. Transport settings also apply to the stall-stack
+//! log records and to [`OtlpTracing`] over gRPC. `service.instance.id`, when not given, is
+//! generated once per start as `<HOSTNAME or /etc/hostname or "host">-<pid>-<start time, ns since epoch, hex>`.
 //!
 //! ## Agent down
 //!
-//! Each export attempt is bounded by [`DEFAULT_EXPORT_TIMEOUT`] and not retried (every export
+//! Each export attempt is bounded by the export timeout ([`DEFAULT_EXPORT_TIMEOUT`],
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`) and not retried (every export
 //! carries the full cumulative state); the SDK aggregates by series, so nothing buffers without
 //! bound; the probe never waits for an export.
 //!
@@ -235,6 +231,7 @@ mod threads;
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 #[path = "threads_off.rs"]
 mod threads;
+mod tls;
 pub mod trace;
 mod unpark;
 pub mod workers;

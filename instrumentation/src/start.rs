@@ -308,6 +308,8 @@ fn start_stacks(
         timeout: s.export_timeout,
         resource: s.resource.clone(),
         runtime_name: s.runtime_name.clone(),
+        gzip: s.gzip,
+        tls: s.tls.clone(),
     };
     match stacks::Stacks::start(s.stall_stack_signal, threads, handle.clone(), target) {
         Ok(st) => Some(st),

@@ -54,19 +54,24 @@ impl OtlpTracing {
                     .enable_all()
                     .build()
                     .map_err(|e| StartError::Exporter(format!("loopwatch-trace-export: {e}")))?;
-                let built = {
+                let built = crate::export::tls_for(&s.endpoint, &s.tls).and_then(|tls| {
                     let _enter = rt.enter();
-                    SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(s.endpoint.clone())
-                        .with_timeout(s.export_timeout)
-                        .build()
-                };
+                    crate::export::grpc_transport(
+                        SpanExporter::builder()
+                            .with_tonic()
+                            .with_endpoint(s.endpoint.clone())
+                            .with_timeout(s.export_timeout),
+                        s.gzip,
+                        tls.as_ref(),
+                    )
+                    .build()
+                    .map_err(|e| StartError::Exporter(e.to_string()))
+                });
                 match built {
                     Ok(e) => (e, Some(rt)),
                     Err(e) => {
                         rt.shutdown_background();
-                        return Err(StartError::Exporter(e.to_string()));
+                        return Err(e);
                     }
                 }
             }

@@ -1,5 +1,5 @@
 """An OTLP metrics receiver behind TLS (optionally mTLS) on 127.0.0.1, over gRPC (grpcio) and
-HTTP (http.server + ssl), decoding with the opentelemetry-proto package.
+HTTP (http.server + ssl, gzip bodies too), decoding with the opentelemetry-proto package.
 
 Usage: otlp_tls_server.py CERT KEY OUT [CLIENT_CA]
 With CLIENT_CA both servers require a client certificate that chains to it. Every export
@@ -7,6 +7,7 @@ received is appended to OUT as one JSON line: transport, request headers, servic
 Prints `ready grpc=PORT http=PORT` once both listen.
 """
 
+import gzip
 import json
 import ssl
 import sys
@@ -48,14 +49,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
         request = pb.ExportMetricsServiceRequest()
-        request.ParseFromString(self.rfile.read(length))
+        body = self.rfile.read(length)
+        if self.headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        request.ParseFromString(body)
         record("http", {k.lower(): v for k, v in self.headers.items()}, request)
-        body = pb.ExportMetricsServiceResponse().SerializeToString()
+        answer = pb.ExportMetricsServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", str(len(body)))
+        self.send_header("content-length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(answer)
 
     def log_message(self, *args):
         sys.stderr.write("http: " + (args[0] % args[1:]) + "\n")

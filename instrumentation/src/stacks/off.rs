@@ -16,6 +16,10 @@ pub(crate) struct LogTarget {
     pub(crate) timeout: Duration,
     pub(crate) resource: Vec<opentelemetry::KeyValue>,
     pub(crate) runtime_name: String,
+    /// Gzip request bodies, as for metrics.
+    pub(crate) gzip: bool,
+    /// TLS files for an `https://` endpoint, as for metrics.
+    pub(crate) tls: crate::config::TlsFiles,
 }
 
 /// Why stall stacks could not start.

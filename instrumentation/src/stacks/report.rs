@@ -1,17 +1,23 @@
 //! Turns a stall report into its two outputs: a `tracing` warning carrying the stack, and one
 //! OTLP log record exported at once over loopwatch's own logs exporter (built on first use, on
-//! the `loopwatch-stacks` thread; gRPC inside a current-thread runtime of its own).
+//! the `loopwatch-stacks` thread, on a current-thread runtime of its own, with the transport
+//! settings of the metrics exporter).
 
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::{InstrumentationScope, Key, KeyValue};
-use opentelemetry_otlp::{LogExporter, RetryPolicy, WithExportConfig, WithHttpConfig as _};
+use opentelemetry_otlp::{
+    LogExporter, RetryPolicy, WithExportConfig, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogger, SdkLoggerProvider};
 
 use super::{Kind, StallReport, symbols};
 use crate::config::Protocol;
+use crate::error::StartError;
+use crate::export;
+use crate::tls::TlsMaterial;
 
 /// Where and how the log records go: loopwatch's resolved OTLP settings.
 #[derive(Debug, Clone)]
@@ -21,6 +27,10 @@ pub(crate) struct LogTarget {
     pub(crate) timeout: Duration,
     pub(crate) resource: Vec<KeyValue>,
     pub(crate) runtime_name: String,
+    /// Gzip request bodies, as for metrics.
+    pub(crate) gzip: bool,
+    /// TLS files for an `https://` endpoint, as for metrics.
+    pub(crate) tls: crate::config::TlsFiles,
 }
 
 /// The logs exporter, built lazily.
@@ -31,7 +41,7 @@ pub(crate) struct LogSink {
 
 struct Built {
     exporter: LogExporter,
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: tokio::runtime::Runtime,
     logger: SdkLogger,
     scope: InstrumentationScope,
     _provider: SdkLoggerProvider,
@@ -59,36 +69,10 @@ impl LogSink {
     fn build(&self) -> Result<Built, String> {
         let t = &self.target;
         let endpoint = logs_endpoint(&t.endpoint, t.protocol);
-        let (mut exporter, runtime) = match t.protocol {
-            Protocol::Grpc => {
-                use opentelemetry_otlp::WithTonicConfig as _;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let built = {
-                    let _enter = rt.enter();
-                    LogExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint)
-                        .with_timeout(t.timeout)
-                        .with_retry_policy(RetryPolicy::disabled())
-                        .build()
-                };
-                (built.map_err(|e| e.to_string())?, Some(rt))
-            }
-            Protocol::HttpProtobuf => (
-                LogExporter::builder()
-                    .with_http()
-                    .with_endpoint(endpoint)
-                    .with_timeout(t.timeout)
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build()
-                    .map_err(|e| e.to_string())?,
-                None,
-            ),
-        };
+        let tls = export::tls_for(&endpoint, &t.tls).map_err(|e| e.to_string())?;
+        let (runtime, mut exporter) =
+            export::on_export_runtime(|| build_exporter(t, endpoint, tls.as_ref()))
+                .map_err(|e| e.to_string())?;
         let resource = Resource::builder_empty()
             .with_attributes(t.resource.iter().cloned())
             .build();
@@ -140,14 +124,44 @@ impl LogSink {
         }
         let batch = [(&rec, &b.scope)];
         let export = b.exporter.export(LogBatch::new(&batch));
-        let done = match &b.runtime {
-            Some(rt) => rt.block_on(export),
-            None => crate::export::block_on(export),
-        };
+        let done = b.runtime.block_on(export);
         if let Err(e) = done {
             tracing::debug!(error = %e, "loopwatch stall log export failed");
         }
     }
+}
+
+/// The logs exporter, with the transport settings of the metrics exporter.
+fn build_exporter(
+    t: &LogTarget,
+    endpoint: String,
+    tls: Option<&TlsMaterial>,
+) -> Result<LogExporter, StartError> {
+    let built = match t.protocol {
+        Protocol::Grpc => export::grpc_transport(
+            LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(t.timeout)
+                .with_retry_policy(RetryPolicy::disabled()),
+            t.gzip,
+            tls,
+        )
+        .build(),
+        Protocol::HttpProtobuf => export::http_transport(
+            LogExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint)
+                .with_timeout(t.timeout)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_retry_policy(RetryPolicy::disabled()),
+            t.gzip,
+            tls,
+            t.timeout,
+        )?
+        .build(),
+    };
+    built.map_err(|e| StartError::Exporter(e.to_string()))
 }
 
 fn summary(r: &StallReport) -> String {

@@ -1,0 +1,197 @@
+//! TLS for `https://` OTLP endpoints, on both transports: rustls on the ring provider, trusting
+//! the system roots or the CA file of `OTEL_EXPORTER_OTLP_CERTIFICATE`, with the optional client
+//! identity of `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY` (mTLS). Files are read and
+//! parsed at start, so a missing or invalid one is a [`StartError`] naming its variable.
+
+use std::sync::Arc;
+
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsFiles;
+use crate::error::StartError;
+
+/// The parsed PEM files: each as DER (rustls, HTTP) and as PEM text (tonic takes PEM).
+#[derive(Debug)]
+pub(crate) struct TlsMaterial {
+    /// The variables the files came from (errors name them).
+    files: TlsFiles,
+    ca: Option<(Vec<CertificateDer<'static>>, Vec<u8>)>,
+    identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain (leaf first) and its key.
+#[derive(Debug)]
+struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    chain_pem: Vec<u8>,
+    key: PrivateKeyDer<'static>,
+    key_pem: Vec<u8>,
+}
+
+fn invalid(var: &'static str, path: &str, reason: String) -> StartError {
+    StartError::InvalidEnv {
+        var,
+        value: path.to_owned(),
+        reason,
+    }
+}
+
+fn read(var: &'static str, path: &str) -> Result<Vec<u8>, StartError> {
+    std::fs::read(path).map_err(|e| invalid(var, path, format!("cannot be read: {e}")))
+}
+
+/// Every certificate in the PEM file; at least one.
+fn certificates(
+    var: &'static str,
+    path: &str,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<u8>), StartError> {
+    let pem = read(var, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(var, path, format!("is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(var, path, "holds no PEM certificate".into()));
+    }
+    Ok((certs, pem))
+}
+
+impl TlsMaterial {
+    /// Reads and parses the files named in `files`.
+    pub(crate) fn load(files: &TlsFiles) -> Result<TlsMaterial, StartError> {
+        let ca = match &files.ca {
+            Some((var, path)) => Some(certificates(var, path)?),
+            None => None,
+        };
+        let identity = match (&files.cert, &files.key) {
+            (Some((cert_var, cert)), Some((key_var, key_path))) => {
+                let (chain, chain_pem) = certificates(cert_var, cert)?;
+                let key_pem = read(key_var, key_path)?;
+                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                    invalid(
+                        key_var,
+                        key_path,
+                        format!("holds no valid PEM private key: {e}"),
+                    )
+                })?;
+                Some(ClientIdentity {
+                    chain,
+                    chain_pem,
+                    key,
+                    key_pem,
+                })
+            }
+            _ => None,
+        };
+        Ok(TlsMaterial {
+            files: files.clone(),
+            ca,
+            identity,
+        })
+    }
+
+    /// The tonic (gRPC) TLS settings.
+    pub(crate) fn grpc(&self) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca {
+            Some((_, pem)) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        if let Some(id) = &self.identity {
+            tls = tls.identity(Identity::from_pem(&id.chain_pem, &id.key_pem));
+        }
+        tls
+    }
+
+    /// The rustls client configuration of the HTTP transport.
+    pub(crate) fn http(&self) -> Result<rustls::ClientConfig, StartError> {
+        let files = &self.files;
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some((certs, _)) => {
+                let (_, rejected) = roots.add_parsable_certificates(certs.iter().cloned());
+                if let (true, Some((var, path))) = (rejected > 0, &files.ca) {
+                    return Err(invalid(
+                        var,
+                        path,
+                        format!(
+                            "holds {rejected} certificate(s) that are not valid CA certificates"
+                        ),
+                    ));
+                }
+            }
+            None => {
+                // Unreadable entries of the system store are skipped, as every TLS client does.
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+            }
+        }
+        let builder = config_builder()?.with_root_certificates(roots);
+        match (&self.identity, &files.cert) {
+            (Some(id), Some((var, path))) => builder
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .map_err(|e| invalid(var, path, format!("is not a usable client identity: {e}"))),
+            _ => Ok(builder.with_no_client_auth()),
+        }
+    }
+}
+
+/// A rustls config builder on the ring provider, with no process-wide provider needed.
+pub(crate) fn config_builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, StartError> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Exporter(format!("TLS protocol versions: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> TlsFiles {
+        TlsFiles {
+            ca: ca.map(|p| ("OTEL_EXPORTER_OTLP_CERTIFICATE", p.to_owned())),
+            cert: cert.map(|p| ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", p.to_owned())),
+            key: key.map(|p| ("OTEL_EXPORTER_OTLP_CLIENT_KEY", p.to_owned())),
+        }
+    }
+
+    #[test]
+    fn unusable_files_name_their_variable() {
+        let dir = std::env::temp_dir().join(format!("loopwatch-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write junk");
+        let junk = junk.display().to_string();
+        let missing = dir.join("missing.pem").display().to_string();
+        let cases = [
+            (
+                files(Some(&missing), None, None),
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ),
+            (
+                files(Some(&junk), None, None),
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ),
+            (
+                files(None, Some(&junk), Some(&junk)),
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            ),
+        ];
+        for (f, var) in cases {
+            let err = TlsMaterial::load(&f)
+                .expect_err("unusable file")
+                .to_string();
+            assert!(err.starts_with(var), "{f:?}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn no_files_trust_the_system_roots() {
+        let material = TlsMaterial::load(&TlsFiles::default()).expect("nothing to read");
+        assert!(material.ca.is_none() && material.identity.is_none());
+        material.http().expect("system roots config");
+    }
+}
