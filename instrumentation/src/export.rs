@@ -187,12 +187,16 @@ fn build_exporter(s: &Settings, tls: Option<&TlsMaterial>) -> Result<MetricExpor
     built.map_err(|e| StartError::Exporter(e.to_string()))
 }
 
-/// The TLS material for `endpoint`: loaded for `https://`, `None` otherwise.
+/// The TLS material for `endpoint`: loaded for `https://`, `None` otherwise. The rustls config
+/// is built once here on either transport, so a CA that is no CA or a key that does not fit its
+/// certificate fails the start (tonic would find out only when it connects).
 pub(crate) fn tls_for(endpoint: &str, files: &TlsFiles) -> Result<Option<TlsMaterial>, StartError> {
-    match endpoint.starts_with("https://") {
-        true => TlsMaterial::load(files).map(Some),
-        false => Ok(None),
+    if !endpoint.starts_with("https://") {
+        return Ok(None);
     }
+    let material = TlsMaterial::load(files)?;
+    material.http()?;
+    Ok(Some(material))
 }
 
 /// gzip and TLS on a gRPC exporter builder (metrics or logs).
