@@ -61,7 +61,7 @@ fn current_thread_block_is_reported_during_and_after() {
     let after = common::wait_stall_end(&guard);
     let injected = state.injected().expect("block ended");
     assert!(injected >= block);
-    common::assert_block_reported(&observed, &after, injected);
+    common::assert_block_reported(&observed, &after, &state);
     assert!(
         after.probes + after.idle_skips > 5,
         "ticks before the block: {after:?}"

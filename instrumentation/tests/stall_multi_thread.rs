@@ -45,7 +45,7 @@ fn multi_thread_all_workers_blocked_is_reported_during_and_after() {
     let after = common::wait_stall_end(&guard);
     let injected = state.injected().expect("block ended");
     assert!(injected >= block);
-    common::assert_block_reported(&observed, &after, injected);
+    common::assert_block_reported(&observed, &after, &state);
     assert_eq!(after.runtime.workers, WORKERS as u64, "{after:?}");
 
     guard.shutdown();

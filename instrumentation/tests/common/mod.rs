@@ -37,7 +37,10 @@ pub fn p99_floor(injected: Duration, samples: u64) -> Duration {
 pub const THRESHOLD: Duration = Duration::from_millis(150);
 
 /// Records the real extent of an injected block: from the moment the first worker is taken
-/// until the last one is released.
+/// until the last one is released ([`BlockState::injected`], the most a reading may show),
+/// and the part during which every worker is blocked at once, from the last one taken until
+/// the first one released ([`BlockState::fully_blocked`], the least a reading must show: the
+/// probe task runs on any free worker).
 #[derive(Default)]
 pub struct BlockState {
     pub blocking: AtomicBool,
@@ -45,6 +48,8 @@ pub struct BlockState {
     arrived: AtomicUsize,
     start: Mutex<Option<Instant>>,
     end: Mutex<Option<Instant>>,
+    last_taken: Mutex<Option<Instant>>,
+    first_released: Mutex<Option<Instant>>,
 }
 
 impl BlockState {
@@ -58,7 +63,9 @@ impl BlockState {
             }
         }
         self.blocking.store(true, Ordering::SeqCst);
-        self.arrived.fetch_add(1, Ordering::SeqCst);
+        if self.arrived.fetch_add(1, Ordering::SeqCst) + 1 == workers {
+            *self.last_taken.lock().expect("taken lock") = Some(Instant::now());
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.arrived.load(Ordering::SeqCst) < workers && Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(200));
@@ -68,6 +75,10 @@ impl BlockState {
             "not every worker picked up a blocking task"
         );
         std::thread::sleep(d);
+        self.first_released
+            .lock()
+            .expect("released lock")
+            .get_or_insert_with(Instant::now);
         let done = self.arrived.fetch_sub(1, Ordering::SeqCst) == 1;
         if done {
             *self.end.lock().expect("end lock") = Some(Instant::now());
@@ -80,6 +91,13 @@ impl BlockState {
         let s = (*self.start.lock().expect("start lock"))?;
         let e = (*self.end.lock().expect("end lock"))?;
         Some(e - s)
+    }
+
+    /// How long every worker was blocked at once, once the block ended.
+    pub fn fully_blocked(&self) -> Option<Duration> {
+        let s = (*self.last_taken.lock().expect("taken lock"))?;
+        let e = (*self.first_released.lock().expect("released lock"))?;
+        Some(e.saturating_duration_since(s))
     }
 
     /// When the block ended.
@@ -131,8 +149,10 @@ pub fn wait_stall_end(guard: &LoopwatchGuard) -> ProbeSnapshot {
 }
 
 /// The checks every block test makes.
-pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, injected: Duration) {
-    eprintln!("injected {injected:?}; during {o:?}; after {after:?}");
+pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, state: &BlockState) {
+    let injected = state.injected().expect("block ended");
+    let fully = state.fully_blocked().expect("block ended");
+    eprintln!("injected {injected:?} (fully blocked {fully:?}); during {o:?}; after {after:?}");
     assert!(o.snapshots_during > 0, "no snapshot taken during the block");
     assert!(
         o.max_stall_during >= THRESHOLD,
@@ -146,15 +166,15 @@ pub fn assert_block_reported(o: &Observed, after: &ProbeSnapshot, injected: Dura
     assert_eq!(after.current_stall.max(THRESHOLD), THRESHOLD, "{after:?}");
     // The one real probe that hit the block measured it, up to the sampling gap...
     assert!(
-        after.delay_max + SAMPLING_SLACK >= injected,
-        "max {:?} < injected {injected:?} - sampling slack; {after:?}",
+        after.delay_max + SAMPLING_SLACK >= fully,
+        "max {:?} < fully blocked {fully:?} - sampling slack; {after:?}",
         after.delay_max
     );
     // ... and coordinated-omission correction puts the block into the tail.
-    let floor = p99_floor(injected, after.window_samples);
+    let floor = p99_floor(fully, after.window_samples);
     assert!(
         after.delay_p99 >= floor,
-        "p99 {:?} < {floor:?} for injected {injected:?}; {after:?}",
+        "p99 {:?} < {floor:?} for fully blocked {fully:?}; {after:?}",
         after.delay_p99
     );
     // ... and nothing ever reads higher than the real block.
