@@ -9,26 +9,28 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::error::StartError;
 
-/// Default time between two probes of the watched runtime: 10 ms (like Node's
-/// `monitorEventLoopDelay` resolution). Also the coordinated-omission correction interval.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(10);
-/// Default scheduling delay after which an outstanding probe counts as a stall: 250 ms.
-pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(250);
-/// Default export interval and delay-window length: 1 s (`OTEL_METRIC_EXPORT_INTERVAL` overrides).
-pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Default bound on one OTLP export attempt (connect + send): 2 s. Exports are not retried:
-/// every export carries the full cumulative state, so the next one supersedes a lost one.
-pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default bound on [`crate::LoopwatchGuard::shutdown`] waiting for the final flush: 5 s.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default OTLP/gRPC endpoint (the loopwatch agent sidecar).
-pub const DEFAULT_GRPC_ENDPOINT: &str = "http://127.0.0.1:4317";
-/// Default OTLP/HTTP metrics endpoint (the loopwatch agent sidecar).
-pub const DEFAULT_HTTP_ENDPOINT: &str = "http://127.0.0.1:4318/v1/metrics";
-/// Default value of the `tokio.runtime.name` attribute.
-pub const DEFAULT_RUNTIME_NAME: &str = "main";
-/// Service name used when neither the builder nor the environment names the service.
-pub const DEFAULT_SERVICE_NAME: &str = "unknown_service";
+impl LoopwatchBuilder {
+    /// Default time between two probes of the watched runtime: 10 ms (like Node's
+    /// `monitorEventLoopDelay` resolution). Also the coordinated-omission correction interval.
+    pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+    /// Default scheduling delay after which an outstanding probe counts as a stall: 250 ms.
+    pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(250);
+    /// Default export interval and delay-window length: 1 s (`OTEL_METRIC_EXPORT_INTERVAL` overrides).
+    pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
+    /// Default bound on one OTLP export attempt (connect + send): 2 s. Exports are not retried:
+    /// every export carries the full cumulative state, so the next one supersedes a lost one.
+    pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default bound on [`crate::LoopwatchGuard::shutdown`] waiting for the final flush: 5 s.
+    pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default OTLP/gRPC endpoint (the loopwatch agent sidecar).
+    pub const DEFAULT_GRPC_ENDPOINT: &str = "http://127.0.0.1:4317";
+    /// Default OTLP/HTTP metrics endpoint (the loopwatch agent sidecar).
+    pub const DEFAULT_HTTP_ENDPOINT: &str = "http://127.0.0.1:4318/v1/metrics";
+    /// Default value of the `tokio.runtime.name` attribute.
+    pub const DEFAULT_RUNTIME_NAME: &str = "main";
+    /// Service name used when neither the builder nor the environment names the service.
+    pub const DEFAULT_SERVICE_NAME: &str = "unknown_service";
+}
 
 /// Environment variable names honoured by loopwatch.
 pub(crate) mod env {
@@ -125,14 +127,14 @@ pub struct LoopwatchBuilder {
 
 impl LoopwatchBuilder {
     /// `service.name` resource attribute. Else `OTEL_SERVICE_NAME`, else `service.name` in
-    /// `OTEL_RESOURCE_ATTRIBUTES`, else [`DEFAULT_SERVICE_NAME`].
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else [`LoopwatchBuilder::DEFAULT_SERVICE_NAME`].
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
         self.service_name = Some(name.into());
         self
     }
     /// OTLP endpoint, used verbatim (for HTTP include the `/v1/metrics` path). Else
     /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (verbatim), else `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// (HTTP: `/v1/metrics` appended), else [`DEFAULT_GRPC_ENDPOINT`] / [`DEFAULT_HTTP_ENDPOINT`].
+    /// (HTTP: `/v1/metrics` appended), else [`LoopwatchBuilder::DEFAULT_GRPC_ENDPOINT`] / [`LoopwatchBuilder::DEFAULT_HTTP_ENDPOINT`].
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
         self
@@ -144,30 +146,30 @@ impl LoopwatchBuilder {
         self
     }
     /// Export interval, which is also the length of a delay window. Else
-    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds), else [`DEFAULT_EXPORT_INTERVAL`].
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds), else [`LoopwatchBuilder::DEFAULT_EXPORT_INTERVAL`].
     pub fn export_interval(mut self, interval: Duration) -> Self {
         self.export_interval = Some(interval);
         self
     }
     /// Bound on one export attempt. Else `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT` /
-    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else [`DEFAULT_EXPORT_TIMEOUT`].
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else [`LoopwatchBuilder::DEFAULT_EXPORT_TIMEOUT`].
     pub fn export_timeout(mut self, timeout: Duration) -> Self {
         self.export_timeout = Some(timeout);
         self
     }
-    /// Longest time between probes of a busy runtime; default [`DEFAULT_PROBE_INTERVAL`]. Must be
+    /// Longest time between probes of a busy runtime; default [`LoopwatchBuilder::DEFAULT_PROBE_INTERVAL`]. Must be
     /// at least 100 µs. The probe thread asks to wake 1/20 of it early (at most 0.5 ms), which
     /// absorbs the OS timer's overshoot: at 10 ms, a probe every ~9.6 ms.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = Some(interval);
         self
     }
-    /// Delay after which an outstanding probe is a stall; default [`DEFAULT_STALL_THRESHOLD`].
+    /// Delay after which an outstanding probe is a stall; default [`LoopwatchBuilder::DEFAULT_STALL_THRESHOLD`].
     pub fn stall_threshold(mut self, threshold: Duration) -> Self {
         self.stall_threshold = Some(threshold);
         self
     }
-    /// Value of the `tokio.runtime.name` attribute; default [`DEFAULT_RUNTIME_NAME`].
+    /// Value of the `tokio.runtime.name` attribute; default [`LoopwatchBuilder::DEFAULT_RUNTIME_NAME`].
     pub fn runtime_name(mut self, name: impl Into<String>) -> Self {
         self.runtime_name = Some(name.into());
         self
@@ -247,32 +249,34 @@ fn check_positive(key: &'static str, d: Duration, min: Duration) -> Result<Durat
 pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Settings, StartError> {
     let probe_interval = check_positive(
         "probe_interval",
-        b.probe_interval.unwrap_or(DEFAULT_PROBE_INTERVAL),
+        b.probe_interval
+            .unwrap_or(LoopwatchBuilder::DEFAULT_PROBE_INTERVAL),
         Duration::from_micros(100),
     )?;
     let stall_threshold = check_positive(
         "stall_threshold",
-        b.stall_threshold.unwrap_or(DEFAULT_STALL_THRESHOLD),
+        b.stall_threshold
+            .unwrap_or(LoopwatchBuilder::DEFAULT_STALL_THRESHOLD),
         Duration::from_millis(1),
     )?;
     let export_timeout = match b.export_timeout {
         Some(d) => check_positive("export_timeout", d, Duration::from_millis(1))?,
         None => match first_set(env, [env::METRICS_TIMEOUT, env::TIMEOUT]) {
             Some((var, v)) => env_millis(var, v)?,
-            None => DEFAULT_EXPORT_TIMEOUT,
+            None => LoopwatchBuilder::DEFAULT_EXPORT_TIMEOUT,
         },
     };
     let export_interval = match b.export_interval {
         Some(d) => check_positive("export_interval", d, Duration::from_millis(1))?,
         None => match non_empty(env, env::EXPORT_INTERVAL) {
             Some(v) => env_millis(env::EXPORT_INTERVAL, v)?,
-            None => DEFAULT_EXPORT_INTERVAL,
+            None => LoopwatchBuilder::DEFAULT_EXPORT_INTERVAL,
         },
     };
     let gzip = resolve_gzip(env)?;
     let runtime_name = b
         .runtime_name
-        .unwrap_or_else(|| DEFAULT_RUNTIME_NAME.to_owned());
+        .unwrap_or_else(|| LoopwatchBuilder::DEFAULT_RUNTIME_NAME.to_owned());
 
     let protocol = match b.protocol {
         Some(p) => p,
@@ -304,8 +308,8 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         (e, env::ENDPOINT)
     } else {
         let d = match protocol {
-            Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
-            Protocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
+            Protocol::Grpc => LoopwatchBuilder::DEFAULT_GRPC_ENDPOINT,
+            Protocol::HttpProtobuf => LoopwatchBuilder::DEFAULT_HTTP_ENDPOINT,
         };
         (d.to_owned(), "default")
     };
@@ -528,7 +532,7 @@ fn resolve_resource(
     let service = service_name
         .or_else(|| non_empty(env, env::SERVICE_NAME))
         .or_else(|| from_attrs("service.name"))
-        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
+        .unwrap_or_else(|| LoopwatchBuilder::DEFAULT_SERVICE_NAME.to_owned());
     let instance = from_attrs("service.instance.id").unwrap_or_else(|| {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)

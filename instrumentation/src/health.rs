@@ -13,8 +13,10 @@ use axum::routing::get;
 use crate::shed::{OverloadFn, Pressure, Thresholds};
 use crate::shutdown::{Lifecycle, LifecycleState};
 
-/// Default scheduling delay above which local `/readyz` answers 503: 200 ms.
-pub const DEFAULT_READY_MAX_DELAY: Duration = Duration::from_millis(200);
+impl HealthBuilder {
+    /// Default scheduling delay above which local `/readyz` answers 503: 200 ms.
+    pub const DEFAULT_READY_MAX_DELAY: Duration = Duration::from_millis(200);
+}
 
 /// Builder of [`Health`].
 #[derive(Debug, Default)]
@@ -39,7 +41,7 @@ impl HealthBuilder {
         self.lifecycle = Some(lifecycle);
         self
     }
-    /// Readiness 503 at or over this scheduling delay; default [`DEFAULT_READY_MAX_DELAY`].
+    /// Readiness 503 at or over this scheduling delay; default [`HealthBuilder::DEFAULT_READY_MAX_DELAY`].
     pub fn max_delay(mut self, d: Duration) -> Self {
         self.max_delay = Some(d);
         self
@@ -59,7 +61,9 @@ impl HealthBuilder {
     pub fn build(self) -> Health {
         let thresholds = self.pressure.map(|pressure| Thresholds {
             pressure,
-            max_delay: self.max_delay.unwrap_or(DEFAULT_READY_MAX_DELAY),
+            max_delay: self
+                .max_delay
+                .unwrap_or(HealthBuilder::DEFAULT_READY_MAX_DELAY),
             max_utilization: self.max_utilization,
             custom: None::<OverloadFn>,
         });

@@ -28,14 +28,17 @@ pub use tikv_jemallocator::Jemalloc;
 use crate::config::LoopwatchBuilder;
 use crate::live::Shared;
 
-/// Default length of the heap growth-rate window: 30 s.
-pub const DEFAULT_HEAP_WINDOW: Duration = Duration::from_secs(30);
+impl LoopwatchBuilder {
+    /// Default length of the heap growth-rate window: 30 s.
+    pub const DEFAULT_HEAP_WINDOW: Duration = Duration::from_secs(30);
+}
+
 /// Samples per heap window.
 const SAMPLES_PER_WINDOW: u32 = 30;
 
 impl LoopwatchBuilder {
     /// Length of the sliding window over which `loopwatch.heap.growth_rate` is computed;
-    /// default [`DEFAULT_HEAP_WINDOW`]. Live bytes are sampled 30 times per window. Must be at
+    /// default [`LoopwatchBuilder::DEFAULT_HEAP_WINDOW`]. Live bytes are sampled 30 times per window. Must be at
     /// least 100 ms.
     pub fn heap_window(mut self, window: Duration) -> Self {
         self.heap_window = Some(window);

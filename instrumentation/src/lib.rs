@@ -144,12 +144,12 @@
 //! `https://` endpoint. The certificate variables apply to `https://` endpoints only: for an
 //! `http://` endpoint the generic forms are ignored (other exporters of the process may use
 //! them) and a `_METRICS_` form is an error. Transport settings also apply to the stall-stack
-//! log records and to [`OtlpTracing`] over gRPC. `service.instance.id`, when not given, is
+//! log records and to [`trace::OtlpTracing`] over gRPC. `service.instance.id`, when not given, is
 //! generated once per start as `<HOSTNAME or /etc/hostname or "host">-<pid>-<start time, ns since epoch, hex>`.
 //!
 //! ## Agent down
 //!
-//! Each export attempt is bounded by the export timeout ([`DEFAULT_EXPORT_TIMEOUT`],
+//! Each export attempt is bounded by the export timeout ([`LoopwatchBuilder::DEFAULT_EXPORT_TIMEOUT`],
 //! `OTEL_EXPORTER_OTLP_TIMEOUT`) and not retried (every export
 //! carries the full cumulative state); the SDK aggregates by series, so nothing buffers without
 //! bound; the probe never waits for an export.
@@ -236,11 +236,7 @@ pub mod trace;
 mod unpark;
 pub mod workers;
 
-pub use config::{
-    DEFAULT_EXPORT_INTERVAL, DEFAULT_EXPORT_TIMEOUT, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT,
-    DEFAULT_PROBE_INTERVAL, DEFAULT_RUNTIME_NAME, DEFAULT_SERVICE_NAME, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_STALL_THRESHOLD, Loopwatch, LoopwatchBuilder, Protocol,
-};
+pub use config::{Loopwatch, LoopwatchBuilder, Protocol};
 pub use error::StartError;
 pub use live::ProbeSnapshot;
 pub use runtime::RuntimeSnapshot;

@@ -229,14 +229,15 @@ pub(crate) fn sampler_settings(
     probe_interval: Duration,
     runtime_name: String,
 ) -> Result<SamplerSettings, StartError> {
-    let stuck_threshold = stuck_threshold.unwrap_or(workers::DEFAULT_STUCK_THRESHOLD);
+    let stuck_threshold =
+        stuck_threshold.unwrap_or(crate::config::LoopwatchBuilder::DEFAULT_STUCK_THRESHOLD);
     if stuck_threshold < Duration::from_millis(1) {
         return Err(StartError::InvalidConfig {
             key: "stuck_threshold",
             reason: format!("{stuck_threshold:?} is below the minimum 1ms"),
         });
     }
-    let heap_window = heap_window.unwrap_or(heap::DEFAULT_HEAP_WINDOW);
+    let heap_window = heap_window.unwrap_or(crate::config::LoopwatchBuilder::DEFAULT_HEAP_WINDOW);
     if heap_window < Duration::from_millis(100) {
         return Err(StartError::InvalidConfig {
             key: "heap_window",

@@ -13,15 +13,18 @@ use tower::{Layer, Service};
 
 use crate::live::Shared;
 
-/// Default scheduling delay above which [`ShedLayer`] sheds: 200 ms.
-pub const DEFAULT_SHED_MAX_DELAY: Duration = Duration::from_millis(200);
-/// Default `Retry-After` of a shed response: 1 s.
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+impl ShedLayerBuilder {
+    /// Default scheduling delay above which [`ShedLayer`] sheds: 200 ms.
+    pub const DEFAULT_SHED_MAX_DELAY: Duration = Duration::from_millis(200);
+    /// Default `Retry-After` of a shed response: 1 s.
+    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+    /// Paths never shed by default (the local health router's routes).
+    pub const DEFAULT_EXEMPT_PATHS: [&str; 2] = ["/livez", "/readyz"];
+}
+
 /// How recently a probe must have completed for a request starting now to count its delay as
 /// "just before" it (see `RouteStats::stalled_before`).
 const STALL_BEFORE_RECENT: Duration = Duration::from_millis(20);
-/// Paths never shed by default (the local health router's routes).
-pub const DEFAULT_EXEMPT_PATHS: [&str; 2] = ["/livez", "/readyz"];
 
 /// Read-only view of the watched runtime's load, cheap to clone and to read (a few atomics and
 /// one short std-mutex copy; never touches the runtime).
@@ -223,7 +226,7 @@ pub struct ShedLayerBuilder {
 
 impl ShedLayerBuilder {
     /// Shed while the scheduling delay ([`Pressure::scheduling_delay`]) is at or over `limit`;
-    /// default [`DEFAULT_SHED_MAX_DELAY`].
+    /// default [`ShedLayerBuilder::DEFAULT_SHED_MAX_DELAY`].
     pub fn max_delay(mut self, limit: Duration) -> Self {
         self.thresholds.max_delay = limit;
         self
@@ -240,12 +243,12 @@ impl ShedLayerBuilder {
         self.thresholds.custom = Some(Arc::new(f));
         self
     }
-    /// `Retry-After` of shed responses (whole seconds, at least 1); default [`DEFAULT_RETRY_AFTER`].
+    /// `Retry-After` of shed responses (whole seconds, at least 1); default [`ShedLayerBuilder::DEFAULT_RETRY_AFTER`].
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.retry_after = after;
         self
     }
-    /// Adds a path (exact match on the URI path) that is never shed. [`DEFAULT_EXEMPT_PATHS`]
+    /// Adds a path (exact match on the URI path) that is never shed. [`ShedLayerBuilder::DEFAULT_EXEMPT_PATHS`]
     /// are exempt unless [`ShedLayerBuilder::clear_exempt`] is called.
     pub fn exempt(mut self, path: impl Into<String>) -> Self {
         self.exempt.push(path.into());
@@ -309,12 +312,12 @@ impl ShedLayer {
         ShedLayerBuilder {
             thresholds: Thresholds {
                 pressure,
-                max_delay: DEFAULT_SHED_MAX_DELAY,
+                max_delay: ShedLayerBuilder::DEFAULT_SHED_MAX_DELAY,
                 max_utilization: None,
                 custom: None,
             },
-            retry_after: DEFAULT_RETRY_AFTER,
-            exempt: DEFAULT_EXEMPT_PATHS
+            retry_after: ShedLayerBuilder::DEFAULT_RETRY_AFTER,
+            exempt: ShedLayerBuilder::DEFAULT_EXEMPT_PATHS
                 .iter()
                 .map(|p| (*p).to_owned())
                 .collect(),

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use crate::flush::FlushTrigger;
 use crate::http::RouteMetrics;
 
-/// Default wait between "draining" (readiness 503, agent told) and closing the listener: 5 s,
-/// long enough for the endpoints controller and load balancers to stop sending traffic.
-pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
-/// Default deadline for in-flight requests after the listener closed: 20 s (fits the default
-/// Kubernetes `terminationGracePeriodSeconds` of 30 s together with the drain delay).
-pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+impl GracefulShutdownBuilder {
+    /// Default wait between "draining" (readiness 503, agent told) and closing the listener: 5 s,
+    /// long enough for the endpoints controller and load balancers to stop sending traffic.
+    pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+    /// Default deadline for in-flight requests after the listener closed: 20 s (fits the default
+    /// Kubernetes `terminationGracePeriodSeconds` of 30 s together with the drain delay).
+    pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+}
 
 /// Value of the `loopwatch.lifecycle.state` gauge. The numbers are a contract with the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,13 +148,13 @@ impl GracefulShutdownBuilder {
         self.routes = Some(routes);
         self
     }
-    /// Time between "draining" and closing the listener; default [`DEFAULT_DRAIN_DELAY`].
+    /// Time between "draining" and closing the listener; default [`GracefulShutdownBuilder::DEFAULT_DRAIN_DELAY`].
     pub fn drain_delay(mut self, delay: Duration) -> Self {
         self.drain_delay = Some(delay);
         self
     }
     /// Bound on waiting for in-flight requests after the listener closed; default
-    /// [`DEFAULT_DRAIN_DEADLINE`].
+    /// [`GracefulShutdownBuilder::DEFAULT_DRAIN_DEADLINE`].
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
@@ -170,8 +172,12 @@ impl GracefulShutdownBuilder {
             inner: Arc::new(ShutdownInner {
                 lifecycle: self.lifecycle.unwrap_or_default(),
                 routes: self.routes,
-                drain_delay: self.drain_delay.unwrap_or(DEFAULT_DRAIN_DELAY),
-                deadline: self.deadline.unwrap_or(DEFAULT_DRAIN_DEADLINE),
+                drain_delay: self
+                    .drain_delay
+                    .unwrap_or(GracefulShutdownBuilder::DEFAULT_DRAIN_DELAY),
+                deadline: self
+                    .deadline
+                    .unwrap_or(GracefulShutdownBuilder::DEFAULT_DRAIN_DEADLINE),
                 os_signals: self.os_signals.unwrap_or(true),
                 phase: tx,
             }),

@@ -15,8 +15,7 @@ use crate::shed::Pressure;
 use crate::shutdown::{Lifecycle, LifecycleState};
 use crate::workers::StuckWorker;
 use crate::{
-    DEFAULT_SHUTDOWN_TIMEOUT, LoopwatchBuilder, ProbeSnapshot, StartError, config, nudge, process,
-    shutdown, stacks, tasks,
+    LoopwatchBuilder, ProbeSnapshot, StartError, config, nudge, process, shutdown, stacks, tasks,
 };
 
 use crate::export::{self, FlushTarget};
@@ -233,7 +232,7 @@ impl LoopwatchGuard {
     }
 
     /// Stops the probe, exports one last time and stops loopwatch's threads. Blocks the calling
-    /// thread for at most about [`DEFAULT_SHUTDOWN_TIMEOUT`] plus one probe-thread wake-up;
+    /// thread for at most about [`LoopwatchBuilder::DEFAULT_SHUTDOWN_TIMEOUT`] plus one probe-thread wake-up;
     /// threads that do not finish in time are left to finish on their own.
     pub fn shutdown(mut self) {
         self.shutdown_inner();
@@ -281,13 +280,13 @@ impl LoopwatchGuard {
         self.shared.stop.store(true, Ordering::Release);
         if let Some((t, done)) = self.probe.take() {
             t.thread().unpark();
-            join_bounded(t, &done, DEFAULT_SHUTDOWN_TIMEOUT);
+            join_bounded(t, &done, LoopwatchBuilder::DEFAULT_SHUTDOWN_TIMEOUT);
         }
         if let Some(f) = self.flush.take() {
             f.request(); // wakes the flush thread, which sees `stop`
         }
         if let Some((t, done)) = self.flusher.take() {
-            join_bounded(t, &done, DEFAULT_SHUTDOWN_TIMEOUT);
+            join_bounded(t, &done, LoopwatchBuilder::DEFAULT_SHUTDOWN_TIMEOUT);
         }
         self.shared.silence();
     }

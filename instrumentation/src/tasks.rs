@@ -8,9 +8,12 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 use tokio_metrics::{Instrumented, TaskMonitor};
 
-/// Most distinct family names; later names share the family [`OVERFLOW_FAMILY`].
-pub const DEFAULT_MAX_TASK_FAMILIES: usize = 256;
-/// Family that names past [`DEFAULT_MAX_TASK_FAMILIES`] fall into.
+impl TaskFamily {
+    /// Most distinct family names; later names share the family [`OVERFLOW_FAMILY`].
+    pub const MAX_FAMILIES: usize = 256;
+}
+
+/// Family that names past [`TaskFamily::MAX_FAMILIES`] fall into.
 pub const OVERFLOW_FAMILY: &str = "(overflow)";
 
 fn registry() -> &'static Mutex<Vec<TaskFamily>> {
@@ -43,7 +46,7 @@ impl TaskFamily {
         if let Some(f) = reg.iter().find(|f| &*f.name == name) {
             return f.clone();
         }
-        let name = if reg.len() >= DEFAULT_MAX_TASK_FAMILIES {
+        let name = if reg.len() >= TaskFamily::MAX_FAMILIES {
             if let Some(f) = reg.iter().find(|f| &*f.name == OVERFLOW_FAMILY) {
                 return f.clone();
             }

@@ -34,13 +34,9 @@ use crate::flush::FlushTrigger;
 use crate::live::Shared;
 use crate::stacks::{self, Stacks};
 
-/// Default time a worker must be stuck (awake without progress, or in one poll) before it is
-/// reported: 250 ms, the same as [`crate::DEFAULT_STALL_THRESHOLD`].
-pub const DEFAULT_STUCK_THRESHOLD: Duration = Duration::from_millis(250);
-
 impl LoopwatchBuilder {
     /// Time a worker must be stuck before it is reported as `tokio.worker.stuck.duration` and a
-    /// `tracing` warning; default [`crate::workers::DEFAULT_STUCK_THRESHOLD`]. Must be at least 1 ms.
+    /// `tracing` warning; default [`crate::config::LoopwatchBuilder::DEFAULT_STUCK_THRESHOLD`]. Must be at least 1 ms.
     pub fn stuck_threshold(mut self, threshold: Duration) -> Self {
         self.stuck_threshold = Some(threshold);
         self
@@ -528,6 +524,12 @@ pub(crate) fn register_unstable(
 
 #[cfg(tokio_unstable)]
 pub use hooks::{after_task_poll, before_task_poll, install_poll_hooks};
+
+impl LoopwatchBuilder {
+    /// Default time a worker must be stuck (awake without progress, or in one poll) before it is
+    /// reported: 250 ms, the same as [`crate::config::LoopwatchBuilder::DEFAULT_STALL_THRESHOLD`].
+    pub const DEFAULT_STUCK_THRESHOLD: Duration = Duration::from_millis(250);
+}
 
 /// Poll hooks: per-thread slots written on every poll, read by the sampler.
 #[cfg(tokio_unstable)]

@@ -85,9 +85,9 @@ fn run_against(endpoint: String, protocol: Protocol) {
     guard.shutdown();
     let took = t.elapsed();
     // Protocol bound: a pending flush plus the final export, each bounded by export_timeout,
-    // capped by DEFAULT_SHUTDOWN_TIMEOUT per thread.
+    // capped by LoopwatchBuilder::DEFAULT_SHUTDOWN_TIMEOUT per thread.
     assert!(
-        took < 2 * loopwatch::DEFAULT_SHUTDOWN_TIMEOUT,
+        took < 2 * loopwatch::LoopwatchBuilder::DEFAULT_SHUTDOWN_TIMEOUT,
         "shutdown took {took:?} against {endpoint}"
     );
     eprintln!("{protocol:?} {endpoint}: shutdown took {took:?}");

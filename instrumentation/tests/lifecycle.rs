@@ -54,7 +54,7 @@ fn watched_runtime_dropped_first_is_not_a_stall() {
     assert_eq!(s.current_stall, Duration::ZERO, "{s:?}");
     let t = Instant::now();
     guard.shutdown();
-    assert!(t.elapsed() < loopwatch::DEFAULT_SHUTDOWN_TIMEOUT);
+    assert!(t.elapsed() < loopwatch::LoopwatchBuilder::DEFAULT_SHUTDOWN_TIMEOUT);
 }
 
 #[test]

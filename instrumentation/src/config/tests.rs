@@ -21,11 +21,11 @@ fn attr(s: &Settings, key: &str) -> Option<String> {
 #[test]
 fn defaults() {
     let s = resolve_with(Loopwatch::builder(), &[]).expect("defaults resolve");
-    assert_eq!(s.endpoint, DEFAULT_GRPC_ENDPOINT);
+    assert_eq!(s.endpoint, LoopwatchBuilder::DEFAULT_GRPC_ENDPOINT);
     assert_eq!(s.protocol, Protocol::Grpc);
-    assert_eq!(s.export_interval, DEFAULT_EXPORT_INTERVAL);
-    assert_eq!(s.probe_interval, DEFAULT_PROBE_INTERVAL);
-    assert_eq!(s.stall_threshold, DEFAULT_STALL_THRESHOLD);
+    assert_eq!(s.export_interval, LoopwatchBuilder::DEFAULT_EXPORT_INTERVAL);
+    assert_eq!(s.probe_interval, LoopwatchBuilder::DEFAULT_PROBE_INTERVAL);
+    assert_eq!(s.stall_threshold, LoopwatchBuilder::DEFAULT_STALL_THRESHOLD);
     assert_eq!(s.runtime_name, "main");
     assert_eq!(attr(&s, "service.name").as_deref(), Some("unknown_service"));
     let id = attr(&s, "service.instance.id").expect("instance id generated");
@@ -72,7 +72,7 @@ fn metrics_endpoint_is_verbatim_and_wins() {
     assert_eq!(s.endpoint, "http://generic:4318/"); // grpc: verbatim
     let s =
         resolve_with(Loopwatch::builder().protocol(Protocol::HttpProtobuf), &[]).expect("resolves");
-    assert_eq!(s.endpoint, DEFAULT_HTTP_ENDPOINT);
+    assert_eq!(s.endpoint, LoopwatchBuilder::DEFAULT_HTTP_ENDPOINT);
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn export_timeout_builder_beats_metrics_env_beats_env_beats_default() {
         |b: LoopwatchBuilder, v: &[(&str, &str)]| resolve_with(b, v).map(|s| s.export_timeout);
     assert_eq!(
         timeout(Loopwatch::builder(), &[]).expect("default"),
-        DEFAULT_EXPORT_TIMEOUT
+        LoopwatchBuilder::DEFAULT_EXPORT_TIMEOUT
     );
     let generic = [("OTEL_EXPORTER_OTLP_TIMEOUT", "750")];
     assert_eq!(

@@ -66,28 +66,28 @@ pub struct RouteMetricsBuilder {
 }
 
 impl RouteMetricsBuilder {
-    /// Cap on distinct routes; default [`DEFAULT_MAX_ROUTES`] (at least 1).
+    /// Cap on distinct routes; default [`RouteMetricsBuilder::DEFAULT_MAX_ROUTES`] (at least 1).
     pub fn max_routes(mut self, n: usize) -> Self {
         self.max_routes = Some(n);
         self
     }
-    /// Sliding window length; default [`DEFAULT_ROUTE_WINDOW`] (at least 10 ms).
+    /// Sliding window length; default [`RouteMetricsBuilder::DEFAULT_ROUTE_WINDOW`] (at least 10 ms).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = Some(window);
         self
     }
     /// Spill ring capacity (rounded up to a power of two), used when the 1024-record hot ring
-    /// is full; default [`DEFAULT_RING_CAPACITY`].
+    /// is full; default [`RouteMetricsBuilder::DEFAULT_RING_CAPACITY`].
     pub fn ring_capacity(mut self, n: usize) -> Self {
         self.ring_capacity = Some(n);
         self
     }
-    /// Slow-poll threshold; default [`DEFAULT_SLOW_POLL_THRESHOLD`].
+    /// Slow-poll threshold; default [`RouteMetricsBuilder::DEFAULT_SLOW_POLL_THRESHOLD`].
     pub fn slow_poll_threshold(mut self, d: Duration) -> Self {
         self.slow_poll_threshold = Some(d);
         self
     }
-    /// Lateness from which a request logs a warning; default [`DEFAULT_WAIT_EVENT_THRESHOLD`].
+    /// Lateness from which a request logs a warning; default [`RouteMetricsBuilder::DEFAULT_WAIT_EVENT_THRESHOLD`].
     pub fn wait_event_threshold(mut self, d: Duration) -> Self {
         self.wait_event_threshold = Some(d);
         self
@@ -130,12 +130,12 @@ impl RouteMetricsBuilder {
     pub fn build(self) -> RouteMetrics {
         let max_routes = self
             .max_routes
-            .unwrap_or(DEFAULT_MAX_ROUTES)
+            .unwrap_or(RouteMetricsBuilder::DEFAULT_MAX_ROUTES)
             .clamp(1, 1 << 14);
         let table_size = (max_routes * 2).next_power_of_two();
         let window = self
             .window
-            .unwrap_or(DEFAULT_ROUTE_WINDOW)
+            .unwrap_or(RouteMetricsBuilder::DEFAULT_ROUTE_WINDOW)
             .max(Duration::from_millis(10));
         let histogram = self.meter.as_ref().map(|m| {
             m.f64_histogram("http.server.request.duration")
@@ -153,7 +153,10 @@ impl RouteMetricsBuilder {
             started_by_method: Default::default(),
             unrecorded_by_method: Default::default(),
             hot: Ring::new(HOT_RING),
-            spill: Ring::new(self.ring_capacity.unwrap_or(DEFAULT_RING_CAPACITY)),
+            spill: Ring::new(
+                self.ring_capacity
+                    .unwrap_or(RouteMetricsBuilder::DEFAULT_RING_CAPACITY),
+            ),
             dropped: AtomicU64::new(0),
             drain: Mutex::new(DrainState {
                 last_drained: 0,
@@ -166,11 +169,11 @@ impl RouteMetricsBuilder {
             pressure: self.pressure,
             slow_poll_ns: nanos(
                 self.slow_poll_threshold
-                    .unwrap_or(DEFAULT_SLOW_POLL_THRESHOLD),
+                    .unwrap_or(RouteMetricsBuilder::DEFAULT_SLOW_POLL_THRESHOLD),
             ),
             wait_event_ns: nanos(
                 self.wait_event_threshold
-                    .unwrap_or(DEFAULT_WAIT_EVENT_THRESHOLD),
+                    .unwrap_or(RouteMetricsBuilder::DEFAULT_WAIT_EVENT_THRESHOLD),
             ),
             trace_spans: self.trace_spans.unwrap_or(true),
             monitors: self

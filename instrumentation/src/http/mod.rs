@@ -47,27 +47,30 @@ pub use metrics::{RouteMetrics, RouteMetricsBuilder, RouteStats};
 use ring::*;
 use window::*;
 
-/// Default cap on distinct `http.route` values; later routes share [`OVERFLOW_ROUTE`].
-pub const DEFAULT_MAX_ROUTES: usize = 64;
-/// Default length of the per-route sliding window (error ratio, latency): 10 s, in 10 buckets.
-pub const DEFAULT_ROUTE_WINDOW: Duration = Duration::from_secs(10);
-/// Default capacity of the spill ring between requests and the drain thread: 16384 records
-/// (640 KiB), used only while the small hot ring (1024 records, 40 KiB: it stays in the
-/// cache) is full. The drain runs every 100 ms down to 2 ms under load (parked while idle):
-/// both rings absorb a burst of ~70k requests/s before the drain speeds up, and far more
-/// after; beyond that a record is dropped and counted.
-pub const DEFAULT_RING_CAPACITY: usize = 16_384;
-/// Records of the hot ring that every request writes to first (see [`DEFAULT_RING_CAPACITY`]).
+impl RouteMetricsBuilder {
+    /// Default cap on distinct `http.route` values; later routes share [`OVERFLOW_ROUTE`].
+    pub const DEFAULT_MAX_ROUTES: usize = 64;
+    /// Default length of the per-route sliding window (error ratio, latency): 10 s, in 10 buckets.
+    pub const DEFAULT_ROUTE_WINDOW: Duration = Duration::from_secs(10);
+    /// Default capacity of the spill ring between requests and the drain thread: 16384 records
+    /// (640 KiB), used only while the small hot ring (1024 records, 40 KiB: it stays in the
+    /// cache) is full. The drain runs every 100 ms down to 2 ms under load (parked while idle):
+    /// both rings absorb a burst of ~70k requests/s before the drain speeds up, and far more
+    /// after; beyond that a record is dropped and counted.
+    pub const DEFAULT_RING_CAPACITY: usize = 16_384;
+    /// Default poll duration from which a poll of a request future counts as slow: 1 ms.
+    pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(1);
+    /// Default runtime lateness during a request from which the route layer logs a `tracing`
+    /// warning on the request's span ("waited N ms behind a blocked runtime"): 100 ms.
+    pub const DEFAULT_WAIT_EVENT_THRESHOLD: Duration = Duration::from_millis(100);
+}
+
+/// Records of the hot ring that every request writes to first (see [`RouteMetricsBuilder::DEFAULT_RING_CAPACITY`]).
 /// A single large ring cost a cache miss per record: positions cycle through all of it.
 const HOT_RING: usize = 1024;
-/// Default poll duration from which a poll of a request future counts as slow: 1 ms.
-pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(1);
-/// Default runtime lateness during a request from which the route layer logs a `tracing`
-/// warning on the request's span ("waited N ms behind a blocked runtime"): 100 ms.
-pub const DEFAULT_WAIT_EVENT_THRESHOLD: Duration = Duration::from_millis(100);
 /// `http.route` of requests no route matched (no `MatchedPath`).
 pub const UNMATCHED_ROUTE: &str = "(unmatched)";
-/// `http.route` of routes past the [`DEFAULT_MAX_ROUTES`] cap.
+/// `http.route` of routes past the [`RouteMetricsBuilder::DEFAULT_MAX_ROUTES`] cap.
 pub const OVERFLOW_ROUTE: &str = "(overflow)";
 /// Bucket boundaries of `http.server.request.duration`, seconds (OTel semantic conventions).
 pub const DURATION_BUCKETS: [f64; 14] = [
