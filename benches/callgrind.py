@@ -35,6 +35,7 @@ import re
 import selectors
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -237,16 +238,21 @@ def main():
             except subprocess.TimeoutExpired:
                 agent.kill()
                 agent.wait()
-    bare = {shape: min(p) for shape, v, p in rows if v == "bare"}
-    print(f"### Instructions per request (callgrind, all threads, marginal {lo}->{hi} requests)\n")
+    # The median, not the minimum: a repeat can be off by far more than the per-request work
+    # when a once-per-process event lands in only one of its two runs (under valgrind's
+    # slowdown loopwatch may see a stall and symbolize a stack once), and the minimum would
+    # pick exactly such a marginal when it is the low run's.
+    bare = {shape: statistics.median(p) for shape, v, p in rows if v == "bare"}
+    print(f"### Instructions per request (callgrind, all threads, marginal {lo}->{hi} requests, "
+          f"median of {args.repeats})\n")
     print("| load shape | variant | instructions/request | added over bare |")
     print("|---|---|---|---|")
     for shape, variant, per in rows:
-        val = min(per)
+        val = statistics.median(per)
         spread = f" ({', '.join(f'{p:.0f}' for p in per)})" if len(per) > 1 else ""
         added = f"{val - bare[shape]:+.0f}" if shape in bare and variant != "bare" else "—"
         print(f"| {shape} | {variant} | {val:.0f}{spread} | {added} |")
-    best = {(shape, v): min(p) for shape, v, p in rows}
+    best = {(shape, v): statistics.median(p) for shape, v, p in rows}
     ratios = [(shape, best[(shape, "full")] - bare[shape], best[(shape, "peer")] - bare[shape])
               for shape in bare if (shape, "full") in best and (shape, "peer") in best]
     if ratios:

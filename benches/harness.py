@@ -282,7 +282,8 @@ def parse_wrk(text):
         if m:
             lat[q] = dur(m.group(1), m.group(2))
     errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
+    total = re.search(r"^\s*(\d+) requests in", text, re.M)
+    return {"rps": rps, "requests": int(total.group(1)) if total else 0, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
             "non2xx": int(errs.group(1)) if errs else 0}
 
 
@@ -333,12 +334,18 @@ def cmd_e2e(args):
                     wrk = ["wrk", f"-t{args.threads}", f"-c{args.conns}", "--latency"]
                     subprocess.run(pinned(wrk + ["-d2s", url], 1), capture_output=True,
                                    timeout=30)
+                    cpu0 = cpu_seconds(svc.pid)
                     r = subprocess.run(pinned(wrk + [f"-d{args.duration}s", url], 1),
                                        capture_output=True, text=True,
                                        timeout=args.duration + 30)
+                    cpu1 = cpu_seconds(svc.pid)
                     row = parse_wrk(r.stdout)
+                    # Service CPU per request over the measured run: unlike req/s, it does not
+                    # move with the share of CPU 0 that other processes take.
                     row.update({"bench": "e2e", "variant": variant, "loopwatch": lw,
-                                "pair": i, "service_cpu_s": cpu_seconds(svc.pid)})
+                                "pair": i, "service_cpu_s": cpu1,
+                                "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / row["requests"]
+                                if row["requests"] else float("nan")})
                     results[variant].append(row)
                     out.row(row)
                 finally:
@@ -353,6 +360,7 @@ def cmd_e2e(args):
         rv = med([x["rps"] for x in xs])
         rows.append([f"{v}: {E2E_VARIANTS[v][0]}", f"{rv:.0f}",
                      f"{rv / ra:.4f}" if ra else "nan",
+                     f"{med([x['cpu_us_per_req'] for x in xs]):.3f}",
                      f"{med([x['p50_ms'] for x in xs]):.3f}",
                      f"{med([x['p99_ms'] for x in xs]):.3f}", len(xs)])
     b = results["B"]
@@ -385,17 +393,27 @@ def cmd_e2e(args):
                     if x["rps"] and y["rps"] and z["rps"] and z["rps"] != x["rps"]]
         added = ((1 / rb - 1 / ra) / (1 / rp - 1 / ra)
                  if ra and rb and rp and rp != ra else float("nan"))
+        cpu = {v: med([x["cpu_us_per_req"] for x in results[v]]) for v in ("A", "B", "P")}
+        cpu_pair = [(y["cpu_us_per_req"] - x["cpu_us_per_req"])
+                    / (z["cpu_us_per_req"] - x["cpu_us_per_req"])
+                    for x, y, z in zip(a, b, p) if z["cpu_us_per_req"] != x["cpu_us_per_req"]]
         peer_line = (f"\n\nthroughput ratio P/A = **{rp / ra:.4f}**; added service time per "
-                     f"request: loopwatch {(1 / rb - 1 / ra) * 1e9:+.0f} ns, peer "
+                     f"request (1/rps): loopwatch {(1 / rb - 1 / ra) * 1e9:+.0f} ns, peer "
                      f"{(1 / rp - 1 / ra) * 1e9:+.0f} ns; loopwatch added / peer added = "
                      f"**{added:.3f}** (target <= 0.333; per round: "
-                     + ", ".join(f"{r:.3f}" for r in per_pair) + ")")
+                     + ", ".join(f"{r:.3f}" for r in per_pair) + ")"
+                     + f"\n\nservice CPU per request: loopwatch added "
+                     f"{(cpu['B'] - cpu['A']) * 1e3:+.0f} ns, peer added "
+                     f"{(cpu['P'] - cpu['A']) * 1e3:+.0f} ns; loopwatch added / peer added = "
+                     f"**{(cpu['B'] - cpu['A']) / (cpu['P'] - cpu['A']):.3f}** (per round: "
+                     + ", ".join(f"{r:.3f}" for r in cpu_pair) + ")")
     order = " ".join(["".join(names), "".join(names[::-1]), "..."])
     text = (f"### End-to-end overhead (wrk -t{args.threads} -c{args.conns} -d{args.duration}s, "
             f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} rounds in order "
             f"{order}, fresh process per run, 2 s warm-up, medians)\n\n"
             + desc + "\n\n"
-            + md_table(["variant", "req/s", "ratio to A", "p50 ms", "p99 ms", "runs"], rows)
+            + md_table(["variant", "req/s", "ratio to A", "service CPU µs/request", "p50 ms",
+                        "p99 ms", "runs"], rows)
             + f"\n\nthroughput ratio B/A = **{ratio:.4f}** (target >= 0.985; per pair: "
             + ", ".join(f"{r:.3f}" for r in pair_ratios)
             + f"); p50 delta {dp50 * 1000:+.1f} us; p99 delta {dp99 * 1000:+.1f} us"
