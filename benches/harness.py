@@ -85,9 +85,14 @@ class Proc:
 
 def cpu_seconds(pid):
     """utime + stime of a process (all threads), seconds."""
+    return sum(user_sys_seconds(pid))
+
+
+def user_sys_seconds(pid):
+    """(utime, stime) of a process (all threads), seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def thread_cpu(pid):
@@ -334,18 +339,21 @@ def cmd_e2e(args):
                     wrk = ["wrk", f"-t{args.threads}", f"-c{args.conns}", "--latency"]
                     subprocess.run(pinned(wrk + ["-d2s", url], 1), capture_output=True,
                                    timeout=30)
-                    cpu0 = cpu_seconds(svc.pid)
+                    us0 = user_sys_seconds(svc.pid)
                     r = subprocess.run(pinned(wrk + [f"-d{args.duration}s", url], 1),
                                        capture_output=True, text=True,
                                        timeout=args.duration + 30)
-                    cpu1 = cpu_seconds(svc.pid)
+                    us1 = user_sys_seconds(svc.pid)
                     row = parse_wrk(r.stdout)
                     # Service CPU per request over the measured run: unlike req/s, it does not
-                    # move with the share of CPU 0 that other processes take.
+                    # move with the share of CPU 0 that other processes take. User and kernel
+                    # apart: callgrind counts only the user part.
+                    n = row["requests"] or float("nan")
                     row.update({"bench": "e2e", "variant": variant, "loopwatch": lw,
-                                "pair": i, "service_cpu_s": cpu1,
-                                "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / row["requests"]
-                                if row["requests"] else float("nan")})
+                                "pair": i, "service_cpu_s": sum(us1),
+                                "cpu_us_per_req": (sum(us1) - sum(us0)) * 1e6 / n,
+                                "user_us_per_req": (us1[0] - us0[0]) * 1e6 / n,
+                                "sys_us_per_req": (us1[1] - us0[1]) * 1e6 / n})
                     results[variant].append(row)
                     out.row(row)
                 finally:
@@ -361,6 +369,8 @@ def cmd_e2e(args):
         rows.append([f"{v}: {E2E_VARIANTS[v][0]}", f"{rv:.0f}",
                      f"{rv / ra:.4f}" if ra else "nan",
                      f"{med([x['cpu_us_per_req'] for x in xs]):.3f}",
+                     f"{med([x['user_us_per_req'] for x in xs]):.3f}",
+                     f"{med([x['sys_us_per_req'] for x in xs]):.3f}",
                      f"{med([x['p50_ms'] for x in xs]):.3f}",
                      f"{med([x['p99_ms'] for x in xs]):.3f}", len(xs)])
     b = results["B"]
@@ -394,6 +404,7 @@ def cmd_e2e(args):
         added = ((1 / rb - 1 / ra) / (1 / rp - 1 / ra)
                  if ra and rb and rp and rp != ra else float("nan"))
         cpu = {v: med([x["cpu_us_per_req"] for x in results[v]]) for v in ("A", "B", "P")}
+        user = {v: med([x["user_us_per_req"] for x in results[v]]) for v in ("A", "B", "P")}
         cpu_pair = [(y["cpu_us_per_req"] - x["cpu_us_per_req"])
                     / (z["cpu_us_per_req"] - x["cpu_us_per_req"])
                     for x, y, z in zip(a, b, p) if z["cpu_us_per_req"] != x["cpu_us_per_req"]]
@@ -406,14 +417,18 @@ def cmd_e2e(args):
                      f"{(cpu['B'] - cpu['A']) * 1e3:+.0f} ns, peer added "
                      f"{(cpu['P'] - cpu['A']) * 1e3:+.0f} ns; loopwatch added / peer added = "
                      f"**{(cpu['B'] - cpu['A']) / (cpu['P'] - cpu['A']):.3f}** (per round: "
-                     + ", ".join(f"{r:.3f}" for r in cpu_pair) + ")")
+                     + ", ".join(f"{r:.3f}" for r in cpu_pair) + ")"
+                     + f"; user CPU only: loopwatch added {(user['B'] - user['A']) * 1e3:+.0f} "
+                     f"ns, peer added {(user['P'] - user['A']) * 1e3:+.0f} ns, ratio "
+                     f"**{(user['B'] - user['A']) / (user['P'] - user['A']):.3f}**")
     order = " ".join(["".join(names), "".join(names[::-1]), "..."])
     text = (f"### End-to-end overhead (wrk -t{args.threads} -c{args.conns} -d{args.duration}s, "
             f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} rounds in order "
             f"{order}, fresh process per run, 2 s warm-up, medians)\n\n"
             + desc + "\n\n"
-            + md_table(["variant", "req/s", "ratio to A", "service CPU µs/request", "p50 ms",
-                        "p99 ms", "runs"], rows)
+            + md_table(["variant", "req/s", "ratio to A", "service CPU µs/request",
+                        "user µs/request", "kernel µs/request", "p50 ms", "p99 ms", "runs"],
+                       rows)
             + f"\n\nthroughput ratio B/A = **{ratio:.4f}** (target >= 0.985; per pair: "
             + ", ".join(f"{r:.3f}" for r in pair_ratios)
             + f"); p50 delta {dp50 * 1000:+.1f} us; p99 delta {dp99 * 1000:+.1f} us"
