@@ -9,7 +9,7 @@ request counts, `(Ir(N2) - Ir(N1)) / (N2 - N1)`, so start-up and shutdown cancel
 Load shapes: `serial` (one connection, back to back: the next request is sent when the response
 is read) and `c64` (64 connections, each back to back, N requests in total).
 
-  benches/callgrind.py --bin-dir target/release --variants bare,alloc,no-route,full \\
+  benches/callgrind.py --bin-dir target/release --variants bare,alloc,no-route,full,peer \\
       --shapes serial,c64 --counts 2000,6000 --out DIR
 
 Variants (binaries from benches/callgrind.sh):
@@ -17,7 +17,15 @@ Variants (binaries from benches/callgrind.sh):
   alloc     example-service (CountingAllocator) with --no-loopwatch
   no-route  example-service, loopwatch without the route layer (--no-route-layer)
   full      example-service, full loopwatch
-Every variant runs the example's default `info` fmt subscriber (RUST_LOG unset).
+  peer      peer_service: opentelemetry-instrumentation-tower metrics + a tokio-metrics
+            RuntimeMonitor through the OTel SDK (PeriodicReader, OTLP gRPC, 1 s)
+  peer-bare peer_service --bare (the peer stack off: should cost what `bare` costs)
+Every variant runs the default `info` fmt subscriber (RUST_LOG unset).
+
+A `loopwatch-agent` from --bin-dir (not under valgrind) is the OTLP endpoint of every variant,
+so `full` and `peer` both count their exports to a live receiver (--no-agent: none listens and
+exports to 127.0.0.1:4317 fail fast, as tables before issue 14 were measured). With both in one
+run the table ends with loopwatch's added instructions over the peer's, per shape.
 """
 
 import argparse
@@ -27,18 +35,23 @@ import re
 import selectors
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
+# variant: (binary, flags); example-service binaries also get the listen and drain flags.
 VARIANTS = {
     "bare": ("example-service-bare", ["--no-loopwatch"]),
     "alloc": ("example-service", ["--no-loopwatch"]),
     "no-route": ("example-service", ["--no-route-layer"]),
     "full": ("example-service", []),
+    "peer": ("peer_service", []),
+    "peer-bare": ("peer_service", ["--bare"]),
 }
+PEER_BIN = "peer_service"
 
 
 def free_port():
@@ -132,15 +145,38 @@ def total_ir(path):
     raise RuntimeError(f"no totals in {path}")
 
 
+def start_agent(args):
+    """loopwatch-agent on free loopback ports; returns (process, gRPC endpoint URL)."""
+    ports = [free_port() for _ in range(3)]
+    cmd = [os.path.join(args.bin_dir, "loopwatch-agent"),
+           "--grpc-listen", f"127.0.0.1:{ports[0]}", "--http-listen", f"127.0.0.1:{ports[1]}",
+           "--admin-listen", f"127.0.0.1:{ports[2]}"]
+    log = open(os.path.join(args.out, "agent.log"), "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, RUST_LOG="warn"))
+    log.close()
+    wait_port(ports[0], proc, 30)
+    return proc, f"http://127.0.0.1:{ports[0]}"
+
+
 def one_run(args, variant, shape, count, tag):
     binary, flags = VARIANTS[variant]
     port = free_port()
     out = os.path.join(args.out, f"callgrind.{variant}.{shape}.{count}.{tag}.out")
     log = open(os.path.join(args.out, f"{variant}.{shape}.{count}.{tag}.log"), "w")
     cmd = ["valgrind", "--tool=callgrind", "--fair-sched=yes", f"--callgrind-out-file={out}",
-           os.path.join(args.bin_dir, binary), "--listen", f"127.0.0.1:{port}",
-           "--drain-delay-ms", "0", "--drain-deadline-ms", "2000"] + flags
+           os.path.join(args.bin_dir, binary)]
+    if binary == PEER_BIN:
+        cmd += ["--port", str(port)]
+        if args.endpoint:
+            cmd += ["--otlp-endpoint", args.endpoint]
+    else:
+        cmd += ["--listen", f"127.0.0.1:{port}", "--drain-delay-ms", "0",
+                "--drain-deadline-ms", "2000"]
+    cmd += flags
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    if args.endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.endpoint
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_port(port, proc, args.start_timeout)
@@ -162,37 +198,68 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--variants", default="bare,alloc,no-route,full")
+    ap.add_argument("--variants", default="bare,alloc,no-route,full,peer,peer-bare")
     ap.add_argument("--shapes", default="serial,c64")
     ap.add_argument("--counts", default="2000,6000")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--settle", type=float, default=2.0)
     ap.add_argument("--start-timeout", type=float, default=120.0)
     ap.add_argument("--load-timeout", type=float, default=600.0)
+    ap.add_argument("--no-agent", action="store_true",
+                    help="no OTLP receiver: exports fail fast (the pre-issue-14 setup)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     lo, hi = (int(x) for x in args.counts.split(","))
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"callgrind.py: unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    agent, args.endpoint = (None, None) if args.no_agent else start_agent(args)
     rows = []
-    for shape in args.shapes.split(","):
-        for variant in args.variants.split(","):
-            per = []
-            for r in range(args.repeats):
-                a = one_run(args, variant, shape, lo, r)
-                b = one_run(args, variant, shape, hi, r)
-                per.append((b - a) / (hi - lo))
-                print(json.dumps({"variant": variant, "shape": shape, "repeat": r,
-                                  "ir_lo": a, "ir_hi": b, "per_request": per[-1]}),
-                      file=sys.stderr, flush=True)
-            rows.append((shape, variant, per))
-    bare = {shape: min(p) for shape, v, p in rows if v == "bare"}
-    print(f"### Instructions per request (callgrind, all threads, marginal {lo}->{hi} requests)\n")
+    try:
+        for shape in args.shapes.split(","):
+            for variant in args.variants.split(","):
+                per = []
+                for r in range(args.repeats):
+                    if agent is not None and agent.poll() is not None:
+                        raise RuntimeError(f"agent exited with {agent.returncode}")
+                    a = one_run(args, variant, shape, lo, r)
+                    b = one_run(args, variant, shape, hi, r)
+                    per.append((b - a) / (hi - lo))
+                    print(json.dumps({"variant": variant, "shape": shape, "repeat": r,
+                                      "ir_lo": a, "ir_hi": b, "per_request": per[-1],
+                                      "agent": agent is not None}),
+                          file=sys.stderr, flush=True)
+                rows.append((shape, variant, per))
+    finally:
+        if agent is not None:
+            agent.terminate()
+            try:
+                agent.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+    # The median, not the minimum: a repeat can be off by far more than the per-request work
+    # when a once-per-process event lands in only one of its two runs (under valgrind's
+    # slowdown loopwatch may see a stall and symbolize a stack once), and the minimum would
+    # pick exactly such a marginal when it is the low run's.
+    bare = {shape: statistics.median(p) for shape, v, p in rows if v == "bare"}
+    print(f"### Instructions per request (callgrind, all threads, marginal {lo}->{hi} requests, "
+          f"median of {args.repeats})\n")
     print("| load shape | variant | instructions/request | added over bare |")
     print("|---|---|---|---|")
     for shape, variant, per in rows:
-        val = min(per)
+        val = statistics.median(per)
         spread = f" ({', '.join(f'{p:.0f}' for p in per)})" if len(per) > 1 else ""
         added = f"{val - bare[shape]:+.0f}" if shape in bare and variant != "bare" else "—"
         print(f"| {shape} | {variant} | {val:.0f}{spread} | {added} |")
+    best = {(shape, v): statistics.median(p) for shape, v, p in rows}
+    ratios = [(shape, best[(shape, "full")] - bare[shape], best[(shape, "peer")] - bare[shape])
+              for shape in bare if (shape, "full") in best and (shape, "peer") in best]
+    if ratios:
+        print(f"\nloopwatch added / peer added ({'agent' if agent else 'no agent'} as the "
+              "OTLP endpoint; target <= 0.333): "
+              + "; ".join(f"{shape} {lw:+.0f} / {peer:+.0f} = {lw / peer:.3f}"
+                          for shape, lw, peer in ratios))
 
 
 if __name__ == "__main__":

@@ -85,9 +85,14 @@ class Proc:
 
 def cpu_seconds(pid):
     """utime + stime of a process (all threads), seconds."""
+    return sum(user_sys_seconds(pid))
+
+
+def user_sys_seconds(pid):
+    """(utime, stime) of a process (all threads), seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def thread_cpu(pid):
@@ -282,17 +287,32 @@ def parse_wrk(text):
         if m:
             lat[q] = dur(m.group(1), m.group(2))
     errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
+    total = re.search(r"^\s*(\d+) requests in", text, re.M)
+    return {"rps": rps, "requests": int(total.group(1)) if total else 0, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
             "non2xx": int(errs.group(1)) if errs else 0}
 
 
-# e2e variants: (description, loopwatch on, bare build, extra flags)
+# e2e variants: (description, loopwatch on, bare build, extra flags); P and Q run peer_service
 E2E_VARIANTS = {
     "A": ("uninstrumented", False, True, []),
     "B": ("full loopwatch", True, False, []),
     "C": ("loopwatch without the route layer", True, False, ["--no-route-layer"]),
     "D": ("CountingAllocator only (--no-loopwatch)", False, False, []),
+    "P": ("peer stack (otel-tower metrics + tokio-metrics via the OTel SDK)", False, False, []),
+    "Q": ("peer_service --bare (peer stack off)", False, False, ["--bare"]),
 }
+PEER_VARIANTS = ("P", "Q")
+
+
+def start_peer(args, out_dir, name, agent_grpc, cpu=None, extra=()):
+    """peer_service (benches/src/bin/peer_service.rs) exporting to the agent's gRPC port."""
+    port = free_port()
+    cmd = [bin_path(args, "peer_service"), "--port", str(port),
+           "--otlp-endpoint", f"http://127.0.0.1:{agent_grpc}", *extra]
+    p = Proc(cmd, out_dir, name, env={"RUST_LOG": "warn", "OTEL_SERVICE_NAME": f"bench-{name}"},
+             cpu=cpu)
+    wait_port(port, p.p)
+    return p, port
 
 
 def cmd_e2e(args):
@@ -308,19 +328,32 @@ def cmd_e2e(args):
             # A B, B A, A B, ...: a slot bias (warm caches, neighbours) cancels out over pairs.
             for variant in (names if i % 2 == 0 else names[::-1]):
                 _, lw, bare, extra = E2E_VARIANTS[variant]
-                svc, port = start_service(args, args.out, f"e2e-{variant}{i}", lw,
-                                          aports["grpc"], cpu=0, bare=bare, extra=extra)
+                if variant in PEER_VARIANTS:
+                    svc, port = start_peer(args, args.out, f"e2e-{variant}{i}", aports["grpc"],
+                                           cpu=0, extra=extra)
+                else:
+                    svc, port = start_service(args, args.out, f"e2e-{variant}{i}", lw,
+                                              aports["grpc"], cpu=0, bare=bare, extra=extra)
                 try:
                     url = f"http://127.0.0.1:{port}/"
                     wrk = ["wrk", f"-t{args.threads}", f"-c{args.conns}", "--latency"]
                     subprocess.run(pinned(wrk + ["-d2s", url], 1), capture_output=True,
                                    timeout=30)
+                    us0 = user_sys_seconds(svc.pid)
                     r = subprocess.run(pinned(wrk + [f"-d{args.duration}s", url], 1),
                                        capture_output=True, text=True,
                                        timeout=args.duration + 30)
+                    us1 = user_sys_seconds(svc.pid)
                     row = parse_wrk(r.stdout)
+                    # Service CPU per request over the measured run: unlike req/s, it does not
+                    # move with the share of CPU 0 that other processes take. User and kernel
+                    # apart: callgrind counts only the user part.
+                    n = row["requests"] or float("nan")
                     row.update({"bench": "e2e", "variant": variant, "loopwatch": lw,
-                                "pair": i, "service_cpu_s": cpu_seconds(svc.pid)})
+                                "pair": i, "service_cpu_s": sum(us1),
+                                "cpu_us_per_req": (sum(us1) - sum(us0)) * 1e6 / n,
+                                "user_us_per_req": (us1[0] - us0[0]) * 1e6 / n,
+                                "sys_us_per_req": (us1[1] - us0[1]) * 1e6 / n})
                     results[variant].append(row)
                     out.row(row)
                 finally:
@@ -335,6 +368,9 @@ def cmd_e2e(args):
         rv = med([x["rps"] for x in xs])
         rows.append([f"{v}: {E2E_VARIANTS[v][0]}", f"{rv:.0f}",
                      f"{rv / ra:.4f}" if ra else "nan",
+                     f"{med([x['cpu_us_per_req'] for x in xs]):.3f}",
+                     f"{med([x['user_us_per_req'] for x in xs]):.3f}",
+                     f"{med([x['sys_us_per_req'] for x in xs]):.3f}",
                      f"{med([x['p50_ms'] for x in xs]):.3f}",
                      f"{med([x['p99_ms'] for x in xs]):.3f}", len(xs)])
     b = results["B"]
@@ -351,16 +387,52 @@ def cmd_e2e(args):
             "allocator, OTLP export to the agent)"
             + ("; C = B with `--no-route-layer`" if "C" in names else "")
             + ("; D = `example-service --no-loopwatch` (the CountingAllocator only)"
-               if "D" in names else "") + ".")
+               if "D" in names else "")
+            + ("; P = `peer_service`: opentelemetry-instrumentation-tower metrics and a "
+               "tokio-metrics `RuntimeMonitor` through the OTel SDK (PeriodicReader, OTLP gRPC "
+               "to the agent, 1 s)" if "P" in names else "")
+            + ("; Q = `peer_service --bare`" if "Q" in names else "") + ".")
+    peer_line = ""
+    if "P" in names:
+        # Added cost as service time per request (the service is pinned and saturated):
+        # 1/rps - 1/rps_A, per pair for the spread, and of the medians.
+        p = results["P"]
+        rp = med([x["rps"] for x in p])
+        per_pair = [(1 / y["rps"] - 1 / x["rps"]) / (1 / z["rps"] - 1 / x["rps"])
+                    for x, y, z in zip(a, b, p)
+                    if x["rps"] and y["rps"] and z["rps"] and z["rps"] != x["rps"]]
+        added = ((1 / rb - 1 / ra) / (1 / rp - 1 / ra)
+                 if ra and rb and rp and rp != ra else float("nan"))
+        cpu = {v: med([x["cpu_us_per_req"] for x in results[v]]) for v in ("A", "B", "P")}
+        user = {v: med([x["user_us_per_req"] for x in results[v]]) for v in ("A", "B", "P")}
+        cpu_pair = [(y["cpu_us_per_req"] - x["cpu_us_per_req"])
+                    / (z["cpu_us_per_req"] - x["cpu_us_per_req"])
+                    for x, y, z in zip(a, b, p) if z["cpu_us_per_req"] != x["cpu_us_per_req"]]
+        peer_line = (f"\n\nthroughput ratio P/A = **{rp / ra:.4f}**; added service time per "
+                     f"request (1/rps): loopwatch {(1 / rb - 1 / ra) * 1e9:+.0f} ns, peer "
+                     f"{(1 / rp - 1 / ra) * 1e9:+.0f} ns; loopwatch added / peer added = "
+                     f"**{added:.3f}** (target <= 0.333; per round: "
+                     + ", ".join(f"{r:.3f}" for r in per_pair) + ")"
+                     + f"\n\nservice CPU per request: loopwatch added "
+                     f"{(cpu['B'] - cpu['A']) * 1e3:+.0f} ns, peer added "
+                     f"{(cpu['P'] - cpu['A']) * 1e3:+.0f} ns; loopwatch added / peer added = "
+                     f"**{(cpu['B'] - cpu['A']) / (cpu['P'] - cpu['A']):.3f}** (per round: "
+                     + ", ".join(f"{r:.3f}" for r in cpu_pair) + ")"
+                     + f"; user CPU only: loopwatch added {(user['B'] - user['A']) * 1e3:+.0f} "
+                     f"ns, peer added {(user['P'] - user['A']) * 1e3:+.0f} ns, ratio "
+                     f"**{(user['B'] - user['A']) / (user['P'] - user['A']):.3f}**")
     order = " ".join(["".join(names), "".join(names[::-1]), "..."])
     text = (f"### End-to-end overhead (wrk -t{args.threads} -c{args.conns} -d{args.duration}s, "
             f"service pinned to CPU 0, wrk + agent to CPU 1, {args.pairs} rounds in order "
             f"{order}, fresh process per run, 2 s warm-up, medians)\n\n"
             + desc + "\n\n"
-            + md_table(["variant", "req/s", "ratio to A", "p50 ms", "p99 ms", "runs"], rows)
+            + md_table(["variant", "req/s", "ratio to A", "service CPU µs/request",
+                        "user µs/request", "kernel µs/request", "p50 ms", "p99 ms", "runs"],
+                       rows)
             + f"\n\nthroughput ratio B/A = **{ratio:.4f}** (target >= 0.985; per pair: "
             + ", ".join(f"{r:.3f}" for r in pair_ratios)
-            + f"); p50 delta {dp50 * 1000:+.1f} us; p99 delta {dp99 * 1000:+.1f} us")
+            + f"); p50 delta {dp50 * 1000:+.1f} us; p99 delta {dp99 * 1000:+.1f} us"
+            + peer_line)
     out.table(text)
 
 
@@ -834,7 +906,8 @@ def main():
     e.add_argument("--conns", type=int, default=64)
     e.add_argument("--variants", default="A,B",
                    help="A,B plus optional C (no route layer) and D (allocator only), to "
-                        "attribute B's cost")
+                        "attribute B's cost, P (the peer stack, peer_service) and Q (peer_service "
+                        "--bare)")
     a = sub.add_parser("accuracy")
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--blocks", default="1,5,20,100,500,2000")

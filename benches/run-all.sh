@@ -28,7 +28,9 @@ echo "== build (release)" >&2
 cargo build --release -p loopwatch-examples --no-default-features >&2
 cp "$BIN/example-service" "$BIN/example-service-bare"
 cargo build --release -p loopwatch-agent -p loopwatch-examples >&2
-cargo build --release --manifest-path benches/Cargo.toml --bins >&2
+cargo build --release --manifest-path benches/Cargo.toml --bin probe_accuracy --bin otlp_load >&2
+# The peer stack (issue 14) for benchmarks 2 and 2b, with the main workspace's release profile.
+benches/build-peer.sh "$BIN"
 
 {
   echo "# loopwatch benchmarks, run $STAMP"
@@ -45,11 +47,11 @@ cargo build --release --manifest-path benches/Cargo.toml --bins >&2
 cat "$OUT/machine.md"
 
 if [[ "${QUICK:-0}" == 1 ]]; then
-  E2E=(--pairs 2 --duration 5); ACC=(--repeats 1); DET=(--repeats 2)
+  E2E=(--pairs 2 --duration 5 --variants A,B,P); ACC=(--repeats 1); DET=(--repeats 2)
   IDLE=(--repeats 1 --duration 10 --neighbour); ING=(--repeats 1 --duration 5 --paced-duration 10)
   CRIT=(--warm-up-time 1 --measurement-time 2); AB=10
 else
-  E2E=(--pairs 5 --duration 10); ACC=(--repeats 3); DET=(--repeats 5)
+  E2E=(--pairs 5 --duration 10 --variants A,B,P); ACC=(--repeats 3); DET=(--repeats 5)
   IDLE=(--repeats 3 --duration 20 --neighbour); ING=(--repeats 3 --duration 10 --paced-duration 30)
   CRIT=(--warm-up-time 2 --measurement-time 5); AB=40
 fi
