@@ -3,89 +3,23 @@
 //! exports to capturing receivers on loopback (a tonic gRPC server accepting gzip and an axum
 //! HTTP server) that record the request headers and bodies. TLS is in `otlp_env_tls.rs`.
 
-use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::io::Read;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
+use loopwatch_e2e::capture::{self, Seen};
 use loopwatch_e2e::{Proc, bin, wait_for};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
-
-/// Each export received: its headers and, over HTTP, its body as sent.
-type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
-
-#[derive(Clone)]
-struct Grpc(Seen);
-
-#[tonic::async_trait]
-impl MetricsService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let headers = request.metadata().clone().into_headers();
-        self.0.lock().expect("lock").push((headers, Bytes::new()));
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-/// Serves a capturing receiver of `kind` (`grpc` or `http`) on 127.0.0.1.
-fn receiver(kind: &str, seen: Seen) -> (tokio::runtime::Runtime, SocketAddr) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    if kind == "grpc" {
-        rt.spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(
-                    MetricsServiceServer::new(Grpc(seen))
-                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-                )
-                .serve_with_incoming(incoming)
-                .await;
-        });
-    } else {
-        let app = axum::Router::new().route(
-            "/v1/metrics",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock().expect("lock").push((headers, body));
-                    (
-                        [("content-type", "application/x-protobuf")],
-                        Vec::<u8>::new(),
-                    )
-                }
-            }),
-        );
-        rt.spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-    }
-    (rt, addr)
-}
 
 /// The first export of an `example-service` with `env` to a capturing receiver of `kind`.
 fn first_export(kind: &str, env: &[(&str, &str)]) -> (HeaderMap, Bytes) {
     let seen: Seen = Arc::default();
-    let (_rt, addr) = receiver(kind, seen.clone());
+    let (_rt, addr) = capture::receiver(kind == "grpc", seen.clone());
     let mut cmd = Command::new(bin("example-service"));
     cmd.args(["--listen", "127.0.0.1:0"])
         .env("OTEL_SERVICE_NAME", format!("headers-{kind}"))

@@ -4,78 +4,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use common::{TestAgent, gauge, request};
 use loopwatch_agent::config::{Config, ExportProtocol};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-
-type Seen = Arc<Mutex<Vec<HeaderMap>>>;
-
-#[derive(Clone)]
-struct Grpc(Seen);
-
-#[tonic::async_trait]
-impl MetricsService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let headers = request.metadata().clone().into_headers();
-        self.0.lock().expect("lock").push(headers);
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-/// Serves a capturing receiver on 127.0.0.1 on `rt`.
-fn capture(rt: &tokio::runtime::Runtime, grpc: bool, seen: Seen) -> SocketAddr {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    if grpc {
-        let svc = MetricsServiceServer::new(Grpc(seen))
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        rt.spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await;
-        });
-    } else {
-        let app = axum::Router::new().route(
-            "/v1/metrics",
-            axum::routing::post(move |headers: HeaderMap| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock().expect("lock").push(headers);
-                    (
-                        [("content-type", "application/x-protobuf")],
-                        Vec::<u8>::new(),
-                    )
-                }
-            }),
-        );
-        rt.spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-    }
-    addr
-}
+use loopwatch_e2e::capture::{self, Seen};
 
 fn headers_arrive(protocol: ExportProtocol) -> HeaderMap {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let seen: Seen = Arc::default();
-    let addr = capture(&rt, protocol == ExportProtocol::Grpc, seen.clone());
+    let (_rt, addr) = capture::receiver(protocol == ExportProtocol::Grpc, seen.clone());
     let builder = Config::builder()
         .exporter(format!("http://{addr}"), protocol)
         .exporter_interval(Duration::from_millis(100))
@@ -92,7 +31,7 @@ fn headers_arrive(protocol: ExportProtocol) -> HeaderMap {
         !seen.lock().expect("lock").is_empty()
     });
     assert!(got, "{protocol:?}: nothing reached the capturing receiver");
-    let h = seen.lock().expect("lock")[0].clone();
+    let h = seen.lock().expect("lock")[0].0.clone();
     let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
     assert_eq!(
         get("authorization").as_deref(),
