@@ -36,6 +36,9 @@ fn run_program(program: &Path, route: &str, function: &str, extra: &[&str]) -> s
     let url = format!("{}/{route}?ms=1500", service.url);
     let started = Instant::now();
     let block = std::thread::spawn(move || http_get(&url));
+    // Reports that do not name the handler are printed as they arrive: on a timeout they say
+    // what the agent had instead.
+    let mut seen = serde_json::Value::Null;
     let (stalls, seen_at) = wait_for(
         "last_stalls naming the handler in /v1/status",
         Duration::from_secs(60),
@@ -43,7 +46,14 @@ fn run_program(program: &Path, route: &str, function: &str, extra: &[&str]) -> s
         || {
             let s = agent.service_status(&service.name)?;
             let stalls = s["last_stalls"].clone();
-            names(&stalls, function).then(|| (stalls, started.elapsed()))
+            if names(&stalls, function) {
+                return Some((stalls, started.elapsed()));
+            }
+            if stalls != seen {
+                eprintln!("last_stalls without {function}: {stalls}");
+                seen = stalls;
+            }
+            None
         },
     );
     let during = !block.is_finished();

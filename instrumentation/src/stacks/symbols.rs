@@ -108,8 +108,19 @@ pub(crate) fn trim(frames: Vec<Frame>) -> Vec<Frame> {
     frames.into_iter().skip(skip).collect()
 }
 
-/// Whether the stack is a tokio worker waiting for work (parked), not running any.
+/// Whether the stack is a tokio worker waiting for work (parked), not running any. Only the
+/// frames inside the first task poll count: a thread that polls a task is running it, whatever
+/// a frame further out (or a stale word the unwinder's scan took for one) says.
 pub(crate) fn parked(frames: &[Frame]) -> bool {
+    let polling = frames
+        .iter()
+        .position(|f| {
+            f.function.starts_with("tokio::runtime::task::raw::poll")
+                || f.function
+                    .starts_with("tokio::runtime::task::harness::poll_future")
+        })
+        .unwrap_or(frames.len());
+    let frames = &frames[..polling];
     frames.iter().any(|f| {
         let n = f.function.as_str();
         n.starts_with("tokio::runtime::scheduler::multi_thread::park::")
@@ -168,6 +179,32 @@ mod tests {
         let t = trim(frames);
         assert_eq!(t[0].function, "app::spin");
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn a_thread_polling_a_task_is_not_parked_whatever_lies_further_out() {
+        let parked_worker = vec![
+            f("epoll_wait"),
+            f("tokio::runtime::scheduler::current_thread::Context::park"),
+            f("main"),
+        ];
+        assert!(parked(&parked_worker));
+        let running = vec![
+            f("std::thread::sleep"),
+            f("app::block"),
+            f("tokio::runtime::task::harness::poll_future"),
+            f("tokio::runtime::task::raw::poll"),
+            f("app::main"),
+            // A stale word past the end of the copy.
+            f("tokio::runtime::scheduler::current_thread::Context::park"),
+        ];
+        assert!(!parked(&running));
+        let idle_blocking = vec![
+            f("std::sys::sync::condvar::futex::Condvar::wait"),
+            f("std::sync::poison::condvar::Condvar::wait"),
+            f("tokio::runtime::blocking::pool::Inner::run"),
+        ];
+        assert!(parked(&idle_blocking));
     }
 
     #[test]

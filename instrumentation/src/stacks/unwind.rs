@@ -75,6 +75,7 @@ impl Unwinder {
         }
         let base = raw.regs.sp;
         let bytes = &raw.bytes;
+        let end = base.saturating_add(bytes.len() as u64);
         let word = |addr: u64| -> Option<u64> {
             let off = usize::try_from(addr.checked_sub(base)?).ok()?;
             let w = bytes.get(off..off.checked_add(8)?)?;
@@ -98,6 +99,9 @@ impl Unwinder {
                 {
                     Ok(Some(ret)) => Some(ret),
                     Ok(None) => break,
+                    // The frame's data lies beyond the copied slice: the copy ends here. A
+                    // scan would find stale words, not callers.
+                    Err(framehop::Error::CouldNotReadStack(at)) if at >= end => None,
                     Err(_) if scans < MAX_SCANS => {
                         scans += 1;
                         self.scan(regs.sp(), &word).map(|(ret, at)| {
