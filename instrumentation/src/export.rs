@@ -5,13 +5,20 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "http-proto")]
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
+#[cfg(feature = "http-proto")]
 use opentelemetry_http::hyper::HyperClient;
-use opentelemetry_otlp::{
-    Compression, MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
-};
+#[cfg(any(feature = "grpc", feature = "http-proto"))]
+pub(crate) use opentelemetry_otlp::MetricExporter;
+#[cfg(feature = "http-proto")]
+use opentelemetry_otlp::WithHttpConfig;
+#[cfg(feature = "grpc")]
+use opentelemetry_otlp::WithTonicConfig;
+#[cfg(any(feature = "grpc", feature = "http-proto"))]
+use opentelemetry_otlp::{Compression, RetryPolicy, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -24,7 +31,43 @@ use opentelemetry_sdk::metrics::{
 use crate::config::{Protocol, Settings, TlsFiles};
 use crate::error::StartError;
 use crate::live::Shared;
-use crate::tls::TlsMaterial;
+#[cfg(any(feature = "grpc", feature = "http-proto"))]
+pub(crate) use crate::tls::TlsMaterial;
+#[cfg(not(any(feature = "grpc", feature = "http-proto")))]
+/// No transport, no TLS.
+pub(crate) type TlsMaterial = std::convert::Infallible;
+
+/// The exporter type of a build without any transport: uninhabited (the start fails with
+/// [`without_transport`] before one would be built).
+#[cfg(not(any(feature = "grpc", feature = "http-proto")))]
+#[derive(Debug)]
+pub(crate) enum NoExporter {}
+
+#[cfg(not(any(feature = "grpc", feature = "http-proto")))]
+pub(crate) use NoExporter as MetricExporter;
+
+#[cfg(not(any(feature = "grpc", feature = "http-proto")))]
+impl PushMetricExporter for NoExporter {
+    async fn export(&self, _: &ResourceMetrics) -> OTelSdkResult {
+        match *self {}
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        match *self {}
+    }
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        match *self {}
+    }
+    fn temporality(&self) -> Temporality {
+        match *self {}
+    }
+}
+
+#[cfg(not(any(feature = "grpc", feature = "http-proto")))]
+impl opentelemetry_sdk::logs::LogExporter for NoExporter {
+    async fn export(&self, _: opentelemetry_sdk::logs::LogBatch<'_>) -> OTelSdkResult {
+        match *self {}
+    }
+}
 
 /// Bucket boundaries of `tokio.schedule.duration`, seconds.
 pub(crate) const SCHEDULE_BUCKETS: [f64; 16] = [
@@ -76,6 +119,11 @@ impl OwnedPipeline {
             tracing::debug!(error = %e, "loopwatch meter provider shutdown failed");
         }
         let _ = self.exporter.shutdown_with_timeout(timeout);
+        // The channel's tasks end with the exporter, before its runtime stops.
+        #[allow(
+            clippy::drop_non_drop,
+            reason = "the uninhabited exporter of a build without transports"
+        )]
         drop(self.exporter);
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(timeout);
@@ -160,7 +208,8 @@ pub(crate) fn on_export_runtime<T>(
 /// The OTLP metric exporter for `s`: endpoint, timeout, gzip and TLS as resolved by loopwatch
 /// (headers come from the environment through opentelemetry-otlp).
 fn build_exporter(s: &Settings, tls: Option<&TlsMaterial>) -> Result<MetricExporter, StartError> {
-    let built = match s.protocol {
+    match s.protocol {
+        #[cfg(feature = "grpc")]
         Protocol::Grpc => grpc_transport(
             MetricExporter::builder()
                 .with_tonic()
@@ -170,7 +219,9 @@ fn build_exporter(s: &Settings, tls: Option<&TlsMaterial>) -> Result<MetricExpor
             s.gzip,
             tls,
         )
-        .build(),
+        .build()
+        .map_err(|e| StartError::Exporter(e.to_string())),
+        #[cfg(feature = "http-proto")]
         Protocol::HttpProtobuf => http_transport(
             MetricExporter::builder()
                 .with_http()
@@ -182,9 +233,14 @@ fn build_exporter(s: &Settings, tls: Option<&TlsMaterial>) -> Result<MetricExpor
             tls,
             s.export_timeout,
         )?
-        .build(),
-    };
-    built.map_err(|e| StartError::Exporter(e.to_string()))
+        .build()
+        .map_err(|e| StartError::Exporter(e.to_string())),
+        #[allow(unreachable_patterns)]
+        p => {
+            let _ = tls;
+            Err(without_transport(p))
+        }
+    }
 }
 
 /// The TLS material for `endpoint`: loaded for `https://`, `None` otherwise. The rustls config
@@ -194,12 +250,32 @@ pub(crate) fn tls_for(endpoint: &str, files: &TlsFiles) -> Result<Option<TlsMate
     if !endpoint.starts_with("https://") {
         return Ok(None);
     }
-    let material = TlsMaterial::load(files)?;
-    material.http()?;
-    Ok(Some(material))
+    #[cfg(any(feature = "grpc", feature = "http-proto"))]
+    {
+        let material = TlsMaterial::load(files)?;
+        material.http()?;
+        Ok(Some(material))
+    }
+    #[cfg(not(any(feature = "grpc", feature = "http-proto")))]
+    {
+        let _ = files;
+        Ok(None)
+    }
+}
+
+/// The error of a protocol whose transport feature is not compiled in.
+pub(crate) fn without_transport(protocol: Protocol) -> StartError {
+    let (name, feature) = match protocol {
+        Protocol::Grpc => ("grpc", "grpc"),
+        Protocol::HttpProtobuf => ("http/protobuf", "http-proto"),
+    };
+    StartError::Exporter(format!(
+        "OTLP protocol {name} needs loopwatch's `{feature}` cargo feature (or give loopwatch your own provider with meter_provider)"
+    ))
 }
 
 /// gzip and TLS on a gRPC exporter builder (metrics or logs).
+#[cfg(feature = "grpc")]
 pub(crate) fn grpc_transport<B: WithTonicConfig>(
     mut b: B,
     gzip: bool,
@@ -218,6 +294,7 @@ pub(crate) fn grpc_transport<B: WithTonicConfig>(
 /// export runtime (the builder must run inside it), with rustls (ring) for `https://` on
 /// loopwatch's own TLS config, which needs no process-wide crypto provider. The client bounds
 /// the whole request, body included, by `timeout`.
+#[cfg(feature = "http-proto")]
 pub(crate) fn http_transport<B: WithHttpConfig>(
     mut b: B,
     gzip: bool,
@@ -489,4 +566,20 @@ pub(crate) fn loopwatch_meter(provider: &SdkMeterProvider) -> Meter {
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
     provider.meter_with_scope(scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_protocol_without_its_transport_names_the_feature() {
+        let e = without_transport(Protocol::HttpProtobuf).to_string();
+        assert!(
+            e.contains("http/protobuf") && e.contains("`http-proto`"),
+            "{e}"
+        );
+        let e = without_transport(Protocol::Grpc).to_string();
+        assert!(e.contains("`grpc` cargo feature"), "{e}");
+    }
 }

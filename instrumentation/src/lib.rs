@@ -114,6 +114,7 @@
 //! | cargo feature / cfg | adds |
 //! |---|---|
 //! | (default) | stuck workers from runtime metrics; `CountingAllocator`; process RSS/CPU (procfs on Linux, `sysinfo` elsewhere) |
+//! | features `axum`, `grpc`, `http-proto`, `tracing-otlp` (default on) | the axum/tower layers and routers ([`http`], [`shed::ShedLayer`], [`health`], the in-flight count of [`shutdown`]); OTLP/gRPC export (tonic); OTLP/HTTP export (hyper); [`trace::OtlpTracing`] (with `grpc` or `http-proto`). Without an export feature, [`LoopwatchBuilder::meter_provider`] gives loopwatch your provider, and stall stacks are reported as `tracing` warnings only |
 //! | feature `jemalloc` | heap from jemalloc `stats.allocated` (tikv-jemalloc-ctl) when no `CountingAllocator` is installed; the service must run on jemalloc: `#[global_allocator] static A: loopwatch::heap::Jemalloc = loopwatch::heap::Jemalloc;` (re-exported `tikv-jemallocator`). Off by default: jemalloc is compiled from C |
 //! | `RUSTFLAGS="--cfg tokio_unstable"` | `install_poll_hooks`, `before_task_poll`, `after_task_poll`; the unstable runtime metrics below |
 //!
@@ -207,8 +208,10 @@ mod config;
 mod error;
 mod export;
 mod flush;
+#[cfg(feature = "axum")]
 pub mod health;
 pub mod heap;
+#[cfg(feature = "axum")]
 pub mod http;
 mod live;
 mod nudge;
@@ -231,7 +234,12 @@ mod threads;
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 #[path = "threads_off.rs"]
 mod threads;
+#[cfg(any(feature = "grpc", feature = "http-proto"))]
 mod tls;
+#[cfg(all(
+    feature = "tracing-otlp",
+    any(feature = "grpc", feature = "http-proto")
+))]
 pub mod trace;
 mod unpark;
 pub mod workers;

@@ -116,6 +116,7 @@ impl Shared {
         }
     }
 
+    #[cfg(feature = "axum")]
     /// A nudge from work starting on the watched runtime (e.g. a request's first poll): if
     /// the probe thread is sleeping an idle tick, wakes it now, so that the probe samples from
     /// (about) the start of that work instead of up to [`IDLE_TICK`] later. See
@@ -146,6 +147,7 @@ impl Shared {
         }
     }
 
+    #[cfg(feature = "axum")]
     /// Scheduling delay accumulated since start, µs: completed probe delays plus the age of the
     /// outstanding probe. Monotonic up to a transient overcount of one probe (readers clamp).
     /// How late the runtime was just before `now`: the age of the outstanding probe, or the
@@ -167,6 +169,7 @@ impl Shared {
         outstanding.max(last)
     }
 
+    #[cfg(feature = "axum")]
     /// As of now. The clock is read only while a probe is outstanding (a stall in progress):
     /// otherwise the total of ended delays is the answer.
     pub(crate) fn delayed_clock_us_now(&self) -> u64 {

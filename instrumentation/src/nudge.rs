@@ -73,6 +73,7 @@ impl Nudge {
         self.idle_sleep.load(Ordering::Acquire)
     }
 
+    #[cfg(feature = "axum")]
     /// A nudge from work starting on the watched runtime: if the probe thread sleeps an idle
     /// tick, wakes it now. Otherwise one relaxed load; the wake-up (one `unpark`) happens once
     /// per quiet → busy transition. Best effort without a hook: a nudge racing with the probe

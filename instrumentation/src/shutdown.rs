@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::flush::FlushTrigger;
+#[cfg(feature = "axum")]
 use crate::http::RouteMetrics;
 
 impl GracefulShutdownBuilder {
@@ -129,6 +130,7 @@ pub enum ShutdownOutcome {
 #[non_exhaustive]
 pub struct GracefulShutdownBuilder {
     lifecycle: Option<Lifecycle>,
+    #[cfg(feature = "axum")]
     routes: Option<RouteMetrics>,
     drain_delay: Option<Duration>,
     deadline: Option<Duration>,
@@ -144,6 +146,7 @@ impl GracefulShutdownBuilder {
     }
     /// Route metrics whose active-request count must reach 0; without them only the server's
     /// own completion is awaited.
+    #[cfg(feature = "axum")]
     pub fn routes(mut self, routes: RouteMetrics) -> Self {
         self.routes = Some(routes);
         self
@@ -171,6 +174,7 @@ impl GracefulShutdownBuilder {
         GracefulShutdown {
             inner: Arc::new(ShutdownInner {
                 lifecycle: self.lifecycle.unwrap_or_default(),
+                #[cfg(feature = "axum")]
                 routes: self.routes,
                 drain_delay: self
                     .drain_delay
@@ -195,6 +199,7 @@ enum Phase {
 #[derive(Debug)]
 struct ShutdownInner {
     lifecycle: Lifecycle,
+    #[cfg(feature = "axum")]
     routes: Option<RouteMetrics>,
     drain_delay: Duration,
     deadline: Duration,
@@ -370,12 +375,18 @@ impl GracefulShutdown {
         }
     }
 
+    /// Requests in flight (0 without route metrics to count them).
     fn active(&self) -> i64 {
-        self.inner
-            .routes
-            .as_ref()
-            .map(RouteMetrics::active_requests)
-            .unwrap_or(0)
+        #[cfg(feature = "axum")]
+        {
+            self.inner
+                .routes
+                .as_ref()
+                .map(RouteMetrics::active_requests)
+                .unwrap_or(0)
+        }
+        #[cfg(not(feature = "axum"))]
+        0
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 
 use crate::heap::HeapSnapshot;
+#[cfg(feature = "axum")]
 use crate::http::{RouteMetrics, RouteMetricsBuilder};
 use crate::shed::Pressure;
 use crate::shutdown::{Lifecycle, LifecycleState};
@@ -198,6 +199,7 @@ impl LoopwatchBuilder {
             extras,
             meter,
             lifecycle,
+            #[cfg(feature = "axum")]
             routes: std::sync::OnceLock::new(),
         })
     }
@@ -214,6 +216,7 @@ pub struct LoopwatchGuard {
     meter: opentelemetry::metrics::Meter,
     lifecycle: shutdown::Lifecycle,
     /// The route metrics [`LoopwatchGuard::route_metrics`] hands out, built on first use.
+    #[cfg(feature = "axum")]
     routes: std::sync::OnceLock<RouteMetrics>,
 }
 
@@ -260,6 +263,7 @@ impl LoopwatchGuard {
     /// the first call; later calls only clone a reference), so routers built per test or per
     /// tenant share one set of series. Use [`LoopwatchGuard::route_metrics_builder`] to change
     /// limits.
+    #[cfg(feature = "axum")]
     pub fn route_metrics(&self) -> RouteMetrics {
         self.routes
             .get_or_init(|| self.route_metrics_builder().build())
@@ -269,6 +273,7 @@ impl LoopwatchGuard {
     /// A [`crate::http::RouteMetricsBuilder`] preset with loopwatch's meter and pressure. Each
     /// [`crate::http::RouteMetricsBuilder::build`] makes new metrics and registers their instruments again:
     /// build once and clone the result (or use [`LoopwatchGuard::route_metrics`]).
+    #[cfg(feature = "axum")]
     pub fn route_metrics_builder(&self) -> RouteMetricsBuilder {
         RouteMetrics::builder()
             .meter(self.meter())

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "grpc")]
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,8 +26,10 @@ pub(crate) struct TlsMaterial {
 #[derive(Debug)]
 struct ClientIdentity {
     chain: Vec<CertificateDer<'static>>,
+    #[cfg(feature = "grpc")]
     chain_pem: Vec<u8>,
     key: PrivateKeyDer<'static>,
+    #[cfg(feature = "grpc")]
     key_pem: Vec<u8>,
 }
 
@@ -75,10 +78,14 @@ impl TlsMaterial {
                         format!("holds no valid PEM private key: {e}"),
                     )
                 })?;
+                #[cfg(not(feature = "grpc"))]
+                let _ = (chain_pem, key_pem);
                 Some(ClientIdentity {
                     chain,
+                    #[cfg(feature = "grpc")]
                     chain_pem,
                     key,
+                    #[cfg(feature = "grpc")]
                     key_pem,
                 })
             }
@@ -92,6 +99,7 @@ impl TlsMaterial {
     }
 
     /// The tonic (gRPC) TLS settings.
+    #[cfg(feature = "grpc")]
     pub(crate) fn grpc(&self) -> ClientTlsConfig {
         let mut tls = ClientTlsConfig::new();
         tls = match &self.ca {

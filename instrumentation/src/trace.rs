@@ -3,7 +3,9 @@
 //! the sidecar even while the watched runtime is blocked.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_otlp::SpanExporter;
+#[cfg(any(feature = "grpc", feature = "http-proto"))]
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Subscriber;
@@ -47,6 +49,7 @@ impl OtlpTracing {
     pub fn start(builder: LoopwatchBuilder) -> Result<OtlpTracing, StartError> {
         let s = config::resolve(builder, &config::process_env)?;
         let (exporter, runtime) = match s.protocol {
+            #[cfg(feature = "grpc")]
             Protocol::Grpc => {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
@@ -75,6 +78,7 @@ impl OtlpTracing {
                     }
                 }
             }
+            #[cfg(feature = "http-proto")]
             Protocol::HttpProtobuf => {
                 let endpoint = match s.endpoint.strip_suffix("/v1/metrics") {
                     Some(base) => format!("{base}/v1/traces"),
@@ -89,6 +93,8 @@ impl OtlpTracing {
                     .map_err(|e| StartError::Exporter(e.to_string()))?;
                 (e, None)
             }
+            #[allow(unreachable_patterns)]
+            p => return Err(crate::export::without_transport(p)),
         };
         let resource = Resource::builder_empty()
             .with_attributes(s.resource.iter().cloned())

@@ -7,20 +7,30 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::{InstrumentationScope, Key, KeyValue};
-use opentelemetry_otlp::{
-    LogExporter, RetryPolicy, WithExportConfig, WithHttpConfig as _, WithTonicConfig as _,
-};
+#[cfg(any(feature = "grpc", feature = "http-proto"))]
+use opentelemetry_otlp::LogExporter;
+#[cfg(feature = "http-proto")]
+use opentelemetry_otlp::WithHttpConfig as _;
+#[cfg(feature = "grpc")]
+use opentelemetry_otlp::WithTonicConfig as _;
+#[cfg(any(feature = "grpc", feature = "http-proto"))]
+use opentelemetry_otlp::{RetryPolicy, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogger, SdkLoggerProvider};
 
 use super::{Kind, StallReport, symbols};
 use crate::config::Protocol;
 use crate::error::StartError;
-use crate::export;
-use crate::tls::TlsMaterial;
+#[cfg(not(any(feature = "grpc", feature = "http-proto")))]
+use crate::export::NoExporter as LogExporter;
+use crate::export::{self, TlsMaterial};
 
 /// Where and how the log records go: loopwatch's resolved OTLP settings.
 #[derive(Debug, Clone)]
+#[cfg_attr(
+    not(any(feature = "grpc", feature = "http-proto")),
+    allow(dead_code, reason = "transport settings without a transport")
+)]
 pub(crate) struct LogTarget {
     pub(crate) endpoint: String,
     pub(crate) protocol: Protocol,
@@ -137,7 +147,8 @@ fn build_exporter(
     endpoint: String,
     tls: Option<&TlsMaterial>,
 ) -> Result<LogExporter, StartError> {
-    let built = match t.protocol {
+    match t.protocol {
+        #[cfg(feature = "grpc")]
         Protocol::Grpc => export::grpc_transport(
             LogExporter::builder()
                 .with_tonic()
@@ -147,7 +158,9 @@ fn build_exporter(
             t.gzip,
             tls,
         )
-        .build(),
+        .build()
+        .map_err(|e| StartError::Exporter(e.to_string())),
+        #[cfg(feature = "http-proto")]
         Protocol::HttpProtobuf => export::http_transport(
             LogExporter::builder()
                 .with_http()
@@ -159,9 +172,14 @@ fn build_exporter(
             tls,
             t.timeout,
         )?
-        .build(),
-    };
-    built.map_err(|e| StartError::Exporter(e.to_string()))
+        .build()
+        .map_err(|e| StartError::Exporter(e.to_string())),
+        #[allow(unreachable_patterns)]
+        p => {
+            let _ = (tls, endpoint);
+            Err(export::without_transport(p))
+        }
+    }
 }
 
 fn summary(r: &StallReport) -> String {
