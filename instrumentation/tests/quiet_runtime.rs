@@ -233,7 +233,9 @@ fn unpark_hook_lets_the_probe_sleep_and_still_probes_a_block_from_its_start() {
     let s0 = guard.snapshot().idle_skips;
     std::thread::sleep(Duration::from_secs(2));
     let ticks = guard.snapshot().idle_skips - s0;
-    assert!(ticks < 20, "{ticks} idle ticks in 2 s with the hook");
+    // With the hook the probe thread looks once per window (the export interval, 1 s, for a
+    // provider of the application's): 2 looks in 2 s, 3 when the span straddles a boundary.
+    assert!(ticks <= 3, "{ticks} idle ticks in 2 s with the hook");
 
     // A block starting from the quiet runtime (no request to nudge the probe): the spawn wakes
     // the worker, the hook wakes the probe thread, and the probe samples from the block's
