@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "http-proto")]
 use hyper_util::client::legacy::connect::HttpConnector;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
-use opentelemetry::{InstrumentationScope, KeyValue};
 #[cfg(feature = "http-proto")]
 use opentelemetry_http::hyper::HyperClient;
 #[cfg(any(feature = "grpc", feature = "http-proto"))]
@@ -68,12 +66,6 @@ impl opentelemetry_sdk::logs::LogExporter for NoExporter {
         match *self {}
     }
 }
-
-/// Bucket boundaries of `tokio.schedule.duration`, seconds.
-pub(crate) const SCHEDULE_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
 
 /// Longest time between two exports of loopwatch's own pipeline while the watched runtime is
 /// quiet (or the export interval, if longer). The `loopwatch-agent` marks a service stale after
@@ -324,188 +316,6 @@ pub(crate) fn http_transport<B: WithHttpConfig>(
     Ok(b)
 }
 
-/// (name, description, reader) of an f64 gauge.
-type F64Gauge = (&'static str, &'static str, fn(&Shared) -> f64);
-/// (name, description, unit, reader) of a u64 gauge.
-type U64Gauge = (&'static str, &'static str, &'static str, fn(&Shared) -> u64);
-
-/// Synchronous instruments recorded by the probe thread.
-pub(crate) struct Instruments {
-    pub(crate) schedule: Histogram<f64>,
-    pub(crate) stalls: Counter<u64>,
-}
-
-fn gauge(
-    meter: &Meter,
-    shared: &Arc<Shared>,
-    attrs: &[KeyValue],
-    name: &'static str,
-    description: &'static str,
-    unit: &'static str,
-    read: fn(&Shared) -> f64,
-) {
-    let shared = Arc::clone(shared);
-    let attrs = attrs.to_vec();
-    let _ = meter
-        .f64_observable_gauge(name)
-        .with_description(description)
-        .with_unit(unit)
-        .with_callback(move |obs| {
-            if shared.live() {
-                obs.observe(read(&shared), &attrs);
-            }
-        })
-        .build();
-}
-
-fn secs_us(v: u64) -> f64 {
-    v as f64 / 1e6
-}
-
-/// Registers every loopwatch instrument on `provider` (meter scope `loopwatch`).
-pub(crate) fn register(
-    provider: &SdkMeterProvider,
-    shared: &Arc<Shared>,
-    attrs: &[KeyValue],
-) -> Instruments {
-    let scope = InstrumentationScope::builder("loopwatch")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    let meter = provider.meter_with_scope(scope);
-
-    let schedule = meter
-        .f64_histogram("tokio.schedule.duration")
-        .with_description(
-            "Scheduling delay of probe tasks (spawn to first poll), coordinated-omission corrected",
-        )
-        .with_unit("s")
-        .with_boundaries(SCHEDULE_BUCKETS.to_vec())
-        .build();
-    let stalls = meter
-        .u64_counter("tokio.eventloop.stalls")
-        .with_description("Stalls: probes outstanding longer than the stall threshold")
-        .with_unit("{stall}")
-        .build();
-
-    let delay: [F64Gauge; 6] = [
-        (
-            "tokio.eventloop.delay.min",
-            "Minimum scheduling delay in the last window",
-            |s| secs_us(s.window().min_us),
-        ),
-        (
-            "tokio.eventloop.delay.max",
-            "Maximum scheduling delay in the last window",
-            |s| secs_us(s.window().max_us),
-        ),
-        (
-            "tokio.eventloop.delay.mean",
-            "Mean scheduling delay in the last window",
-            |s| s.window().mean_us / 1e6,
-        ),
-        (
-            "tokio.eventloop.delay.p50",
-            "Median scheduling delay in the last window",
-            |s| secs_us(s.window().p50_us),
-        ),
-        (
-            "tokio.eventloop.delay.p90",
-            "90th percentile scheduling delay in the last window",
-            |s| secs_us(s.window().p90_us),
-        ),
-        (
-            "tokio.eventloop.delay.p99",
-            "99th percentile scheduling delay in the last window",
-            |s| secs_us(s.window().p99_us),
-        ),
-    ];
-    for (name, description, read) in delay {
-        gauge(&meter, shared, attrs, name, description, "s", read);
-    }
-    gauge(
-        &meter,
-        shared,
-        attrs,
-        "tokio.eventloop.stall.duration",
-        "Age of the outstanding probe (stall in progress), 0 when none",
-        "s",
-        |s| s.current_stall().as_secs_f64(),
-    );
-    gauge(
-        &meter,
-        shared,
-        attrs,
-        "tokio.eventloop.utilization",
-        "Busy ratio of the runtime's workers over the last window, averaged across workers",
-        "1",
-        |s| s.runtime().utilization,
-    );
-
-    let u64_gauges: [U64Gauge; 3] = [
-        (
-            "tokio.runtime.workers",
-            "Worker threads of the runtime",
-            "{thread}",
-            |s| s.runtime().workers,
-        ),
-        (
-            "tokio.runtime.tasks.alive",
-            "Tasks alive in the runtime",
-            "{task}",
-            |s| s.runtime().tasks_alive,
-        ),
-        (
-            "tokio.runtime.global_queue.depth",
-            "Tasks waiting in the global queue",
-            "{task}",
-            |s| s.runtime().global_queue_depth,
-        ),
-    ];
-    for (name, description, unit, read) in u64_gauges {
-        let shared = Arc::clone(shared);
-        let attrs = attrs.to_vec();
-        let _ = meter
-            .u64_observable_gauge(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                if shared.live() {
-                    obs.observe(read(&shared), &attrs);
-                }
-            })
-            .build();
-    }
-    {
-        let shared = Arc::clone(shared);
-        let attrs = attrs.to_vec();
-        let _ = meter
-            .u64_observable_counter("tokio.worker.park.count")
-            .with_description("Worker parks since start, summed over workers")
-            .with_unit("{park}")
-            .with_callback(move |obs| {
-                if shared.live() {
-                    obs.observe(shared.runtime().park_count, &attrs);
-                }
-            })
-            .build();
-    }
-    {
-        let shared = Arc::clone(shared);
-        let attrs = attrs.to_vec();
-        let _ = meter
-            .f64_observable_counter("tokio.worker.busy.duration")
-            .with_description("Busy time since start, summed over workers")
-            .with_unit("s")
-            .with_callback(move |obs| {
-                if shared.live() {
-                    obs.observe(shared.runtime().busy.as_secs_f64(), &attrs);
-                }
-            })
-            .build();
-    }
-    Instruments { schedule, stalls }
-}
-
 /// Which provider the flush thread flushes, and whether it owns it.
 pub(crate) enum FlushTarget {
     Owned(Box<OwnedPipeline>),
@@ -558,14 +368,6 @@ pub(crate) fn run_flush(
         }
     }
     shared.silence();
-}
-
-/// loopwatch's meter on `provider` (scope `loopwatch`, crate version).
-pub(crate) fn loopwatch_meter(provider: &SdkMeterProvider) -> Meter {
-    let scope = InstrumentationScope::builder("loopwatch")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    provider.meter_with_scope(scope)
 }
 
 #[cfg(test)]

@@ -15,9 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::Meter;
-
 pub use alloc::{BATCH as COUNTING_BATCH_BYTES, CountingAllocator, counted_heap_bytes};
 /// jemalloc as a global allocator (feature `jemalloc`), re-exported from `tikv-jemallocator`:
 /// `#[global_allocator] static A: loopwatch::heap::Jemalloc = loopwatch::heap::Jemalloc;` feeds
@@ -26,7 +23,6 @@ pub use alloc::{BATCH as COUNTING_BATCH_BYTES, CountingAllocator, counted_heap_b
 pub use tikv_jemallocator::Jemalloc;
 
 use crate::config::LoopwatchBuilder;
-use crate::live::Shared;
 
 impl LoopwatchBuilder {
     /// Default length of the heap growth-rate window: 30 s.
@@ -277,39 +273,6 @@ impl HeapSampler {
         }
         s.allocated.store(bytes.min(NONE - 1), Ordering::Release);
     }
-}
-
-/// Registers `loopwatch.heap.allocated` and `loopwatch.heap.growth_rate`.
-pub(crate) fn register(
-    meter: &Meter,
-    live: &Arc<Shared>,
-    heap: &Arc<HeapShared>,
-    attrs: &[KeyValue],
-) {
-    {
-        let (live, heap, attrs) = (Arc::clone(live), Arc::clone(heap), attrs.to_vec());
-        let _ = meter
-            .u64_observable_gauge("loopwatch.heap.allocated")
-            .with_description("Live heap bytes (allocated minus freed), from loopwatch::heap::CountingAllocator or jemalloc stats")
-            .with_unit("By")
-            .with_callback(move |obs| {
-                if let Some(b) = heap.snapshot().allocated.filter(|_| live.live()) {
-                    obs.observe(b, &attrs);
-                }
-            })
-            .build();
-    }
-    let (live, heap, attrs) = (Arc::clone(live), Arc::clone(heap), attrs.to_vec());
-    let _ = meter
-        .f64_observable_gauge("loopwatch.heap.growth_rate")
-        .with_description("Growth of live heap bytes: least-squares slope over the heap window")
-        .with_unit("By/s")
-        .with_callback(move |obs| {
-            if let Some(r) = heap.snapshot().growth_rate.filter(|_| live.live()) {
-                obs.observe(r, &attrs);
-            }
-        })
-        .build();
 }
 
 #[cfg(test)]

@@ -213,6 +213,7 @@ pub mod health;
 pub mod heap;
 #[cfg(feature = "axum")]
 pub mod http;
+mod instruments;
 mod live;
 mod nudge;
 mod probe;

@@ -4,26 +4,22 @@
 //! thread's wake-ups (no thread of its own: an idle service pays one wake-up per probe interval,
 //! not two).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::{Meter, MeterProvider as _};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
 #[cfg(not(target_os = "linux"))]
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::error::StartError;
 use crate::flush::FlushTrigger;
-use crate::heap::{self, HeapSampler, HeapShared};
-use crate::live::Shared;
-use crate::workers::{self, WorkerShared, WorkerWatch};
+use crate::heap::{HeapSampler, HeapShared};
+use crate::workers::{WorkerShared, WorkerWatch};
 
 /// Process RSS and CPU read at collection time: on Linux from `/proc/self/stat`, kept open and
 /// re-read with one `pread` (sysinfo's refresh opened and parsed several files, the largest
 /// part of an idle export's CPU); elsewhere through `sysinfo`.
-struct ProcessReader {
+pub(crate) struct ProcessReader {
     source: Source,
     cpus: f64,
     /// (when, process CPU seconds) of the previous read.
@@ -130,7 +126,8 @@ impl Source {
 }
 
 impl ProcessReader {
-    fn new() -> Option<Self> {
+    /// A reader of this process; `None` when it cannot be read (e.g. no /proc).
+    pub(crate) fn new() -> Option<Self> {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let mut r = ProcessReader {
             source: Source::new()?,
@@ -144,7 +141,7 @@ impl ProcessReader {
 
     /// (resident bytes, CPU utilization 0..=1 of the CPUs available to the process since the
     /// previous read).
-    fn read(&mut self) -> Option<(u64, f64)> {
+    pub(crate) fn read(&mut self) -> Option<(u64, f64)> {
         let (rss, cpu_s) = self.source.read()?;
         let now = Instant::now();
         let util = match self.last {
@@ -161,57 +158,6 @@ impl ProcessReader {
         self.last = Some((now, cpu_s));
         Some((rss, util))
     }
-}
-
-/// Registers `process.memory.usage` and `process.cpu.utilization` (skipped when the process
-/// cannot be read, e.g. no /proc).
-fn register_process(meter: &Meter, live: &Arc<Shared>) {
-    let Some(reader) = ProcessReader::new() else {
-        tracing::debug!("loopwatch: process metrics unavailable on this system");
-        return;
-    };
-    let reader = Arc::new(Mutex::new((reader, None::<(u64, f64)>)));
-    // One refresh per collection: the memory callback reads, the CPU callback reuses it.
-    {
-        let (live, reader) = (Arc::clone(live), Arc::clone(&reader));
-        let _ = meter
-            .i64_observable_up_down_counter("process.memory.usage")
-            .with_description("Resident set size of the process")
-            .with_unit("By")
-            .with_callback(move |obs| {
-                if !live.live() {
-                    return;
-                }
-                let mut g = reader.lock().unwrap_or_else(|e| e.into_inner());
-                let v = g.0.read();
-                g.1 = v;
-                if let Some((rss, _)) = v {
-                    obs.observe(i64::try_from(rss).unwrap_or(i64::MAX), &[]);
-                }
-            })
-            .build();
-    }
-    let live = Arc::clone(live);
-    let _ = meter
-        .f64_observable_gauge("process.cpu.utilization")
-        .with_description(
-            "CPU time of the process since the previous collection divided by elapsed time and by the CPUs available to it",
-        )
-        .with_unit("1")
-        .with_callback(move |obs| {
-            if !live.live() {
-                return;
-            }
-            let mut g = reader.lock().unwrap_or_else(|e| e.into_inner());
-            let v = match g.1.take() {
-                Some(v) => Some(v),
-                None => g.0.read(),
-            };
-            if let Some((_, cpu)) = v {
-                obs.observe(cpu, &[]);
-            }
-        })
-        .build();
 }
 
 /// Settings of the sampler, resolved from the builder.
@@ -307,35 +253,21 @@ impl Sampler {
 }
 
 impl Extras {
-    /// Registers the instruments and builds the [`Sampler`] the probe thread runs.
+    /// The shared state and the [`Sampler`] the probe thread runs.
     pub(crate) fn start(
         handle: &tokio::runtime::Handle,
-        provider: &SdkMeterProvider,
-        live: &Arc<Shared>,
-        attrs: &[KeyValue],
         flush: FlushTrigger,
         s: SamplerSettings,
     ) -> (Self, Sampler) {
-        let scope = InstrumentationScope::builder("loopwatch")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build();
-        let meter = provider.meter_with_scope(scope);
         let n = handle.metrics().num_workers();
         let worker_shared = Arc::new(WorkerShared::new(n));
         let heap_shared = Arc::new(HeapShared::new());
-        let episodes = workers::register(&meter, live, &worker_shared, attrs);
-        #[cfg(tokio_unstable)]
-        workers::register_unstable(&meter, live, handle, attrs);
-        heap::register(&meter, live, &heap_shared, attrs);
-        register_process(&meter, live);
 
         let watch = WorkerWatch::new(
             handle.clone(),
             Arc::clone(&worker_shared),
             s.stuck_threshold,
             flush,
-            episodes,
-            attrs.to_vec(),
             s.runtime_name,
         );
         let heap_sampler = HeapSampler::new(Arc::clone(&heap_shared), s.heap_window);

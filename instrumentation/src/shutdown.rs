@@ -390,28 +390,6 @@ impl GracefulShutdown {
     }
 }
 
-/// Registers `loopwatch.lifecycle.state` (observable gauge, attribute `tokio.runtime.name`).
-pub(crate) fn register(
-    meter: &opentelemetry::metrics::Meter,
-    lifecycle: &Lifecycle,
-    shared: &Arc<crate::live::Shared>,
-    attrs: &[opentelemetry::KeyValue],
-) {
-    let lifecycle = lifecycle.clone();
-    let shared = Arc::clone(shared);
-    let attrs = attrs.to_vec();
-    let _ = meter
-        .u64_observable_gauge("loopwatch.lifecycle.state")
-        .with_description("Service lifecycle: 0 running, 1 draining, 2 stopped (final export)")
-        .with_unit("{state}")
-        .with_callback(move |obs| {
-            if shared.live() {
-                obs.observe(u64::from(lifecycle.raw()), &attrs);
-            }
-        })
-        .build();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

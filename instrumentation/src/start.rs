@@ -16,11 +16,12 @@ use crate::shed::Pressure;
 use crate::shutdown::{Lifecycle, LifecycleState};
 use crate::workers::StuckWorker;
 use crate::{
-    LoopwatchBuilder, ProbeSnapshot, StartError, config, nudge, process, shutdown, stacks, tasks,
+    LoopwatchBuilder, ProbeSnapshot, StartError, config, nudge, process, shutdown, stacks,
 };
 
 use crate::export::{self, FlushTarget};
 use crate::flush::{self, FlushTrigger};
+use crate::instruments;
 use crate::live::Shared;
 use crate::probe::{ProbeTask, Window};
 
@@ -122,16 +123,20 @@ impl LoopwatchBuilder {
                 )
             }
         };
-        let instruments = export::register(&provider, &shared, &attrs);
-        let meter = export::loopwatch_meter(&provider);
+        let meter = instruments::loopwatch_meter(&provider);
         let lifecycle = shutdown::Lifecycle::with_flush(flush.clone());
-        shutdown::register(&meter, &lifecycle, &shared, &attrs);
-        {
-            let s = Arc::clone(&shared);
-            tasks::register(&meter, &attrs, Arc::new(move || s.live()));
-        }
-        let (extras, mut sampler) =
-            process::Extras::start(&handle, &provider, &shared, &attrs, flush.clone(), sampler);
+        let (extras, mut sampler) = process::Extras::start(&handle, flush.clone(), sampler);
+        let schedule = instruments::register(
+            &meter,
+            &instruments::Sources {
+                shared: &shared,
+                workers: &extras.workers,
+                heap: &extras.heap,
+                lifecycle: &lifecycle,
+                handle: &handle,
+                attrs: &attrs,
+            },
+        );
         let stacks = start_stacks(&settings, &handle, hook_threads);
         if on_runtime_thread && let Some(s) = &stacks {
             s.threads().note_current();
@@ -161,9 +166,7 @@ impl LoopwatchBuilder {
             drive_exports,
             window_start: std::time::Instant::now(),
             sampler,
-            schedule: instruments.schedule,
-            stalls: instruments.stalls,
-            attrs,
+            schedule: Box::new(schedule),
             stacks,
         };
         let (probe_done_tx, probe_done) = mpsc::channel();

@@ -26,12 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Meter};
-
 use crate::config::LoopwatchBuilder;
 use crate::flush::FlushTrigger;
-use crate::live::Shared;
 use crate::stacks::{self, Stacks};
 
 impl LoopwatchBuilder {
@@ -116,6 +112,21 @@ impl WorkerShared {
             .collect()
     }
 
+    /// Calls `f` with every worker's index, how long it has been stuck (zero when not) and,
+    /// while stuck, where its task was spawned (poll hooks only).
+    pub(crate) fn each(
+        &self,
+        mut f: impl FnMut(usize, Duration, Option<&'static std::panic::Location<'static>>),
+    ) {
+        for (i, c) in self.cells.iter().enumerate() {
+            let us = c.stuck_us.load(Ordering::Acquire);
+            let loc = (us > 0)
+                .then(|| location_of(c.location.load(Ordering::Relaxed)))
+                .flatten();
+            f(i, Duration::from_micros(us), loc);
+        }
+    }
+
     /// Stuck episodes (a worker passing the threshold) since start.
     pub(crate) fn episodes(&self) -> u64 {
         self.episodes.load(Ordering::Relaxed)
@@ -138,8 +149,6 @@ pub(crate) struct WorkerWatch {
     seen: Vec<Option<Seen>>,
     in_episode: Vec<bool>,
     flush: FlushTrigger,
-    episodes: Counter<u64>,
-    attrs: Vec<KeyValue>,
     runtime_name: String,
     /// Whether the metrics signal applies: `multi_thread` runtimes only (a `current_thread`
     /// runtime's one worker stuck is a stall, which the probe reports; and a `current_thread`
@@ -169,8 +178,6 @@ impl WorkerWatch {
         shared: Arc<WorkerShared>,
         threshold: Duration,
         flush: FlushTrigger,
-        episodes: Counter<u64>,
-        attrs: Vec<KeyValue>,
         runtime_name: String,
     ) -> Self {
         let n = shared.cells.len();
@@ -193,8 +200,6 @@ impl WorkerWatch {
             seen: vec![None; n],
             in_episode: vec![false; n],
             flush,
-            episodes,
-            attrs,
             runtime_name,
             metrics_signal,
             alive,
@@ -279,7 +284,6 @@ impl WorkerWatch {
 
     fn report(&self, worker: usize, d: Duration, loc: u32) {
         self.shared.episodes.fetch_add(1, Ordering::Relaxed);
-        self.episodes.add(1, &self.attrs);
         match location_of(loc) {
             Some(l) => tracing::warn!(
                 runtime = %self.runtime_name,
@@ -310,216 +314,6 @@ fn location_of(idx: u32) -> Option<&'static std::panic::Location<'static>> {
         let _ = idx;
         None
     }
-}
-
-/// Registers `tokio.worker.stuck.duration` and `tokio.worker.stuck.episodes`.
-pub(crate) fn register(
-    meter: &Meter,
-    live: &Arc<Shared>,
-    workers: &Arc<WorkerShared>,
-    attrs: &[KeyValue],
-) -> Counter<u64> {
-    let episodes = meter
-        .u64_counter("tokio.worker.stuck.episodes")
-        .with_description(
-            "Times a worker passed the stuck threshold (one long poll, or awake without progress)",
-        )
-        .with_unit("{episode}")
-        .build();
-    let live = Arc::clone(live);
-    let workers = Arc::clone(workers);
-    let attrs = attrs.to_vec();
-    let _ = meter
-        .f64_observable_gauge("tokio.worker.stuck.duration")
-        .with_description("How long each worker has been stuck (in one poll, or awake without progress); 0 when not stuck")
-        .with_unit("s")
-        .with_callback(move |obs| {
-            if !live.live() {
-                return;
-            }
-            for (i, c) in workers.cells.iter().enumerate() {
-                let us = c.stuck_us.load(Ordering::Acquire);
-                let mut a = attrs.clone();
-                a.push(KeyValue::new("tokio.worker.index", i as i64));
-                let loc = (us > 0)
-                    .then(|| location_of(c.location.load(Ordering::Relaxed)))
-                    .flatten();
-                if let Some(l) = loc {
-                    a.push(KeyValue::new("code.file.path", l.file()));
-                    a.push(KeyValue::new("code.line.number", i64::from(l.line())));
-                    a.push(KeyValue::new("code.column.number", i64::from(l.column())));
-                }
-                obs.observe(us as f64 / 1e6, &a);
-            }
-        })
-        .build();
-    episodes
-}
-
-/// Registers the unstable runtime metrics (`--cfg tokio_unstable`), read from
-/// `Handle::metrics()` at collection time.
-#[cfg(tokio_unstable)]
-pub(crate) fn register_unstable(
-    meter: &Meter,
-    live: &Arc<Shared>,
-    handle: &tokio::runtime::Handle,
-    attrs: &[KeyValue],
-) {
-    use tokio::runtime::RuntimeMetrics;
-    type U64Read = fn(&RuntimeMetrics) -> u64;
-    let counters: [(&'static str, &'static str, &'static str, U64Read); 4] = [
-        (
-            "tokio.worker.poll.count",
-            "Task polls since start, all workers",
-            "{poll}",
-            |m| {
-                (0..m.num_workers())
-                    .map(|w| m.worker_poll_count(w))
-                    .fold(0, u64::saturating_add)
-            },
-        ),
-        (
-            "tokio.worker.steal.count",
-            "Tasks stolen from other workers since start, all workers",
-            "{task}",
-            |m| {
-                (0..m.num_workers())
-                    .map(|w| m.worker_steal_count(w))
-                    .fold(0, u64::saturating_add)
-            },
-        ),
-        (
-            "tokio.worker.overflow.count",
-            "Times a worker's local queue overflowed into the global queue, all workers",
-            "{overflow}",
-            |m| {
-                (0..m.num_workers())
-                    .map(|w| m.worker_overflow_count(w))
-                    .fold(0, u64::saturating_add)
-            },
-        ),
-        (
-            "tokio.runtime.forced_yield.count",
-            "Tasks forced to yield after exhausting their coop budget, since start",
-            "{yield}",
-            |m| m.budget_forced_yield_count(),
-        ),
-    ];
-    for (name, description, unit, read) in counters {
-        let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                if live.live() {
-                    obs.observe(read(&handle.metrics()), &attrs);
-                }
-            })
-            .build();
-    }
-    let gauges: [(&'static str, &'static str, &'static str, U64Read); 3] = [
-        (
-            "tokio.runtime.blocking.threads",
-            "Threads of the blocking pool",
-            "{thread}",
-            |m| m.num_blocking_threads() as u64,
-        ),
-        (
-            "tokio.runtime.blocking.idle_threads",
-            "Idle threads of the blocking pool",
-            "{thread}",
-            |m| m.num_idle_blocking_threads() as u64,
-        ),
-        (
-            "tokio.runtime.blocking.queue.depth",
-            "Tasks waiting for a blocking-pool thread",
-            "{task}",
-            |m| m.blocking_queue_depth() as u64,
-        ),
-    ];
-    for (name, description, unit, read) in gauges {
-        let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .u64_observable_gauge(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                if live.live() {
-                    obs.observe(read(&handle.metrics()), &attrs);
-                }
-            })
-            .build();
-    }
-    {
-        let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .u64_observable_gauge("tokio.worker.local_queue.depth")
-            .with_description("Tasks in each worker's local run queue")
-            .with_unit("{task}")
-            .with_callback(move |obs| {
-                if !live.live() {
-                    return;
-                }
-                let m = handle.metrics();
-                for w in 0..m.num_workers() {
-                    let mut a = attrs.clone();
-                    a.push(KeyValue::new("tokio.worker.index", w as i64));
-                    obs.observe(m.worker_local_queue_depth(w) as u64, &a);
-                }
-            })
-            .build();
-    }
-    {
-        let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .f64_observable_gauge("tokio.worker.poll.time.mean")
-            .with_description(
-                "Mean poll duration (tokio's moving average), averaged across workers",
-            )
-            .with_unit("s")
-            .with_callback(move |obs| {
-                if !live.live() {
-                    return;
-                }
-                let m = handle.metrics();
-                let n = m.num_workers().max(1);
-                let total: f64 = (0..m.num_workers())
-                    .map(|w| m.worker_mean_poll_time(w).as_secs_f64())
-                    .sum();
-                obs.observe(total / n as f64, &attrs);
-            })
-            .build();
-    }
-    let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-    let _ = meter
-        .u64_observable_counter("tokio.worker.poll.time.bucket")
-        .with_description("Polls per poll-duration bucket since start, all workers (tokio's poll-time histogram; needs install_poll_hooks or enable_metrics_poll_time_histogram); attribute tokio.poll.time.le is the bucket's upper bound in seconds")
-        .with_unit("{poll}")
-        .with_callback(move |obs| {
-            if !live.live() {
-                return;
-            }
-            let m = handle.metrics();
-            if !m.poll_time_histogram_enabled() {
-                return;
-            }
-            let buckets = m.poll_time_histogram_num_buckets();
-            for b in 0..buckets {
-                let le = if b + 1 == buckets {
-                    "+Inf".to_owned()
-                } else {
-                    format!("{}", m.poll_time_histogram_bucket_range(b).end.as_secs_f64())
-                };
-                let count = (0..m.num_workers())
-                    .map(|w| m.poll_time_histogram_bucket_count(w, b))
-                    .fold(0u64, u64::saturating_add);
-                let mut a = attrs.clone();
-                a.push(KeyValue::new("tokio.poll.time.le", le));
-                obs.observe(count, &a);
-            }
-        })
-        .build();
 }
 
 #[cfg(tokio_unstable)]

@@ -139,3 +139,40 @@ fn no_module_imports_one_that_imports_it() {
         );
     }
 }
+
+/// The measuring subsystems produce values; only the instrument registry (and the pipeline,
+/// the tracing bridge and the features' own instruments) turns them into OpenTelemetry.
+#[test]
+fn the_measuring_subsystems_know_nothing_of_opentelemetry() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let measuring = [
+        "probe", "workers", "heap", "process", "tasks", "live", "runtime", "threads",
+    ];
+    let mut read = BTreeSet::new();
+    let mut offenders = Vec::new();
+    for f in &files {
+        let m = module_of(&src, f);
+        if !measuring.contains(&m.as_str()) {
+            continue;
+        }
+        read.insert(m.clone());
+        let c = code(&std::fs::read_to_string(f).expect("read"));
+        if c.contains("opentelemetry") {
+            offenders.push(f.display().to_string());
+        }
+    }
+    assert_eq!(
+        read.len(),
+        measuring.len(),
+        "every subsystem was read: {read:?}"
+    );
+    assert!(offenders.is_empty(), "OpenTelemetry in {offenders:?}");
+    let g = graph();
+    assert!(
+        g["start"].contains("instruments"),
+        "the wiring registers the instruments: {:?}",
+        g["start"]
+    );
+}

@@ -7,8 +7,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram as OtelHistogram};
 
 use crate::flush::FlushTrigger;
 use crate::live::{Shared, WindowStats, lock, us};
@@ -19,8 +17,15 @@ use crate::stacks::{self, Stacks};
 
 /// Highest delay the window histogram tracks exactly: 1 hour in µs. Longer delays are clamped.
 const MAX_TRACKABLE_US: u64 = 3_600_000_000;
-/// Upper bound on coordinated-omission samples added to the OTel histogram per real probe.
-const MAX_CORRECTED_OTEL_SAMPLES: u64 = 100_000;
+/// Upper bound on coordinated-omission samples added to the exported histogram per real probe.
+const MAX_CORRECTED_EXPORTED_SAMPLES: u64 = 100_000;
+
+/// Where the probe puts each delay it measures (and its corrected samples) for export: the
+/// instrument registry's `tokio.schedule.duration`.
+pub(crate) trait ScheduleSink: Send {
+    /// One delay sample, in seconds.
+    fn record(&self, seconds: f64);
+}
 mod quiet;
 mod schedule;
 
@@ -132,9 +137,8 @@ pub(crate) struct ProbeTask {
     pub(crate) window_start: Instant,
     /// Stuck-worker checks and heap samples, run on this thread's wake-ups.
     pub(crate) sampler: Sampler,
-    pub(crate) schedule: OtelHistogram<f64>,
-    pub(crate) stalls: Counter<u64>,
-    pub(crate) attrs: Vec<KeyValue>,
+    /// The exported delay histogram.
+    pub(crate) schedule: Box<dyn ScheduleSink>,
     /// Stall stacks, when on: the probe task notes its threads, the stall captures them.
     pub(crate) stacks: Option<Arc<Stacks>>,
 }
@@ -362,7 +366,6 @@ impl ProbeTask {
         }
         if step.stall {
             self.shared.stalls.fetch_add(1, Ordering::Relaxed);
-            self.stalls.add(1, &self.attrs);
             tracing::warn!(
                 runtime = %self.runtime_name,
                 stalled_ms = age.as_millis() as u64,
@@ -397,7 +400,7 @@ impl ProbeTask {
         let interval_us = us(self.probe_interval).max(1);
         self.shared.probes.fetch_add(1, Ordering::Relaxed);
         self.window.record(delay_us, interval_us);
-        self.record_otel(delay_us, interval_us);
+        self.record_exported(delay_us, interval_us);
         let now = Instant::now();
         if stalled {
             tracing::warn!(
@@ -428,13 +431,13 @@ impl ProbeTask {
         }
     }
 
-    fn record_otel(&self, delay_us: u64, interval_us: u64) {
+    fn record_exported(&self, delay_us: u64, interval_us: u64) {
         let mut v = delay_us;
         let mut n = 0;
         loop {
-            self.schedule.record(v as f64 / 1e6, &self.attrs);
+            self.schedule.record(v as f64 / 1e6);
             n += 1;
-            if v < interval_us.saturating_mul(2) || n >= MAX_CORRECTED_OTEL_SAMPLES {
+            if v < interval_us.saturating_mul(2) || n >= MAX_CORRECTED_EXPORTED_SAMPLES {
                 break;
             }
             v -= interval_us;
