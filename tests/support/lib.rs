@@ -318,7 +318,9 @@ impl Service {
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &agent.grpc)
             .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-            .env("RUST_LOG", "info");
+            // Stall stacks log why a capture or report failed at debug level: a failing test
+            // prints the service's log.
+            .env("RUST_LOG", "info,loopwatch::stacks=debug");
         let proc = Proc::spawn(name, cmd, "example-service listening on ");
         let url = proc
             .ready_line

@@ -104,6 +104,8 @@ pub(crate) struct Stacks {
     warmed: AtomicBool,
     /// Set once the application's replacement of the signal handler has been logged.
     replaced_warned: AtomicBool,
+    /// Set once a failed capture has been logged as a warning (later ones at debug level).
+    failed_warned: AtomicBool,
     /// Captures dropped because the reporting thread was behind.
     dropped: AtomicU64,
     /// Stack bytes handed to the reporting thread and not yet reported.
@@ -137,6 +139,7 @@ impl Stacks {
             tx: Mutex::new(None),
             warmed: AtomicBool::new(false),
             replaced_warned: AtomicBool::new(false),
+            failed_warned: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             queued: Arc::new(AtomicUsize::new(0)),
         }))
@@ -210,6 +213,9 @@ impl Stacks {
                         tracing::warn!("loopwatch: {e}");
                     }
                     return;
+                }
+                Err(e) if !self.failed_warned.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(tid = w.tid, error = %e, "loopwatch stack capture failed (later failures are logged at debug level)")
                 }
                 Err(e) => {
                     tracing::debug!(tid = w.tid, error = %e, "loopwatch stack capture failed")
@@ -310,6 +316,11 @@ fn build_reports(u: &mut unwind::Unwinder, job: Job) -> Vec<StallReport> {
         let mut frames = symbols::trim(symbols::symbolize(&unwound.addrs));
         symbols::qualify(&mut frames);
         if symbols::parked(&frames) {
+            tracing::debug!(
+                tid = w.tid,
+                "loopwatch stall stack of a parked thread left out:\n{}",
+                symbols::render(&frames, false)
+            );
             continue;
         }
         out.push(StallReport {
