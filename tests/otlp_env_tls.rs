@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use loopwatch_e2e::tls::{Receiver, make_certs};
-use loopwatch_e2e::{Proc, TempDir, bin, wait_for};
+use loopwatch_e2e::{Proc, TempDir, bin, http_get, wait_for};
 
 /// Every variable that can change which certificates the service trusts or presents.
 const TLS_VARS: [&str; 8] = [
@@ -152,6 +152,47 @@ fn client_certificate_variables_do_mtls_over_grpc_and_http() {
         let mut p = service(&name, protocol, port, &env);
         let headers = accepted(&receiver, &name, transport);
         assert_eq!(headers["x-tenant"], "acme", "{headers}");
+        p.kill();
+    }
+}
+
+/// `OtlpTracing` (the service's `--otlp-traces`) exports request spans over TLS on both
+/// transports, with the CA file, the headers and gzip of the metrics exporter.
+#[test]
+fn spans_reach_a_tls_receiver_over_grpc_and_http() {
+    let dir = TempDir::new("otlp-env-tls-traces");
+    make_certs(&dir.path);
+    let receiver = Receiver::start(&dir.path, false);
+    for (protocol, port, transport) in [
+        ("grpc", receiver.grpc, "grpc"),
+        ("http/protobuf", receiver.http, "http"),
+    ] {
+        let name = format!("traces-{transport}");
+        let env = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", file(&dir.path, "ca.pem")),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()),
+            ("EXAMPLE_OTLP_TRACES", "true".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ];
+        let mut p = service(&name, protocol, port, &env);
+        let url = p
+            .ready_line
+            .trim_start_matches("example-service listening on ")
+            .trim()
+            .to_string();
+        let (code, _) = http_get(&format!("{url}/"));
+        assert_eq!(code, 200, "{name}");
+        let got = wait_for(
+            &format!("{name}: spans at the TLS receiver"),
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || receiver.received_traces(&name).into_iter().next(),
+        );
+        assert_eq!(got.0, transport, "{name}");
+        assert_eq!(got.1["x-tenant"], "acme", "{}", got.1);
+        if transport == "http" {
+            assert_eq!(got.1["content-encoding"], "gzip", "{}", got.1);
+        }
         p.kill();
     }
 }

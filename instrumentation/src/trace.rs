@@ -41,61 +41,36 @@ pub struct OtlpTracing {
 }
 
 impl OtlpTracing {
-    /// Builds the span exporter (gRPC: on a 1-worker `loopwatch-trace-export` runtime) and a
-    /// batch span processor (its own thread). Works inside or outside a tokio runtime.
+    /// Builds the span exporter on a 1-worker `loopwatch-trace-export` runtime (its
+    /// connections, on either transport, with the TLS and gzip settings of metrics) and a batch
+    /// span processor (its own thread). Works inside or outside a tokio runtime.
     ///
     /// # Errors
     /// Bad builder values or environment variables, or an exporter that cannot be built.
     pub fn start(builder: LoopwatchBuilder) -> Result<OtlpTracing, StartError> {
         let s = config::resolve(builder, &config::process_env)?;
-        let (exporter, runtime) = match s.protocol {
-            #[cfg(feature = "grpc")]
-            Protocol::Grpc => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("loopwatch-trace-export")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| StartError::Exporter(format!("loopwatch-trace-export: {e}")))?;
-                let built = crate::export::tls_for(&s.endpoint, &s.tls).and_then(|tls| {
-                    let _enter = rt.enter();
-                    crate::export::grpc_transport(
-                        SpanExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(s.endpoint.clone())
-                            .with_timeout(s.export_timeout),
-                        s.gzip,
-                        tls.as_ref(),
-                    )
-                    .build()
-                    .map_err(|e| StartError::Exporter(e.to_string()))
-                });
-                match built {
-                    Ok(e) => (e, Some(rt)),
-                    Err(e) => {
-                        rt.shutdown_background();
-                        return Err(e);
-                    }
-                }
-            }
-            #[cfg(feature = "http-proto")]
-            Protocol::HttpProtobuf => {
-                let endpoint = match s.endpoint.strip_suffix("/v1/metrics") {
-                    Some(base) => format!("{base}/v1/traces"),
-                    None => s.endpoint.clone(),
-                };
-                let e = SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(endpoint)
-                    .with_timeout(s.export_timeout)
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .build()
-                    .map_err(|e| StartError::Exporter(e.to_string()))?;
-                (e, None)
-            }
-            #[allow(unreachable_patterns)]
-            p => return Err(crate::export::without_transport(p)),
+        let tls = crate::export::tls_for(&s.endpoint, &s.tls)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("loopwatch-trace-export")
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::Exporter(format!("loopwatch-trace-export: {e}")))?;
+        let built = {
+            let _enter = rt.enter();
+            build_exporter(&s, tls.as_ref())
         };
+        let exporter = match built {
+            Ok(inner) => OnRuntime {
+                inner,
+                handle: rt.handle().clone(),
+            },
+            Err(e) => {
+                rt.shutdown_background();
+                return Err(e);
+            }
+        };
+        let runtime = Some(rt);
         let resource = Resource::builder_empty()
             .with_attributes(s.resource.iter().cloned())
             .build();
@@ -142,6 +117,90 @@ impl OtlpTracing {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// The OTLP span exporter for `s`; built inside the trace runtime.
+fn build_exporter(
+    s: &config::Settings,
+    tls: Option<&crate::export::TlsMaterial>,
+) -> Result<SpanExporter, StartError> {
+    match s.protocol {
+        #[cfg(feature = "grpc")]
+        Protocol::Grpc => crate::export::grpc_transport(
+            SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(s.endpoint.clone())
+                .with_timeout(s.export_timeout),
+            s.gzip,
+            tls,
+        )
+        .build()
+        .map_err(|e| StartError::Exporter(e.to_string())),
+        #[cfg(feature = "http-proto")]
+        Protocol::HttpProtobuf => {
+            let endpoint = match s.endpoint.strip_suffix("/v1/metrics") {
+                Some(base) => format!("{base}/v1/traces"),
+                None => s.endpoint.clone(),
+            };
+            crate::export::http_transport(
+                SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_timeout(s.export_timeout)
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary),
+                s.gzip,
+                tls,
+                s.export_timeout,
+            )?
+            .build()
+            .map_err(|e| StartError::Exporter(e.to_string()))
+        }
+        #[allow(unreachable_patterns)]
+        p => {
+            let _ = tls;
+            Err(crate::export::without_transport(p))
+        }
+    }
+}
+
+/// The span exporter, polled inside the trace runtime: the HTTP client spawns its connection
+/// tasks and registers its sockets and timers there, whichever thread the batch processor
+/// exports from.
+#[derive(Debug)]
+struct OnRuntime {
+    inner: SpanExporter,
+    handle: tokio::runtime::Handle,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for OnRuntime {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let handle = &self.handle;
+        let mut export = Box::pin(self.inner.export(batch));
+        std::future::poll_fn(move |cx| {
+            let _enter = handle.enter();
+            export.as_mut().poll(cx)
+        })
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let _enter = self.handle.enter();
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        let _enter = self.handle.enter();
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

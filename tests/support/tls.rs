@@ -139,15 +139,25 @@ impl Receiver {
         }
     }
 
-    /// The exports received for `service`: (transport, headers).
+    /// The metrics exports received for `service`: (transport, headers).
     pub fn received(&self, service: &str) -> Vec<(String, serde_json::Value)> {
+        self.received_signal(service, "metrics")
+    }
+
+    /// The trace exports received for `service`: (transport, headers).
+    pub fn received_traces(&self, service: &str) -> Vec<(String, serde_json::Value)> {
+        self.received_signal(service, "traces")
+    }
+
+    fn received_signal(&self, service: &str, signal: &str) -> Vec<(String, serde_json::Value)> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| {
-                v["services"]
-                    .as_array()
-                    .is_some_and(|s| s.iter().any(|n| n == service))
+                v["signal"] == signal
+                    && v["services"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|n| n == service))
             })
             .map(|v| {
                 (

@@ -1,9 +1,11 @@
-"""An OTLP metrics receiver behind TLS (optionally mTLS) on 127.0.0.1, over gRPC (grpcio) and
-HTTP (http.server + ssl, gzip bodies too), decoding with the opentelemetry-proto package.
+"""An OTLP metrics and traces receiver behind TLS (optionally mTLS) on 127.0.0.1, over gRPC
+(grpcio) and HTTP (http.server + ssl, gzip bodies too; `/v1/traces` is traces, any other path
+metrics), decoding with the opentelemetry-proto package.
 
 Usage: otlp_tls_server.py CERT KEY OUT [CLIENT_CA]
 With CLIENT_CA both servers require a client certificate that chains to it. Every export
-received is appended to OUT as one JSON line: transport, request headers, service names.
+received is appended to OUT as one JSON line: transport, signal, request headers, service
+names.
 Prints `ready grpc=PORT http=PORT` once both listen.
 """
 
@@ -18,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as pb_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tpb_grpc
 
 CERT, KEY, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 CLIENT_CA = sys.argv[4] if len(sys.argv) > 4 else None
@@ -26,35 +30,47 @@ LOCK = threading.Lock()
 
 def services(request):
     names = []
-    for rm in request.resource_metrics:
+    resources = getattr(request, "resource_metrics", None) or getattr(request, "resource_spans", [])
+    for rm in resources:
         for kv in rm.resource.attributes:
             if kv.key == "service.name":
                 names.append(kv.value.string_value)
     return names
 
 
-def record(transport, headers, request):
-    line = json.dumps({"transport": transport, "headers": headers, "services": services(request)})
+def record(transport, signal, headers, request):
+    line = json.dumps(
+        {"transport": transport, "signal": signal, "headers": headers, "services": services(request)}
+    )
     with LOCK, open(OUT, "a", encoding="utf-8") as f:
         f.write(line + "\n")
 
 
 class Metrics(pb_grpc.MetricsServiceServicer):
     def Export(self, request, context):
-        record("grpc", {k: v for k, v in context.invocation_metadata()}, request)
+        record("grpc", "metrics", {k: v for k, v in context.invocation_metadata()}, request)
         return pb.ExportMetricsServiceResponse()
+
+
+class Traces(tpb_grpc.TraceServiceServicer):
+    def Export(self, request, context):
+        record("grpc", "traces", {k: v for k, v in context.invocation_metadata()}, request)
+        return tpb.ExportTraceServiceResponse()
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
-        request = pb.ExportMetricsServiceRequest()
+        traces = self.path.startswith("/v1/traces")
+        request = tpb.ExportTraceServiceRequest() if traces else pb.ExportMetricsServiceRequest()
         body = self.rfile.read(length)
         if self.headers.get("content-encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
         request.ParseFromString(body)
-        record("http", {k.lower(): v for k, v in self.headers.items()}, request)
-        answer = pb.ExportMetricsServiceResponse().SerializeToString()
+        signal = "traces" if traces else "metrics"
+        record("http", signal, {k.lower(): v for k, v in self.headers.items()}, request)
+        response = tpb.ExportTraceServiceResponse() if traces else pb.ExportMetricsServiceResponse()
+        answer = response.SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", str(len(answer)))
@@ -79,6 +95,7 @@ def main():
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    tpb_grpc.add_TraceServiceServicer_to_server(Traces(), server)
     grpc_port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
 
