@@ -217,6 +217,10 @@ pub(crate) struct Settings {
     pub(crate) tls: TlsFiles,
     pub(crate) probe_interval: Duration,
     pub(crate) stall_threshold: Duration,
+    /// How long a worker must be stuck to be reported.
+    pub(crate) stuck_threshold: Duration,
+    /// The span of the heap growth slope.
+    pub(crate) heap_window: Duration,
     pub(crate) runtime_name: String,
     pub(crate) resource: Vec<KeyValue>,
     pub(crate) meter_provider: Option<SdkMeterProvider>,
@@ -258,6 +262,18 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         b.stall_threshold
             .unwrap_or(LoopwatchBuilder::DEFAULT_STALL_THRESHOLD),
         Duration::from_millis(1),
+    )?;
+    let stuck_threshold = check_positive(
+        "stuck_threshold",
+        b.stuck_threshold
+            .unwrap_or(LoopwatchBuilder::DEFAULT_STUCK_THRESHOLD),
+        Duration::from_millis(1),
+    )?;
+    let heap_window = check_positive(
+        "heap_window",
+        b.heap_window
+            .unwrap_or(LoopwatchBuilder::DEFAULT_HEAP_WINDOW),
+        Duration::from_millis(100),
     )?;
     let export_timeout = match b.export_timeout {
         Some(d) => check_positive("export_timeout", d, Duration::from_millis(1))?,
@@ -344,6 +360,8 @@ pub(crate) fn resolve(b: LoopwatchBuilder, env: EnvLookup<'_>) -> Result<Setting
         tls,
         probe_interval,
         stall_threshold,
+        stuck_threshold,
+        heap_window,
         runtime_name,
         resource,
         meter_provider: b.meter_provider,

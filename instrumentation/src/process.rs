@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 #[cfg(not(target_os = "linux"))]
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use crate::error::StartError;
+use crate::config::Settings;
 use crate::flush::FlushTrigger;
 use crate::heap::{HeapSampler, HeapShared};
 use crate::workers::{WorkerShared, WorkerWatch};
@@ -160,7 +160,7 @@ impl ProcessReader {
     }
 }
 
-/// Settings of the sampler, resolved from the builder.
+/// The sampler's part of the resolved settings.
 pub(crate) struct SamplerSettings {
     pub(crate) probe_interval: Duration,
     pub(crate) stuck_threshold: Duration,
@@ -168,34 +168,15 @@ pub(crate) struct SamplerSettings {
     pub(crate) runtime_name: String,
 }
 
-/// Resolves and validates the stuck threshold and heap window (builder > default).
-pub(crate) fn sampler_settings(
-    stuck_threshold: Option<Duration>,
-    heap_window: Option<Duration>,
-    probe_interval: Duration,
-    runtime_name: String,
-) -> Result<SamplerSettings, StartError> {
-    let stuck_threshold =
-        stuck_threshold.unwrap_or(crate::config::LoopwatchBuilder::DEFAULT_STUCK_THRESHOLD);
-    if stuck_threshold < Duration::from_millis(1) {
-        return Err(StartError::InvalidConfig {
-            key: "stuck_threshold",
-            reason: format!("{stuck_threshold:?} is below the minimum 1ms"),
-        });
+impl SamplerSettings {
+    pub(crate) fn of(s: &Settings) -> Self {
+        SamplerSettings {
+            probe_interval: s.probe_interval,
+            stuck_threshold: s.stuck_threshold,
+            heap_window: s.heap_window,
+            runtime_name: s.runtime_name.clone(),
+        }
     }
-    let heap_window = heap_window.unwrap_or(crate::config::LoopwatchBuilder::DEFAULT_HEAP_WINDOW);
-    if heap_window < Duration::from_millis(100) {
-        return Err(StartError::InvalidConfig {
-            key: "heap_window",
-            reason: format!("{heap_window:?} is below the minimum 100ms"),
-        });
-    }
-    Ok(SamplerSettings {
-        probe_interval,
-        stuck_threshold,
-        heap_window,
-        runtime_name,
-    })
 }
 
 /// Stuck-worker, heap and process monitoring: the shared state read by the guard and the

@@ -63,7 +63,6 @@ impl LoopwatchBuilder {
         handle: tokio::runtime::Handle,
         on_runtime_thread: bool,
     ) -> Result<LoopwatchGuard, StartError> {
-        let (stuck_threshold, heap_window) = (self.stuck_threshold, self.heap_window);
         let hook_threads = self.unpark_hook.as_ref().map(|h| Arc::clone(&h.threads));
         let nudge = match &self.unpark_hook {
             Some(hook) => Arc::clone(&hook.nudge),
@@ -77,12 +76,7 @@ impl LoopwatchBuilder {
                 .into(),
         })?;
         let settings = config::resolve(self, &config::process_env)?;
-        let sampler = process::sampler_settings(
-            stuck_threshold,
-            heap_window,
-            settings.probe_interval,
-            settings.runtime_name.clone(),
-        )?;
+        let sampler = process::SamplerSettings::of(&settings);
         let window = Window::new().map_err(|e| StartError::InvalidConfig {
             key: "probe_interval",
             reason: format!("delay histogram: {e}"),

@@ -26,6 +26,8 @@ fn defaults() {
     assert_eq!(s.export_interval, LoopwatchBuilder::DEFAULT_EXPORT_INTERVAL);
     assert_eq!(s.probe_interval, LoopwatchBuilder::DEFAULT_PROBE_INTERVAL);
     assert_eq!(s.stall_threshold, LoopwatchBuilder::DEFAULT_STALL_THRESHOLD);
+    assert_eq!(s.stuck_threshold, LoopwatchBuilder::DEFAULT_STUCK_THRESHOLD);
+    assert_eq!(s.heap_window, LoopwatchBuilder::DEFAULT_HEAP_WINDOW);
     assert_eq!(s.runtime_name, "main");
     assert_eq!(attr(&s, "service.name").as_deref(), Some("unknown_service"));
     let id = attr(&s, "service.instance.id").expect("instance id generated");
@@ -116,6 +118,18 @@ fn bad_env_values_name_the_variable() {
     let err = resolve_with(Loopwatch::builder().probe_interval(Duration::ZERO), &[])
         .expect_err("zero interval");
     assert!(err.to_string().starts_with("probe_interval:"), "{err}");
+    let err = resolve_with(
+        Loopwatch::builder().stuck_threshold(Duration::from_micros(500)),
+        &[],
+    )
+    .expect_err("stuck threshold under 1 ms");
+    assert!(err.to_string().starts_with("stuck_threshold:"), "{err}");
+    let err = resolve_with(
+        Loopwatch::builder().heap_window(Duration::from_millis(99)),
+        &[],
+    )
+    .expect_err("heap window under 100 ms");
+    assert!(err.to_string().starts_with("heap_window:"), "{err}");
 }
 
 /// The table of `env.md` (in the crate docs) is in the repository README verbatim, and
