@@ -236,22 +236,31 @@ fn export_to_rotel(rotel_out: &Path, endpoint: String, protocol: ExportProtocol,
         0,
         "no failed attempts"
     );
+    // The metrics block of this service (Rotel prints each request as it is processed, the
+    // service's metrics and the agent's own in separate requests).
+    let service_block = |text: &str| -> String {
+        text.split("ResourceMetrics #")
+            .map(|b| b.split("ResourceSpans #").next().unwrap_or(""))
+            .map(|b| b.split("ResourceLog #").next().unwrap_or(""))
+            .filter(|b| b.contains(&format!("service.name: Str({service})")))
+            .collect()
+    };
     let mut text = String::new();
     let found = eventually(Duration::from_secs(30), || {
         text = std::fs::read_to_string(rotel_out).unwrap_or_default();
+        let block = service_block(&text);
         text.contains(&format!("{service}-log-line"))
             && text.contains(&format!("{service}-span"))
             && text.contains("loopwatch.agent.export.queue.depth")
+            && block.contains("-> Name: peer.delta\n")
+            && block.contains("-> Name: peer.gauge\n")
     });
     assert!(
         found,
         "rotel did not print everything for {service}:\n{text}"
     );
-    // The metrics block of this service: merged delta 2+3+4 = 9, latest gauge 14.
-    let block: String = text
-        .split("ResourceMetrics #")
-        .filter(|b| b.contains(&format!("service.name: Str({service})")))
-        .collect();
+    // Merged delta 2+3+4 = 9, latest gauge 14.
+    let block = service_block(&text);
     assert!(block.contains("k8s.pod.name: Str(pod-7)"), "{block}");
     let value_after = |name: &str| -> Vec<String> {
         block
