@@ -20,12 +20,6 @@ const MAX_TRACKABLE_US: u64 = 3_600_000_000;
 /// Upper bound on coordinated-omission samples added to the exported histogram per real probe.
 const MAX_CORRECTED_EXPORTED_SAMPLES: u64 = 100_000;
 
-/// Where the probe puts each delay it measures (and its corrected samples) for export: the
-/// instrument registry's `tokio.schedule.duration`.
-pub(crate) trait ScheduleSink: Send {
-    /// One delay sample, in seconds.
-    fn record(&self, seconds: f64);
-}
 mod quiet;
 mod schedule;
 
@@ -33,6 +27,13 @@ use quiet::Quiet;
 
 pub(crate) use schedule::IDLE_AFTER;
 use schedule::{IDLE_TICK, Outstanding, Ticks, Waiting};
+
+/// Where the probe puts each delay it measures (and its corrected samples) for export: the
+/// instrument registry's `tokio.schedule.duration`.
+pub(crate) trait ScheduleSink: Send {
+    /// One delay sample, in seconds.
+    fn record(&self, seconds: f64);
+}
 
 /// The delay samples of the current window: an HDR histogram (µs, 3 significant figures) plus
 /// the exact min/max, so that reported values never exceed a really measured delay.
