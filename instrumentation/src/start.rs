@@ -133,7 +133,7 @@ impl LoopwatchBuilder {
         );
         let stacks = start_stacks(&settings, &handle, hook_threads);
         if on_runtime_thread && let Some(s) = &stacks {
-            s.threads().note_current();
+            s.threads().note_driver();
         }
         sampler.set_stacks(stacks.clone());
         drop(provider);

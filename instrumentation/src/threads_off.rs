@@ -10,4 +10,5 @@ impl Threads {
         Threads
     }
     pub(crate) fn note_current(&self) {}
+    pub(crate) fn note_driver(&self) {}
 }

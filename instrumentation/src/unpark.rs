@@ -17,8 +17,10 @@ use crate::nudge::Nudge;
 /// longer; no idle probe wakes the runtime) and still probes a block from
 /// its start.
 ///
-/// Cost on the runtime: per worker wake-up (not per task or request), one atomic increment and
-/// one load; one `unpark` of the probe thread per quiet → busy transition.
+/// Cost on the runtime: per worker wake-up (not per task or request), one thread-local read,
+/// one atomic increment and one load; one `unpark` of the probe thread per quiet → busy
+/// transition. (The first wake-up of each thread also notes it for stall stacks: one short
+/// lock and one allocation.)
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -85,11 +87,18 @@ impl UnparkHook {
     /// The hook as a closure for `tokio::runtime::Builder::on_thread_unpark`.
     pub fn callback(&self) -> impl Fn() + Send + Sync + 'static {
         let nudge = Arc::clone(&self.nudge);
-        move || nudge.on_unpark()
+        let threads = Arc::clone(&self.threads);
+        move || {
+            threads.note_driver();
+            nudge.on_unpark();
+        }
     }
 
-    /// Reports one wake-up of a worker: call it from your own `on_thread_unpark` hook.
+    /// Reports one wake-up of a worker, and notes the calling thread as one that drives the
+    /// runtime (for stall stacks: the `block_on` thread of a `current_thread` runtime is seen
+    /// nowhere else before a probe runs on it): call it from your own `on_thread_unpark` hook.
     pub fn on_unpark(&self) {
+        self.threads.note_driver();
         self.nudge.on_unpark();
     }
 }

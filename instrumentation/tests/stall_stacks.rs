@@ -475,3 +475,53 @@ fn a_block_in_place_worker_is_not_a_stall() {
     );
     assert!(got.is_empty(), "{got:#?}");
 }
+
+/// A current_thread runtime with the unpark hook, watched from outside (`start_with_handle`)
+/// and driven by a second thread after a first one: the only thread the probe has run on is
+/// gone, the runtime is quiet (the hook lets the probe spawn nothing), and then a block starts
+/// on the new thread. The hook saw that thread wake up, so its stack is the one reported.
+#[test]
+fn a_current_thread_runtime_moved_to_a_new_thread_is_captured_there() {
+    let receiver = Receiver::default();
+    let (_server, addr) = common::serve_grpc(
+        tonic::transport::Server::builder().add_service(LogsServiceServer::new(receiver.clone())),
+    );
+    let hook = loopwatch::UnparkHook::new();
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    hook.install(&mut b).enable_all();
+    let rt = Arc::new(b.build().expect("runtime"));
+    let guard = loopwatch::Loopwatch::builder()
+        .meter_provider(SdkMeterProvider::builder().build())
+        .endpoint(format!("http://{addr}"))
+        .stall_threshold(THRESHOLD)
+        .runtime_name("moved")
+        .unpark_hook(hook)
+        .start_with_handle(rt.handle().clone())
+        .expect("start");
+    // The first driver runs the first probes, then ends.
+    let first = Arc::clone(&rt);
+    std::thread::spawn(move || {
+        first.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+    })
+    .join()
+    .expect("first driver");
+    let second = Arc::clone(&rt);
+    let driver = std::thread::spawn(move || {
+        second.block_on(async {
+            // Quiet for longer than the probe needs to call the runtime quiet.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            sleep_in_user_code(Duration::from_millis(600));
+        });
+    });
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let got = receiver.0.lock().expect("lock").clone();
+        if !stalls(&got).is_empty() || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    driver.join().expect("second driver");
+    guard.shutdown();
+    assert_named(&got, "sleep_in_user_code", 1);
+}

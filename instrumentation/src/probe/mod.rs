@@ -282,7 +282,7 @@ impl ProbeTask {
         self.shared.outstanding.store(t0_us + 1, Ordering::Release);
         let join = self.handle.spawn(async move {
             if let Some(t) = &noter {
-                t.note_current();
+                t.note_driver();
             }
             task_slot.store(shared.now_us() + 1, Ordering::Release);
             waker.unpark();

@@ -183,14 +183,11 @@ impl Stacks {
                 (w, idx)
             })
             .collect();
-        // One thread drives a current_thread runtime: the one noted last (it may move between
-        // `block_on` calls on different threads).
         if matches!(
             self.handle.runtime_flavor(),
             tokio::runtime::RuntimeFlavor::CurrentThread
-        ) && let Some(last) = targets.pop()
-        {
-            targets = vec![last];
+        ) {
+            current_thread_target(&mut targets);
         }
         if let Some(want) = worker
             && targets.iter().any(|(_, i)| *i == Some(want))
@@ -309,6 +306,21 @@ fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
     }
 }
 
+/// One thread drives a current_thread runtime: the one last seen driving it (it may move
+/// between `block_on` calls on different threads). Before any was seen, every noted thread is
+/// captured (the runtime's blocking-pool threads wait parked, and parked stacks are left out).
+fn current_thread_target(targets: &mut Vec<(Watched, Option<usize>)>) {
+    if let Some(i) = targets.iter().rposition(|(w, _)| w.driver) {
+        let driver = targets.swap_remove(i);
+        *targets = vec![driver];
+    } else if !targets.is_empty() {
+        tracing::debug!(
+            threads = targets.len(),
+            "loopwatch: no thread seen driving the current_thread runtime yet; capturing every noted thread"
+        );
+    }
+}
+
 fn build_reports(u: &mut unwind::Unwinder, job: Job) -> Vec<StallReport> {
     let mut out: Vec<StallReport> = Vec::new();
     for (w, idx, raw) in job.stacks {
@@ -348,6 +360,35 @@ fn build_reports(u: &mut unwind::Unwinder, job: Job) -> Vec<StallReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_current_thread_target_is_the_last_driver_not_the_last_noted() {
+        let threads = Threads::new();
+        threads.note_driver();
+        // A thread the runtime started later (a blocking-pool thread): noted, not a driver.
+        std::thread::scope(|s| {
+            s.spawn(|| threads.note_current());
+        });
+        let mut targets: Vec<_> = threads.snapshot().into_iter().map(|w| (w, None)).collect();
+        assert_eq!(targets.len(), 2);
+        assert!(!targets[1].0.driver, "noted by on_thread_start only");
+        current_thread_target(&mut targets);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].0.tid, crate::signal::gettid());
+        // No driver seen yet: every noted thread stays a target.
+        let none = Threads::new();
+        std::thread::scope(|s| {
+            s.spawn(|| none.note_current());
+        });
+        let mut targets: Vec<_> = none.snapshot().into_iter().map(|w| (w, None)).collect();
+        current_thread_target(&mut targets);
+        assert_eq!(targets.len(), 1);
+        // Noted first as started, then seen driving: a driver.
+        let both = Threads::new();
+        both.note_current();
+        both.note_driver();
+        assert!(both.snapshot()[0].driver);
+    }
 
     #[test]
     fn a_thread_is_noted_once_and_captured() {
