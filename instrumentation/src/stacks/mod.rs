@@ -11,16 +11,22 @@
 //! (`loopwatch.stall` or `tokio.worker.stuck`). A second capture follows at twice the
 //! threshold in the same stall, which tells a loop (different stacks) from one slow call.
 //!
+//! Naming a stack's frames the first time parses the line tables and debug entries of every
+//! compilation unit it passes through (hundreds of milliseconds in a debug build). So the first
+//! stall that reaches half the threshold in a process is captured once more, there, and that
+//! copy is named and dropped: the report at the threshold then finds its units parsed.
+//!
+//! Worker threads are learned without the user's runtime builder: the probe task records the
+//! OS thread id and stack range of each thread it runs on, and the [`crate::UnparkHook`] each
+//! thread that wakes up (one thread-local read once known). Linux x86_64 only; elsewhere stall
+//! stacks are off.
+//!
 //! Crates: `framehop` unwinds a *copied* stack from DWARF CFI (`.eh_frame`), with frame
 //! pointers as fallback: the copy-then-unwind shape of samply and Chromium's stack copier; it
 //! needs no unwinding in the handler and reads only the copy. Symbolization uses
 //! `backtrace::resolve` (gimli/addr2line over the binary's symbol table and line tables, the
 //! code std's own backtraces use), lazily, on the `loopwatch-stacks` thread. `object` reads the
 //! modules' unwind sections; `libc` gives the signal calls.
-//!
-//! Worker threads are learned without the user's runtime builder: the probe task records the
-//! OS thread id and stack range of each thread it runs on (one thread-local read per probe
-//! once known). Linux x86_64 only; elsewhere stall stacks are off.
 
 mod episode;
 mod report;
@@ -69,9 +75,10 @@ pub(crate) struct StallReport {
 
 /// Work for the `loopwatch-stacks` thread.
 enum Work {
-    /// A stall is under way: load the module list and symbol tables now, so that the report
-    /// at the threshold does not wait for them.
-    Warm,
+    /// A stall is under way: load the module list and symbol tables now, and name these
+    /// stacks (taken half way to the threshold) without reporting them, so that the report at
+    /// the threshold does not wait for the units they pass through.
+    Warm(Vec<Captured>),
     /// Captured stacks to report.
     Report(Job),
 }
@@ -84,12 +91,19 @@ struct Job {
     nth: u8,
     /// The stuck worker's index, when the capture is about one worker.
     worker: Option<usize>,
-    stacks: Vec<(Watched, Option<usize>, signal::RawStack)>,
+    stacks: Vec<Captured>,
+}
+
+/// One thread's copied stack: the thread, its worker index where known, the copy.
+type Captured = (Watched, Option<usize>, signal::RawStack);
+
+fn bytes_of(stacks: &[Captured]) -> usize {
+    stacks.iter().map(|(_, _, r)| r.bytes.len()).sum()
 }
 
 impl Job {
     fn bytes(&self) -> usize {
-        self.stacks.iter().map(|(_, _, r)| r.bytes.len()).sum()
+        bytes_of(&self.stacks)
     }
 }
 
@@ -174,6 +188,24 @@ impl Stacks {
     /// them to the reporting thread. Runs on the probe thread; bounded by one wait per thread.
     pub(crate) fn capture(&self, kind: Kind, duration: Duration, nth: u8, worker: Option<usize>) {
         let at = SystemTime::now();
+        let stacks = self.take(worker);
+        if stacks.is_empty() {
+            return;
+        }
+        let job = Job {
+            kind,
+            at,
+            duration,
+            nth,
+            worker,
+            stacks,
+        };
+        self.send_job(job);
+    }
+
+    /// The stacks of the watched threads (only worker `worker`'s when its thread is known);
+    /// bounded by [`CAPTURE_BUDGET`].
+    fn take(&self, worker: Option<usize>) -> Vec<Captured> {
         let mut targets: Vec<(Watched, Option<usize>)> = self
             .threads
             .snapshot()
@@ -209,7 +241,7 @@ impl Stacks {
                     if !self.replaced_warned.swap(true, Ordering::Relaxed) {
                         tracing::warn!("loopwatch: {e}");
                     }
-                    return;
+                    return Vec::new();
                 }
                 Err(e) if !self.failed_warned.swap(true, Ordering::Relaxed) => {
                     tracing::warn!(tid = w.tid, error = %e, "loopwatch stack capture failed (later failures are logged at debug level)")
@@ -219,25 +251,20 @@ impl Stacks {
                 }
             }
         }
-        if stacks.is_empty() {
-            return;
-        }
-        let job = Job {
-            kind,
-            at,
-            duration,
-            nth,
-            worker,
-            stacks,
-        };
-        self.send_job(job);
+        stacks
     }
 
     /// Starts the reporting thread's one-time preparation (module list, symbol tables, logs
-    /// exporter) while a stall grows towards the threshold; later calls do nothing.
+    /// exporter, and the units of the stacks taken now) while a stall grows towards the
+    /// threshold; later calls do nothing.
     pub(crate) fn warm(&self) {
         if !self.warmed.swap(true, Ordering::AcqRel) {
-            let _ = self.send(Work::Warm);
+            let stacks = self.take(None);
+            let bytes = bytes_of(&stacks);
+            self.queued.fetch_add(bytes, Ordering::AcqRel);
+            if !self.send(Work::Warm(stacks)) {
+                self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            }
         }
     }
 
@@ -285,12 +312,19 @@ fn run_reports(rx: &Receiver<Work>, target: LogTarget, queued: &AtomicUsize) {
         let before = crate::heap::own_begin();
         let u = unwinder.get_or_insert_with(unwind::Unwinder::new);
         let job = match work {
-            Work::Warm => {
-                // Loads this binary's symbol tables (the first lookup parses them).
+            Work::Warm(stacks) => {
+                // Loads this binary's symbol tables (the first lookup parses them), then the
+                // units of the stacks taken half way to the threshold.
                 let here = run_reports as *const () as u64;
                 let _ = symbols::symbolize(&[here]);
+                let bytes = bytes_of(&stacks);
+                for (_, _, raw) in &stacks {
+                    let _ = symbols::symbolize(&u.unwind(raw).addrs);
+                }
+                drop(stacks);
+                queued.fetch_sub(bytes, Ordering::AcqRel);
                 sink.prepare();
-                crate::heap::own_end(before, 0);
+                crate::heap::own_end(before, bytes as u64);
                 continue;
             }
             Work::Report(job) => job,
