@@ -377,7 +377,8 @@ impl ProbeTask {
         }
         if let Some(s) = &self.stacks {
             if step.warm_stacks {
-                s.warm();
+                // At most half the time left to the threshold: the stall is seen on time.
+                s.warm(self.stall_threshold.saturating_sub(age) / 2);
             }
             if let Some(nth) = step.capture {
                 s.capture(stacks::Kind::Stall, age, nth, None);

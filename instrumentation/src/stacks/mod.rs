@@ -188,7 +188,7 @@ impl Stacks {
     /// them to the reporting thread. Runs on the probe thread; bounded by one wait per thread.
     pub(crate) fn capture(&self, kind: Kind, duration: Duration, nth: u8, worker: Option<usize>) {
         let at = SystemTime::now();
-        let stacks = self.take(worker);
+        let stacks = self.take(worker, CAPTURE_BUDGET);
         if stacks.is_empty() {
             return;
         }
@@ -204,8 +204,8 @@ impl Stacks {
     }
 
     /// The stacks of the watched threads (only worker `worker`'s when its thread is known);
-    /// bounded by [`CAPTURE_BUDGET`].
-    fn take(&self, worker: Option<usize>) -> Vec<Captured> {
+    /// bounded by `budget` (at most [`CAPTURE_BUDGET`]).
+    fn take(&self, worker: Option<usize>, budget: Duration) -> Vec<Captured> {
         let mut targets: Vec<(Watched, Option<usize>)> = self
             .threads
             .snapshot()
@@ -227,7 +227,7 @@ impl Stacks {
             targets.retain(|(_, i)| *i == Some(want));
         }
         let mut stacks = Vec::with_capacity(targets.len());
-        let deadline = std::time::Instant::now() + CAPTURE_BUDGET;
+        let deadline = std::time::Instant::now() + budget.min(CAPTURE_BUDGET);
         for (w, idx) in targets {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -255,11 +255,12 @@ impl Stacks {
     }
 
     /// Starts the reporting thread's one-time preparation (module list, symbol tables, logs
-    /// exporter, and the units of the stacks taken now) while a stall grows towards the
-    /// threshold; later calls do nothing.
-    pub(crate) fn warm(&self) {
+    /// exporter, and the units of the stacks taken now, within `budget`: the capture at the
+    /// threshold must not wait for it) while a stall grows towards the threshold; later calls
+    /// do nothing.
+    pub(crate) fn warm(&self, budget: Duration) {
         if !self.warmed.swap(true, Ordering::AcqRel) {
-            let stacks = self.take(None);
+            let stacks = self.take(None, budget);
             let bytes = bytes_of(&stacks);
             self.queued.fetch_add(bytes, Ordering::AcqRel);
             if !self.send(Work::Warm(stacks)) {

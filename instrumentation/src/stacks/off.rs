@@ -48,5 +48,5 @@ impl Stacks {
         Arc::new(Threads)
     }
     pub(crate) fn capture(&self, _: Kind, _: Duration, _: u8, _: Option<usize>) {}
-    pub(crate) fn warm(&self) {}
+    pub(crate) fn warm(&self, _budget: Duration) {}
 }
