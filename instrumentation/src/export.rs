@@ -125,7 +125,7 @@ impl OwnedPipeline {
 
 /// The provider's reader: a [`ManualReader`] that the flush thread also holds.
 #[derive(Debug)]
-struct SharedReader(Arc<ManualReader>);
+pub(crate) struct SharedReader(pub(crate) Arc<ManualReader>);
 
 impl MetricReader for SharedReader {
     fn register_pipeline(&self, pipeline: Weak<Pipeline>) {

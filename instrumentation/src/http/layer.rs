@@ -68,13 +68,12 @@ where
         let inner = &*self.inner;
         let route = inner.route_id(req.extensions().get::<MatchedPath>());
         let method = method_code(req.method());
-        inner.started_by_method[method].fetch_add(1, Ordering::Relaxed);
+        inner.bins.start(method);
         if let Some(p) = &inner.pressure {
             // One relaxed load; wakes the probe thread once per quiet -> busy transition, so
             // a block that starts with this request is probed from its start.
             p.wake_probe();
         }
-        inner.wake_drain();
         // DEBUG: the `info` filter most services run leaves the span out, so by default it
         // costs one level check per request.
         let span = if inner.trace_spans && tracing::level_enabled!(tracing::Level::DEBUG) {
@@ -213,16 +212,16 @@ impl Rec {
             }
             _ => 0,
         };
-        let b = pack(
-            usize::from(self.route),
-            method,
-            status,
-            kind,
-            u64::from(self.polls),
-            u64::from(self.slow),
-        );
-        let rec = [dur_ns, b, self.poll_ns, waited_ns];
-        if !inner.hot.push(rec) && !inner.spill.push(rec) {
+        let sample = bins::Sample {
+            series: series_id(usize::from(self.route), method, status, kind),
+            bucket: bucket_of_ns(dur_ns),
+            dur_ns,
+            polls: u64::from(self.polls),
+            slow_polls: u64::from(self.slow),
+            poll_ns: self.poll_ns,
+            waited_ns,
+        };
+        if !inner.bins.record(&sample) {
             inner.dropped.fetch_add(1, Ordering::Relaxed);
             inner.unrecorded_by_method[method].fetch_add(1, Ordering::Release);
         }

@@ -1,7 +1,7 @@
-//! The public handle: [`RouteMetrics`] and its builder, the drain thread and the
-//! instruments registered on the meter.
+//! The public handle: [`RouteMetrics`] and its builder, and the instruments registered on the
+//! meter.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ pub struct RouteStats {
     pub latency_p99: Duration,
     /// Largest request duration over the window.
     pub latency_max: Duration,
-    /// Requests completed since start (drained so far).
+    /// Requests completed since start (collected so far).
     pub total_requests: u64,
     /// Polls of this route's request futures since start.
     pub polls: u64,
@@ -56,7 +56,6 @@ pub struct RouteStats {
 pub struct RouteMetricsBuilder {
     pub(super) max_routes: Option<usize>,
     pub(super) window: Option<Duration>,
-    pub(super) ring_capacity: Option<usize>,
     pub(super) slow_poll_threshold: Option<Duration>,
     pub(super) wait_event_threshold: Option<Duration>,
     pub(super) trace_spans: Option<bool>,
@@ -74,12 +73,6 @@ impl RouteMetricsBuilder {
     /// Sliding window length; default [`RouteMetricsBuilder::DEFAULT_ROUTE_WINDOW`] (at least 10 ms).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = Some(window);
-        self
-    }
-    /// Spill ring capacity (rounded up to a power of two), used when the 1024-record hot ring
-    /// is full; default [`RouteMetricsBuilder::DEFAULT_RING_CAPACITY`].
-    pub fn ring_capacity(mut self, n: usize) -> Self {
-        self.ring_capacity = Some(n);
         self
     }
     /// Slow-poll threshold; default [`RouteMetricsBuilder::DEFAULT_SLOW_POLL_THRESHOLD`].
@@ -124,8 +117,9 @@ impl RouteMetricsBuilder {
 
     /// Builds the metrics and registers their instruments on the meter (if any).
     ///
-    /// The state (~700 KiB with the default ring) and its `loopwatch-http` thread are one per
-    /// build: build one per service and clone it, not one per router, connection or request.
+    /// The state is one per build (a few KiB, plus a table of ~47 KiB with the default route
+    /// cap for each thread that serves a request): build one per service and clone it, not one
+    /// per router, connection or request.
     /// With a meter, the instruments' callbacks keep the state until the provider shuts down.
     pub fn build(self) -> RouteMetrics {
         let max_routes = self
@@ -150,21 +144,12 @@ impl RouteMetricsBuilder {
             table_mask: table_size - 1,
             used: AtomicUsize::new(0),
             max_routes,
-            started_by_method: Default::default(),
             unrecorded_by_method: Default::default(),
-            hot: Ring::new(HOT_RING),
-            spill: Ring::new(
-                self.ring_capacity
-                    .unwrap_or(RouteMetricsBuilder::DEFAULT_RING_CAPACITY),
-            ),
             dropped: AtomicU64::new(0),
-            drain: Mutex::new(DrainState {
-                last_drained: 0,
-                finished_by_method: [0; 10],
-                series: IdMap::default(),
-                windows: IdMap::default(),
-                bucket_ns: (nanos(window) / WINDOW_BUCKETS as u64).max(1),
-            }),
+            bins: Bins::new(series_capacity(max_routes)),
+            fold: Mutex::new(FoldState::new(
+                (nanos(window) / WINDOW_BUCKETS as u64).max(1),
+            )),
             histogram,
             pressure: self.pressure,
             slow_poll_ns: nanos(
@@ -183,91 +168,23 @@ impl RouteMetricsBuilder {
             base: Instant::now(),
             // Calibrated once per process (bounded by quanta at 200 ms).
             clock: quanta::Clock::new(),
-            drain_parked: AtomicBool::new(false),
-            drain_thread: OnceLock::new(),
         });
         if let Some(meter) = &self.meter {
             register(meter, &inner);
         }
-        drain_in_background(&inner);
         RouteMetrics { inner }
     }
 }
 
-impl Inner {
-    /// A request starts: if the drain thread parks idle, wakes it (once per idle -> busy
-    /// transition); otherwise one relaxed load. A wake-up lost to the race with the thread
-    /// parking costs nothing but latency: reads drain first, and the park is bounded.
-    pub(super) fn wake_drain(&self) {
-        if self.drain_parked.load(Ordering::Relaxed)
-            && self.drain_parked.swap(false, Ordering::AcqRel)
-            && let Some(t) = self.drain_thread.get()
-        {
-            t.unpark();
-        }
-    }
-}
-
-/// Starts the `loopwatch-http` thread of `inner`. Its period follows the request rate: the
-/// time for half a hot ring (512 records) to arrive at the last drain's rate, between 2 ms and
-/// 100 ms; parked (at most [`DRAIN_IDLE`]) while none arrive, until a request wakes it. (A
-/// period that let the hot ring fill sent records to the spill ring: a cache miss each.) The
-/// thread holds a weak reference and ends once the state is dropped.
-pub(super) fn drain_in_background(inner: &Arc<Inner>) {
-    let weak = Arc::downgrade(inner);
-    let spawned = std::thread::Builder::new()
-        .name("loopwatch-http".into())
-        .spawn(move || {
-            let mut pause = DRAIN_EVERY;
-            let mut last = Instant::now();
-            loop {
-                let parked = pause == DRAIN_IDLE;
-                if parked {
-                    match weak.upgrade() {
-                        Some(i) => i.drain_parked.store(true, Ordering::SeqCst),
-                        None => return,
-                    }
-                    std::thread::park_timeout(pause);
-                } else {
-                    std::thread::sleep(pause);
-                }
-                let Some(inner) = weak.upgrade() else {
-                    return;
-                };
-                if parked {
-                    inner.drain_parked.store(false, Ordering::Release);
-                }
-                let now = Instant::now();
-                let moved = inner.drain().last_drained;
-                // Gathered since the previous drain (an idle park may end early).
-                pause = next_drain_pause(moved, now.saturating_duration_since(last));
-                last = now;
-            }
-        });
-    match spawned {
-        Ok(h) => {
-            let _ = inner.drain_thread.set(h.thread().clone());
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "loopwatch: cannot spawn loopwatch-http; draining only at export");
-        }
-    }
-}
-
-/// The next drain period after a drain that moved `moved` records (at most, per route metrics)
-/// gathered over `over`.
-pub(super) fn next_drain_pause(moved: usize, over: Duration) -> Duration {
-    if moved == 0 {
-        return DRAIN_IDLE;
-    }
-    // Half a hot ring at the observed rate: `over * (HOT_RING / 2) / moved`.
-    let half_ring =
-        over.saturating_mul(HOT_RING as u32 / 2) / u32::try_from(moved).unwrap_or(u32::MAX);
-    half_ring.clamp(DRAIN_BUSY, DRAIN_EVERY)
+/// Series entries of each thread's table: four per route (method, status and error type
+/// vary), at least 64.
+fn series_capacity(max_routes: usize) -> usize {
+    (max_routes.saturating_add(2) * 4).clamp(64, 1 << 16)
 }
 
 /// Registers the observable instruments. Callbacks hold the metrics (so the final export,
-/// after the server and its layers are gone, still drains and reports them).
+/// after the server and its layers are gone, still collects and reports them). The SDK runs
+/// them before it reads its histograms, so their collection feeds this export's histogram.
 pub(super) fn register(meter: &Meter, inner: &Arc<Inner>) {
     let w = Arc::clone(inner);
     let _ = meter
@@ -364,9 +281,7 @@ pub(super) fn register(meter: &Meter, inner: &Arc<Inner>) {
     let w = Arc::clone(inner);
     let _ = meter
         .u64_observable_counter("loopwatch.http.dropped")
-        .with_description(
-            "Request records dropped because the route layer's rings (hot and spill) were full",
-        )
+        .with_description("Requests not recorded because their thread's series table was full")
         .with_unit("{record}")
         .with_callback(move |obs| {
             obs.observe(w.dropped.load(Ordering::Relaxed), &[]);
@@ -416,7 +331,7 @@ impl RouteMetrics {
         }
     }
 
-    /// Per-route statistics (drains pending records first). Routes with no request in the
+    /// Per-route statistics (collects the threads' bins first). Routes with no request in the
     /// window and none in progress are left out unless they were ever polled.
     pub fn snapshot(&self) -> Vec<RouteStats> {
         self.inner.stats()
@@ -432,7 +347,7 @@ impl RouteMetrics {
         self.inner.active_by_method().iter().sum()
     }
 
-    /// Records dropped because the ring was full.
+    /// Requests not recorded because their thread's series table was full.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }

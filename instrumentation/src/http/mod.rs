@@ -2,37 +2,36 @@
 //!
 //! Hot path (per request): a route lookup (by the address of axum's shared template string in
 //! a small direct-mapped cache; else a constant-time hash into a fixed table and a string
-//! compare), one relaxed atomic add (requests started; finished ones are counted by the drain
-//! from the records, so active = started - finished), two clock reads per poll (the TSC
-//! through `quanta` where it is invariant: no syscall), and one push of a
-//! 32-byte record into a small lock-free ring that stays in the cache (a larger spill ring
-//! takes bursts). The probe (runtime lateness) is read only for requests that needed more
-//! than one poll: a request done in one poll spent no time outside it. With a probe, one
+//! compare), two clock reads per poll (the TSC through `quanta` where it is invariant: no
+//! syscall), and a few plain stores into the calling thread's own bins ([`bins`]): requests
+//! started by method, and per series (route, method, status, error type) the duration bucket,
+//! sum, polls and times. The probe (runtime lateness) is read only for requests that needed
+//! more than one poll: a request done in one poll spent no time outside it. With a probe, one
 //! relaxed load tells whether the probe thread sleeps an idle tick (then one `unpark`, once per
 //! quiet -> busy transition, the only syscall besides the clock). No lock, no allocation
-//! (after a route's first request). One background `loopwatch-http` thread per
-//! [`RouteMetrics`] (every 2–100 ms, following the request rate so that the hot ring never
-//! fills; parked while no requests arrive, until the next request wakes it; and at every
-//! export) drains the rings into the SDK histogram and the per-route sliding windows; when both
-//! rings are full the record is dropped and counted (`loopwatch.http.dropped`). The state is
-//! reference counted: it is freed, and its thread ends, once the last [`RouteMetrics`], layer,
-//! in-flight request and registered instrument callback is gone.
+//! (after a thread's first request and a series' first on that thread), no hop to another
+//! thread. The collection ([`fold`]: every export, and every snapshot) sums the bins into the
+//! SDK histogram and the per-route sliding windows. A request whose thread's table has no room
+//! for a new series is dropped and counted (`loopwatch.http.dropped`). The state is reference
+//! counted: it is freed once the last [`RouteMetrics`], layer, in-flight request and registered
+//! instrument callback is gone.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
 use axum::http::Method;
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{BoundHistogram, Histogram};
+use opentelemetry::metrics::Histogram;
 use tokio_metrics::TaskMonitor;
 
 use crate::shed::Pressure;
 
+mod bins;
+mod fold;
 mod layer;
 mod metrics;
-mod ring;
 mod window;
 
 pub use layer::{RouteLayer, RouteService};
@@ -41,10 +40,9 @@ pub use layer::{RouteLayer, RouteService};
 pub mod future {
     pub use super::layer::RouteFuture;
 }
-#[cfg(test)]
-use metrics::next_drain_pause;
+use bins::Bins;
+use fold::FoldState;
 pub use metrics::{RouteMetrics, RouteMetricsBuilder, RouteStats};
-use ring::*;
 use window::*;
 
 impl RouteMetricsBuilder {
@@ -52,12 +50,6 @@ impl RouteMetricsBuilder {
     pub const DEFAULT_MAX_ROUTES: usize = 64;
     /// Default length of the per-route sliding window (error ratio, latency): 10 s, in 10 buckets.
     pub const DEFAULT_ROUTE_WINDOW: Duration = Duration::from_secs(10);
-    /// Default capacity of the spill ring between requests and the drain thread: 16384 records
-    /// (640 KiB), used only while the small hot ring (1024 records, 40 KiB: it stays in the
-    /// cache) is full. The drain runs every 100 ms down to 2 ms under load (parked while idle):
-    /// both rings absorb a burst of ~70k requests/s before the drain speeds up, and far more
-    /// after; beyond that a record is dropped and counted.
-    pub const DEFAULT_RING_CAPACITY: usize = 16_384;
     /// Default poll duration from which a poll of a request future counts as slow: 1 ms.
     pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(1);
     /// Default runtime lateness during a request from which the route layer logs a `tracing`
@@ -65,9 +57,6 @@ impl RouteMetricsBuilder {
     pub const DEFAULT_WAIT_EVENT_THRESHOLD: Duration = Duration::from_millis(100);
 }
 
-/// Records of the hot ring that every request writes to first (see [`RouteMetricsBuilder::DEFAULT_RING_CAPACITY`]).
-/// A single large ring cost a cache miss per record: positions cycle through all of it.
-const HOT_RING: usize = 1024;
 /// `http.route` of requests no route matched (no `MatchedPath`).
 pub const UNMATCHED_ROUTE: &str = "(unmatched)";
 /// `http.route` of routes past the [`RouteMetricsBuilder::DEFAULT_MAX_ROUTES`] cap.
@@ -77,16 +66,23 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// Longest drain period while requests arrive.
-const DRAIN_EVERY: Duration = Duration::from_millis(100);
-/// Longest park of the drain thread while no requests arrive (the last drain moved nothing):
-/// the next request wakes it ([`Inner::wake_drain`]); every read of the metrics drains first anyway,
-/// so the bound only matters for a wake-up lost to the race with parking (a lone request's
-/// record then waits for the next request or export). Long: every wake-up of an idle process
-/// touches cold memory, which costs more CPU than the work it does.
-const DRAIN_IDLE: Duration = Duration::from_secs(60);
-/// Shortest drain period (fast request rates).
-const DRAIN_BUSY: Duration = Duration::from_millis(2);
+/// [`DURATION_BUCKETS`] in nanoseconds, for the request path's integer compare.
+const BOUNDS_NS: [u64; 14] = [
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    75_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    750_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    7_500_000_000,
+    10_000_000_000,
+];
 const WINDOW_BUCKETS: usize = 10;
 const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
@@ -148,19 +144,21 @@ fn route_hash(s: &str) -> u64 {
 
 // Route table and per-route counters.
 
-/// Packs the identity of a record: route (16 bits), method (4), status (12), kind (4), then
-/// polls (14, saturating) and slow polls (14, saturating). The low 36 bits name the series.
-fn pack(route: usize, method: usize, status: u16, kind: u64, polls: u64, slow: u64) -> u64 {
-    const SAT: u64 = (1 << 14) - 1;
+/// Packs the identity of a series: route (16 bits), method (4), status (12), kind (4).
+fn series_id(route: usize, method: usize, status: u16, kind: u64) -> u64 {
     (route as u64 & 0xffff)
         | ((method as u64 & 0xf) << 16)
         | ((u64::from(status) & 0xfff) << 20)
         | ((kind & 0xf) << 32)
-        | (polls.min(SAT) << 36)
-        | (slow.min(SAT) << 50)
 }
 
-const SERIES_MASK: u64 = (1 << 36) - 1;
+/// The duration bucket of `dur_ns` (as the SDK bins the value in seconds).
+fn bucket_of_ns(dur_ns: u64) -> usize {
+    BOUNDS_NS
+        .iter()
+        .position(|b| dur_ns <= *b)
+        .unwrap_or(BOUNDS_NS.len())
+}
 
 /// Route ids: 0 = unmatched, 1 = overflow, 2.. = table slots.
 const ID_UNMATCHED: usize = 0;
@@ -183,19 +181,13 @@ struct Inner {
     ptr_cache: Box<[AtomicU64]>,
     used: AtomicUsize,
     max_routes: usize,
-    /// Requests started, by method (one relaxed add per request). Active requests are
-    /// `started - finished`: finished ones are counted by the drain from the records it moves,
-    /// plus [`Inner::unrecorded_by_method`]; no second atomic per request.
-    started_by_method: [AtomicU64; 10],
-    /// Requests finished whose record the full ring dropped (rare path), by method.
+    /// Requests finished whose thread's table had no room for their series (rare path), by
+    /// method.
     unrecorded_by_method: [AtomicU64; 10],
-    /// Small ring every record tries first (stays in the cache).
-    hot: Ring,
-    /// Large ring for bursts the hot ring cannot hold until the next drain.
-    spill: Ring,
-    /// Records dropped because both rings were full.
+    /// Requests dropped because their thread's table was full.
     dropped: AtomicU64,
-    drain: Mutex<DrainState>,
+    bins: Bins,
+    fold: Mutex<FoldState>,
     histogram: Option<Histogram<f64>>,
     pressure: Option<Pressure>,
     slow_poll_ns: u64,
@@ -206,19 +198,6 @@ struct Inner {
     /// Per-poll timestamps: the TSC where it is invariant (no syscall), else the OS
     /// monotonic clock. Raw readings, scaled to ns only for differences.
     clock: quanta::Clock,
-    /// Set while the drain thread parks with nothing to drain; [`Inner::wake_drain`] takes it.
-    drain_parked: AtomicBool,
-    /// This state's `loopwatch-http` thread, once started.
-    drain_thread: OnceLock<std::thread::Thread>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // The drain thread holds only a weak reference: woken, it finds the state gone and ends.
-        if let Some(t) = self.drain_thread.get() {
-            t.unpark();
-        }
-    }
 }
 
 impl Inner {
@@ -286,16 +265,16 @@ impl Inner {
         }
     }
 
-    /// Requests in progress by method: started minus finished (drains the ring first).
-    /// `finished` is read before `started`: a finished request's start is visible by then
-    /// (its increment precedes its record's release into the ring), so no negative values.
+    /// Requests in progress by method: started minus finished (collects first). The finished
+    /// ones are read before the started: a finished request's start is visible by then (its
+    /// store precedes the release of its finish), so no negative values.
     fn active_by_method(&self) -> [i64; 10] {
-        let finished = self.drain().finished_by_method;
+        let finished = self.fold().finished_by_method;
+        let started = self.bins.started();
         std::array::from_fn(|i| {
             let done =
                 finished[i].saturating_add(self.unrecorded_by_method[i].load(Ordering::Acquire));
-            let started = self.started_by_method[i].load(Ordering::Acquire);
-            i64::try_from(started.saturating_sub(done)).unwrap_or(i64::MAX)
+            i64::try_from(started[i].saturating_sub(done)).unwrap_or(i64::MAX)
         })
     }
 
@@ -303,47 +282,12 @@ impl Inner {
         nanos(self.base.elapsed())
     }
 
-    /// Drains the ring into the histogram and the windows.
-    fn drain(&self) -> MutexGuard<'_, DrainState> {
-        let mut st = lock(&self.drain);
-        let now = self.now_ns();
-        let mut drained = 0usize;
-        while let Some([dur_ns, b, poll_ns, waited_ns]) =
-            self.hot.pop().or_else(|| self.spill.pop())
-        {
-            drained += 1;
-            let route = (b & 0xffff) as usize;
-            let method = ((b >> 16) & 0xf) as usize;
-            if let Some(f) = st.finished_by_method.get_mut(method) {
-                *f += 1;
-            }
-            let status = ((b >> 20) & 0xfff) as u16;
-            let kind = (b >> 32) & 0xf;
-            if let Some(h) = &self.histogram {
-                // Bound once per series: recording then skips the SDK's attribute lookup
-                // (hashing four attributes per record).
-                st.series
-                    .entry(b & SERIES_MASK)
-                    .or_insert_with(|| h.bind(&self.attributes(route, method, status, kind)))
-                    .record(dur_ns as f64 / 1e9);
-            }
-            let bucket_ns = st.bucket_ns;
-            let w = st.windows.entry(route).or_default();
-            w.record(
-                now / bucket_ns,
-                dur_ns,
-                kind != KIND_OK && kind != KIND_SHED,
-            );
-            w.polls += (b >> 36) & 0x3fff;
-            w.slow_polls += (b >> 50) & 0x3fff;
-            w.poll_ns = w.poll_ns.saturating_add(poll_ns);
-            w.waited_ns = w.waited_ns.saturating_add(waited_ns);
-        }
-        st.last_drained = drained;
-        st
-    }
-
-    fn attributes(&self, route: usize, method: usize, status: u16, kind: u64) -> Vec<KeyValue> {
+    /// The attributes of a series (packed id, see [`series_id`]).
+    fn attributes(&self, series: u64) -> Vec<KeyValue> {
+        let route = (series & 0xffff) as usize;
+        let method = ((series >> 16) & 0xf) as usize;
+        let status = ((series >> 20) & 0xfff) as u16;
+        let kind = (series >> 32) & 0xf;
         let mut v = vec![
             KeyValue::new(
                 "http.route",
@@ -368,7 +312,7 @@ impl Inner {
     }
 
     fn stats(&self) -> Vec<RouteStats> {
-        let st = self.drain();
+        let st = self.fold();
         let now_bucket = self.now_ns() / st.bucket_ns;
         let mut out = Vec::new();
         let mut ids: Vec<usize> = st.windows.keys().copied().collect();
@@ -410,17 +354,6 @@ impl Inner {
         }
         out
     }
-}
-
-struct DrainState {
-    /// Records moved by the last drain (paces the drain thread).
-    last_drained: usize,
-    /// Requests finished by method, counted from drained records.
-    finished_by_method: [u64; 10],
-    /// `http.server.request.duration` bound to each series (packed id, see [`pack`]).
-    series: IdMap<u64, BoundHistogram<f64>>,
-    windows: IdMap<usize, RouteWindow>,
-    bucket_ns: u64,
 }
 
 #[cfg(test)]

@@ -15,75 +15,236 @@ async fn get_path(app: &Router, path: &str) -> u16 {
         .as_u16()
 }
 
+/// A provider whose histogram the test reads: (provider, reader).
+fn sdk() -> (
+    opentelemetry_sdk::metrics::SdkMeterProvider,
+    Arc<opentelemetry_sdk::metrics::ManualReader>,
+) {
+    let reader = Arc::new(opentelemetry_sdk::metrics::ManualReader::builder().build());
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(crate::export::SharedReader(Arc::clone(&reader)))
+        .build();
+    (provider, reader)
+}
+
+/// `http.server.request.duration` points of one collection: (attributes `k=v` sorted,
+/// bucket counts, count, sum, min, max).
+type Point = (Vec<String>, Vec<u64>, u64, f64, Option<f64>, Option<f64>);
+
+fn duration_points(reader: &opentelemetry_sdk::metrics::ManualReader) -> Vec<Point> {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+    use opentelemetry_sdk::metrics::reader::MetricReader;
+    let mut rm = ResourceMetrics::default();
+    reader.collect(&mut rm).expect("collect");
+    let mut out = Vec::new();
+    for scope in rm.scope_metrics() {
+        for m in scope.metrics() {
+            if m.name() != "http.server.request.duration" {
+                continue;
+            }
+            let AggregatedMetrics::F64(MetricData::Histogram(h)) = m.data() else {
+                panic!("not an f64 histogram");
+            };
+            for p in h.data_points() {
+                let mut attrs: Vec<String> = p
+                    .attributes()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                attrs.sort();
+                out.push((
+                    attrs,
+                    p.bucket_counts().collect(),
+                    p.count(),
+                    p.sum(),
+                    p.min(),
+                    p.max(),
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Durations spread over every bucket, the overflow one included (ns): 1 ms to ~20 s, in
+/// a shuffled order.
+fn spread_ns(n: u64) -> Vec<u64> {
+    (0..n)
+        .map(|i| (1e6 * 1.02f64.powi((i * 37 % 520) as i32)) as u64)
+        .collect()
+}
+
+fn counts_of(durs: &[u64]) -> [u64; bins::BUCKETS] {
+    let mut c = [0; bins::BUCKETS];
+    for &d in durs {
+        c[bucket_of_ns(d)] += 1;
+    }
+    c
+}
+
 #[test]
-fn ring_push_pop_and_full() {
-    let r = Ring::new(4);
-    for i in 0..4 {
-        assert!(r.push([i, i * 10, i, i]));
-    }
-    assert!(!r.push([9; 4]));
-    for i in 0..4 {
-        assert_eq!(r.pop(), Some([i, i * 10, i, i]));
-    }
-    assert_eq!(r.pop(), None);
-    assert!(r.push([5, 50, 0, 0]));
-    assert_eq!(r.pop(), Some([5, 50, 0, 0]));
+fn replayed_values_keep_every_bucket_the_sum_the_min_and_the_max() {
+    let durs = spread_ns(600);
+    let counts = counts_of(&durs);
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "every bucket used: {counts:?}"
+    );
+    let sum: f64 = durs.iter().map(|&d| d as f64 / 1e9).sum();
+    let min = *durs.iter().min().expect("min") as f64 / 1e9;
+    let max = *durs.iter().max().expect("max") as f64 / 1e9;
+    let mut got = [0u64; bins::BUCKETS];
+    let mut values = Vec::new();
+    let (replayed, largest) = fold::replay(&counts, sum, Some(min), Some(max), |v, n| {
+        // The SDK's own bucket rule: the first bound the value does not exceed.
+        let b = DURATION_BUCKETS
+            .iter()
+            .position(|bound| v <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        got[b] += n;
+        values.push((v, n));
+    });
+    assert_eq!(got, counts);
+    assert!((replayed - sum).abs() < 1e-9 * sum, "{replayed} vs {sum}");
+    let total: f64 = values.iter().map(|(v, n)| v * *n as f64).sum();
+    assert!((total - sum).abs() < 1e-9 * sum);
+    assert_eq!(largest, max);
+    let lo = values.iter().map(|v| v.0).fold(f64::INFINITY, f64::min);
+    assert_eq!(lo, min);
+}
+
+#[test]
+fn a_sum_the_buckets_cannot_hold_is_made_up_by_the_next_replay() {
+    // Two requests in the 5 ms bucket said to sum to 20 ms (a read that caught a sum before
+    // its count): the replay stays in the bucket, and reports what it replayed.
+    let mut counts = [0; bins::BUCKETS];
+    counts[0] = 2;
+    let mut values = Vec::new();
+    let (replayed, _) = fold::replay(&counts, 0.020, None, None, |v, n| values.push((v, n)));
+    assert_eq!(values, vec![(0.005, 2)]);
+    assert!((replayed - 0.010).abs() < 1e-12);
+    // No min or max known, the overflow bucket: values sit just above its lower bound.
+    let mut counts = [0; bins::BUCKETS];
+    counts[bins::BUCKETS - 1] = 1;
+    let mut values = Vec::new();
+    fold::replay(&counts, 12.0, None, None, |v, n| values.push((v, n)));
+    assert_eq!(values.len(), 1);
+    assert!(values[0].0 > 10.0 && values[0].0 < 10.001, "{values:?}");
 }
 
 #[tokio::test]
-async fn full_rings_drop_and_count_every_record_they_cannot_hold() {
-    // Spill ring of 2: past the 1024-record hot ring and the spill ring, records are
-    // dropped until a drain; each request is then either recorded or counted as dropped.
-    let m = RouteMetrics::builder().ring_capacity(2).build();
+async fn the_sdk_histogram_matches_the_requests_exactly() {
+    let (provider, reader) = sdk();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+    let m = RouteMetrics::builder().meter(meter).build();
     let app = Router::new()
-        .route("/", get(|| async { "ok" }))
+        .route("/x", get(|| async { "x" }))
+        .route(
+            "/fail",
+            get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "x") }),
+        )
         .layer(m.layer());
-    let n = 3000u64;
-    for _ in 0..n {
-        assert_eq!(get_path(&app, "/").await, 200);
+    for _ in 0..40 {
+        assert_eq!(get_path(&app, "/x").await, 200);
     }
-    let recorded: u64 = m.snapshot().iter().map(|s| s.total_requests).sum();
-    assert_eq!(recorded + m.dropped(), n, "recorded {recorded}");
-    assert!(recorded >= 1024 + 2, "recorded {recorded}");
-    assert_eq!(m.active_requests(), 0);
-}
-
-#[test]
-fn drain_period_follows_the_request_rate() {
-    let ms = Duration::from_millis;
-    assert_eq!(next_drain_pause(0, ms(100)), DRAIN_IDLE);
-    // 120k requests/s: 512 records arrive in ~4.3 ms.
-    assert_eq!(
-        next_drain_pause(12_000, ms(100)),
-        Duration::from_nanos(4_266_666)
+    assert_eq!(get_path(&app, "/fail").await, 500);
+    let first = duration_points(&reader);
+    assert_eq!(first.len(), 2, "{first:?}");
+    let (attrs, buckets, count, sum, min, max) = &first[1];
+    assert!(attrs.contains(&"http.route=/x".to_owned()), "{attrs:?}");
+    assert_eq!(*count, 40);
+    assert_eq!(buckets.iter().sum::<u64>(), 40);
+    let x = m.route("/x").expect("/x");
+    assert_eq!(x.total_requests, 40);
+    // The SDK's max is the route window's max (both the true largest duration).
+    assert_eq!(*max, Some(x.latency_max.as_secs_f64()));
+    let (min, sum) = (min.expect("min"), *sum);
+    assert!(
+        min > 0.0 && min <= sum / 40.0,
+        "min {min} mean {}",
+        sum / 40.0
     );
-    // Faster than the floor allows, and slower than the ceiling.
-    assert_eq!(next_drain_pause(1_000_000, ms(100)), DRAIN_BUSY);
-    assert_eq!(next_drain_pause(10, ms(250)), DRAIN_EVERY);
-    assert_eq!(next_drain_pause(usize::MAX, ms(250)), DRAIN_BUSY);
+    let mean = x.latency_mean.as_secs_f64();
+    assert!((sum / 40.0 - mean).abs() < 1e-6, "{sum} vs mean {mean}");
+    let (fail_attrs, _, fail_count, ..) = &first[0];
+    assert!(
+        fail_attrs.contains(&"error.type=500".to_owned()),
+        "{fail_attrs:?}"
+    );
+    assert_eq!(*fail_count, 1);
+    // Cumulative: a second collection with no new requests reports the same, and new ones
+    // add up.
+    assert_eq!(duration_points(&reader), first);
+    for _ in 0..10 {
+        assert_eq!(get_path(&app, "/x").await, 200);
+    }
+    let second = duration_points(&reader);
+    assert_eq!(second[1].2, 50);
+    assert!(second[1].3 > sum);
+}
+
+/// A thread that serves `n` requests to `GET /t` through `m`'s layer on its own runtime.
+fn serve_on_a_thread(m: &RouteMetrics, n: usize) -> std::thread::JoinHandle<()> {
+    let m = m.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let app = Router::new()
+            .route("/t", get(|| async { "t" }))
+            .layer(m.layer());
+        rt.block_on(async {
+            for _ in 0..n {
+                assert_eq!(get_path(&app, "/t").await, 200);
+            }
+        });
+    })
 }
 
 #[test]
-fn ring_concurrent_producers_lose_nothing() {
-    let r = Arc::new(Ring::new(1 << 12));
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            let r = Arc::clone(&r);
-            std::thread::spawn(move || {
-                for i in 0..500u64 {
-                    assert!(r.push([t, i, 0, 0]));
-                }
-            })
-        })
-        .collect();
+fn requests_on_many_threads_are_all_counted() {
+    let m = RouteMetrics::builder().build();
+    let threads: Vec<_> = (0..4).map(|_| serve_on_a_thread(&m, 500)).collect();
     for t in threads {
-        t.join().expect("producer");
+        t.join().expect("client thread");
     }
-    let mut per = [0u64; 4];
-    while let Some([t, ..]) = r.pop() {
-        per[t as usize] += 1;
+    let t = m.route("/t").expect("/t");
+    assert_eq!((t.total_requests, t.requests, t.polls), (2000, 2000, 2000));
+    assert_eq!(m.active_requests(), 0);
+    assert_eq!(m.dropped(), 0);
+}
+
+#[test]
+fn a_thread_slot_outlives_its_thread_and_is_reused() {
+    let m = RouteMetrics::builder().build();
+    // Threads one after another: each ends before the next starts, so they can take the
+    // same slot, and no count of the earlier one is lost to the later.
+    for _ in 0..3 {
+        serve_on_a_thread(&m, 100).join().expect("thread");
     }
-    assert_eq!(per, [500; 4]);
+    assert_eq!(m.route("/t").expect("/t").total_requests, 300);
+}
+
+#[tokio::test]
+async fn a_full_series_table_drops_and_counts_every_request_it_cannot_hold() {
+    // One route, 100 status codes: 100 series, on one thread whose table holds 64.
+    let m = RouteMetrics::builder().max_routes(1).build();
+    let app = Router::new()
+        .route(
+            "/s/{code}",
+            get(
+                |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                    axum::http::StatusCode::from_u16(code).expect("status")
+                },
+            ),
+        )
+        .layer(m.layer());
+    for code in 200..300u16 {
+        assert_eq!(get_path(&app, &format!("/s/{code}")).await, code);
+    }
+    let recorded = m.route("/s/{code}").expect("route").total_requests;
+    assert_eq!((recorded, m.dropped()), (64, 36));
+    assert_eq!(m.active_requests(), 0);
 }
 
 #[tokio::test]
@@ -268,10 +429,19 @@ async fn the_request_span_is_built_only_under_a_debug_filter() {
 #[test]
 fn window_quantiles_and_expiry() {
     let mut w = RouteWindow::default();
-    for _ in 0..99 {
-        w.record(5, 3_000_000, false); // 3 ms -> bucket 5 ms
-    }
-    w.record(5, 400_000_000, true); // 400 ms -> bucket 0.5 s
+    let fast = [3_000_000u64; 99]; // 3 ms -> bucket 5 ms
+    let ok = bins::Totals {
+        buckets: counts_of(&fast),
+        sum_ns: fast.iter().sum(),
+        ..Default::default()
+    };
+    w.record(5, &ok, 3_000_000, false);
+    let slow = bins::Totals {
+        buckets: counts_of(&[400_000_000]), // 400 ms -> bucket 0.5 s
+        sum_ns: 400_000_000,
+        ..Default::default()
+    };
+    w.record(5, &slow, 400_000_000, true);
     let a = w.aggregate(5);
     assert_eq!((a.count, a.errors), (100, 1));
     assert_eq!(a.quantile(0.5), Duration::from_millis(5));

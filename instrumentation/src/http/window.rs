@@ -1,4 +1,4 @@
-//! Per-route sliding windows (error ratio, latency) kept by the drain, keyed by route id.
+//! Per-route sliding windows (error ratio, latency) kept by the collection, keyed by route id.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::*;
 
-/// Hasher for the drain's integer keys (route ids, packed series ids): a multiply and a fold
-/// instead of SipHash, on the drain thread's per-record path.
+/// Hasher for the collection's integer keys (route ids, packed series ids): a multiply and a
+/// fold instead of SipHash.
 #[derive(Default, Clone, Copy)]
 pub(super) struct IdHasher(u64);
 
@@ -37,10 +37,10 @@ pub(super) struct WindowBucket {
     pub(super) errors: u64,
     pub(super) sum_ns: u64,
     pub(super) max_ns: u64,
-    pub(super) hist: [u64; 15],
+    pub(super) hist: [u64; bins::BUCKETS],
 }
 
-/// A route's sliding window plus its cumulative totals (owned by the drain).
+/// A route's sliding window plus its cumulative totals (owned by the collection).
 #[derive(Default)]
 pub(super) struct RouteWindow {
     pub(super) buckets: [WindowBucket; WINDOW_BUCKETS],
@@ -57,7 +57,7 @@ pub(super) struct Aggregate {
     pub(super) errors: u64,
     pub(super) sum_ns: u64,
     pub(super) max_ns: u64,
-    pub(super) hist: [u64; 15],
+    pub(super) hist: [u64; bins::BUCKETS],
 }
 
 impl Aggregate {
@@ -83,7 +83,9 @@ impl Aggregate {
 }
 
 impl RouteWindow {
-    pub(super) fn record(&mut self, epoch: u64, dur_ns: u64, error: bool) {
+    /// Adds a series' requests collected in `epoch` (`max_ns`: the largest of them).
+    pub(super) fn record(&mut self, epoch: u64, new: &bins::Totals, max_ns: u64, error: bool) {
+        let count = new.count();
         let b = &mut self.buckets[(epoch % WINDOW_BUCKETS as u64) as usize];
         if b.epoch != epoch || b.count == 0 {
             *b = WindowBucket {
@@ -91,17 +93,20 @@ impl RouteWindow {
                 ..WindowBucket::default()
             };
         }
-        b.count += 1;
-        self.total += 1;
-        b.errors += u64::from(error);
-        b.sum_ns = b.sum_ns.saturating_add(dur_ns);
-        b.max_ns = b.max_ns.max(dur_ns);
-        let secs = dur_ns as f64 / 1e9;
-        let i = DURATION_BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(DURATION_BUCKETS.len());
-        b.hist[i] += 1;
+        b.count += count;
+        self.total += count;
+        if error {
+            b.errors += count;
+        }
+        b.sum_ns = b.sum_ns.saturating_add(new.sum_ns);
+        b.max_ns = b.max_ns.max(max_ns);
+        for (h, n) in b.hist.iter_mut().zip(&new.buckets) {
+            *h += n;
+        }
+        self.polls += new.polls;
+        self.slow_polls += new.slow_polls;
+        self.poll_ns = self.poll_ns.saturating_add(new.poll_ns);
+        self.waited_ns = self.waited_ns.saturating_add(new.waited_ns);
     }
 
     pub(super) fn aggregate(&self, now_epoch: u64) -> Aggregate {
