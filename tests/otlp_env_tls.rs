@@ -72,6 +72,14 @@ fn accepted(receiver: &Receiver, name: &str, transport: &str) -> serde_json::Val
     got.1
 }
 
+/// The service's base URL, from its ready line.
+fn url(p: &Proc) -> String {
+    p.ready_line
+        .trim_start_matches("example-service listening on ")
+        .trim()
+        .to_string()
+}
+
 fn file(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
@@ -175,12 +183,7 @@ fn spans_reach_a_tls_receiver_over_grpc_and_http() {
             ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
         ];
         let mut p = service(&name, protocol, port, &env);
-        let url = p
-            .ready_line
-            .trim_start_matches("example-service listening on ")
-            .trim()
-            .to_string();
-        let (code, _) = http_get(&format!("{url}/"));
+        let (code, _) = http_get(&format!("{}/", url(&p)));
         assert_eq!(code, 200, "{name}");
         let got = wait_for(
             &format!("{name}: spans at the TLS receiver"),
@@ -193,6 +196,35 @@ fn spans_reach_a_tls_receiver_over_grpc_and_http() {
         if transport == "http" {
             assert_eq!(got.1["content-encoding"], "gzip", "{}", got.1);
         }
+        p.kill();
+    }
+}
+
+/// A stall's log record (its stacks) reaches a TLS receiver on both transports, on the TLS
+/// material loaded once at start for metrics and logs alike.
+#[test]
+fn a_stall_log_record_reaches_a_tls_receiver_over_grpc_and_http() {
+    let dir = TempDir::new("otlp-env-tls-logs");
+    make_certs(&dir.path);
+    let receiver = Receiver::start(&dir.path, false);
+    for (protocol, port, transport) in [
+        ("grpc", receiver.grpc, "grpc"),
+        ("http/protobuf", receiver.http, "http"),
+    ] {
+        let name = format!("logs-{transport}");
+        let env = [("OTEL_EXPORTER_OTLP_CERTIFICATE", file(&dir.path, "ca.pem"))];
+        let mut p = service(&name, protocol, port, &env);
+        accepted(&receiver, &name, transport);
+        let (code, _) = http_get(&format!("{}/block?ms=800", url(&p)));
+        assert_eq!(code, 200, "{name}");
+        let got = wait_for(
+            &format!("{name}: a stall log record at the TLS receiver"),
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || receiver.received_logs(&name).into_iter().next(),
+        );
+        assert_eq!(got.0, transport, "{name}");
+        assert_eq!(got.1, serde_json::json!(["loopwatch.stall"]), "{name}");
         p.kill();
     }
 }

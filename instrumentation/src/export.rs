@@ -149,9 +149,11 @@ impl MetricReader for SharedReader {
 /// channel, or a hyper client pool for HTTP) live in loopwatch's own current-thread runtime,
 /// driven by the `loopwatch-flush` thread during exports, so exports progress while the watched
 /// runtime is completely blocked.
-pub(crate) fn build_pipeline(s: &Settings) -> Result<OwnedPipeline, StartError> {
-    let tls = tls_for(&s.endpoint, &s.tls)?;
-    let (rt, exporter) = on_export_runtime(|| build_exporter(s, tls.as_ref()))?;
+pub(crate) fn build_pipeline(
+    s: &Settings,
+    tls: Option<&TlsMaterial>,
+) -> Result<OwnedPipeline, StartError> {
+    let (rt, exporter) = on_export_runtime(|| build_exporter(s, tls))?;
     let reader = Arc::new(
         ManualReader::builder()
             .with_temporality(exporter.temporality())
@@ -197,56 +199,85 @@ pub(crate) fn on_export_runtime<T>(
     }
 }
 
-/// The OTLP metric exporter for `s`: endpoint, timeout, gzip and TLS as resolved by loopwatch
-/// (headers come from the environment through opentelemetry-otlp).
-fn build_exporter(s: &Settings, tls: Option<&TlsMaterial>) -> Result<MetricExporter, StartError> {
-    match s.protocol {
-        #[cfg(feature = "grpc")]
-        Protocol::Grpc => grpc_transport(
-            MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(s.export_timeout)
-                .with_retry_policy(RetryPolicy::disabled()),
-            s.gzip,
-            tls,
-        )
-        .build()
-        .map_err(|e| StartError::Exporter(e.to_string())),
-        #[cfg(feature = "http-proto")]
-        Protocol::HttpProtobuf => http_transport(
-            MetricExporter::builder()
-                .with_http()
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(s.export_timeout)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_retry_policy(RetryPolicy::disabled()),
-            s.gzip,
-            tls,
-            s.export_timeout,
-        )?
-        .build()
-        .map_err(|e| StartError::Exporter(e.to_string())),
-        #[allow(unreachable_patterns)]
-        p => {
-            let _ = tls;
-            Err(without_transport(p))
+/// How an OTLP exporter of any signal reaches its endpoint.
+#[cfg_attr(
+    not(any(feature = "grpc", feature = "http-proto")),
+    allow(dead_code, reason = "transport settings without a transport")
+)]
+pub(crate) struct Transport<'a> {
+    pub(crate) protocol: Protocol,
+    /// The signal's endpoint (for OTLP/HTTP, its own path: see [`signal_endpoint`]).
+    pub(crate) endpoint: String,
+    pub(crate) timeout: Duration,
+    pub(crate) gzip: bool,
+    pub(crate) tls: Option<&'a TlsMaterial>,
+    /// The exporter's own retries; off where an export must not outlast its timeout (metrics
+    /// during a stall, stall logs).
+    pub(crate) retry: bool,
+}
+
+/// Builds an OTLP exporter of any signal (`MetricExporter`, `LogExporter`, `SpanExporter`) on a
+/// [`Transport`]; a protocol whose transport feature is not compiled in is an error naming the
+/// feature. Used inside a function returning `Result<_, StartError>`.
+macro_rules! otlp_exporter {
+    ($exporter:ident, $transport:expr) => {{
+        let t: &$crate::export::Transport<'_> = $transport;
+        match t.protocol {
+            #[cfg(feature = "grpc")]
+            $crate::config::Protocol::Grpc => {
+                $crate::export::grpc_transport($exporter::builder().with_tonic(), t)
+                    .build()
+                    .map_err(|e| $crate::error::StartError::Exporter(e.to_string()))
+            }
+            #[cfg(feature = "http-proto")]
+            $crate::config::Protocol::HttpProtobuf => {
+                $crate::export::http_transport($exporter::builder().with_http(), t)?
+                    .build()
+                    .map_err(|e| $crate::error::StartError::Exporter(e.to_string()))
+            }
+            #[allow(unreachable_patterns)]
+            p => Err($crate::export::without_transport(p)),
         }
+    }};
+}
+pub(crate) use otlp_exporter;
+
+/// The endpoint of `signal` (`"logs"`, `"traces"`) for the metrics endpoint: OTLP/HTTP paths
+/// name the signal, gRPC serves them all on one address.
+pub(crate) fn signal_endpoint(metrics: &str, protocol: Protocol, signal: &str) -> String {
+    match (protocol, metrics.strip_suffix("/v1/metrics")) {
+        (Protocol::HttpProtobuf, Some(base)) => format!("{base}/v1/{signal}"),
+        _ => metrics.to_owned(),
     }
 }
 
-/// The TLS material for `endpoint`: loaded for `https://`, `None` otherwise. The rustls config
-/// is built once here on either transport, so a CA that is no CA or a key that does not fit its
-/// certificate fails the start (tonic would find out only when it connects).
+/// The OTLP metric exporter for `s`: endpoint, timeout, gzip and TLS as resolved by loopwatch
+/// (headers come from the environment through opentelemetry-otlp).
+fn build_exporter(s: &Settings, tls: Option<&TlsMaterial>) -> Result<MetricExporter, StartError> {
+    otlp_exporter!(
+        MetricExporter,
+        &Transport {
+            protocol: s.protocol,
+            endpoint: s.endpoint.clone(),
+            timeout: s.export_timeout,
+            gzip: s.gzip,
+            tls,
+            retry: false,
+        }
+    )
+}
+
+/// The TLS material for `endpoint`: loaded for `https://`, `None` otherwise; once per start,
+/// shared by the metrics and logs exporters. The rustls config is built here on either
+/// transport, so a CA that is no CA or a key that does not fit its certificate fails the start
+/// (tonic would find out only when it connects).
 pub(crate) fn tls_for(endpoint: &str, files: &TlsFiles) -> Result<Option<TlsMaterial>, StartError> {
     if !endpoint.starts_with("https://") {
         return Ok(None);
     }
     #[cfg(any(feature = "grpc", feature = "http-proto"))]
     {
-        let material = TlsMaterial::load(files)?;
-        material.http()?;
-        Ok(Some(material))
+        TlsMaterial::load(files).map(Some)
     }
     #[cfg(not(any(feature = "grpc", feature = "http-proto")))]
     {
@@ -266,35 +297,44 @@ pub(crate) fn without_transport(protocol: Protocol) -> StartError {
     ))
 }
 
-/// gzip and TLS on a gRPC exporter builder (metrics or logs).
+/// A gRPC exporter builder on `t`: endpoint, timeout, retries, TLS and gzip.
 #[cfg(feature = "grpc")]
-pub(crate) fn grpc_transport<B: WithTonicConfig>(
+pub(crate) fn grpc_transport<B: WithTonicConfig + WithExportConfig>(
     mut b: B,
-    gzip: bool,
-    tls: Option<&TlsMaterial>,
+    t: &Transport<'_>,
 ) -> B {
-    if let Some(tls) = tls {
+    b = b.with_endpoint(t.endpoint.clone()).with_timeout(t.timeout);
+    if !t.retry {
+        b = b.with_retry_policy(RetryPolicy::disabled());
+    }
+    if let Some(tls) = t.tls {
         b = b.with_tls_config(tls.grpc());
     }
-    if gzip {
+    if t.gzip {
         b = b.with_compression(Compression::Gzip);
     }
     b
 }
 
-/// gzip and the HTTP client on an HTTP exporter builder (metrics or logs): hyper on loopwatch's
+/// An HTTP exporter builder on `t`: endpoint, timeout, retries, gzip and the HTTP client: hyper on loopwatch's
 /// export runtime (the builder must run inside it), with rustls (ring) for `https://` on
 /// loopwatch's own TLS config, which needs no process-wide crypto provider. The client bounds
 /// the whole request, body included, by `timeout`.
 #[cfg(feature = "http-proto")]
-pub(crate) fn http_transport<B: WithHttpConfig>(
+pub(crate) fn http_transport<B: WithHttpConfig + WithExportConfig>(
     mut b: B,
-    gzip: bool,
-    tls: Option<&TlsMaterial>,
-    timeout: Duration,
+    t: &Transport<'_>,
 ) -> Result<B, StartError> {
-    let tls_config = match tls {
-        Some(material) => material.http()?,
+    let timeout = t.timeout;
+    b = b
+        .with_endpoint(t.endpoint.clone())
+        .with_timeout(timeout)
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    if !t.retry {
+        b = b.with_retry_policy(RetryPolicy::disabled());
+    }
+    let tls_config = match t.tls {
+        Some(material) => material.http(),
         // An `http://` endpoint never uses TLS: trust nothing.
         None => crate::tls::config_builder()?
             .with_root_certificates(rustls::RootCertStore::empty())
@@ -310,7 +350,7 @@ pub(crate) fn http_transport<B: WithHttpConfig>(
         .enable_http1()
         .wrap_connector(tcp);
     b = b.with_http_client(HyperClient::new(connector, timeout, None));
-    if gzip {
+    if t.gzip {
         b = b.with_compression(Compression::Gzip);
     }
     Ok(b)

@@ -107,10 +107,16 @@ impl LoopwatchBuilder {
                 source,
             })?;
 
+        // Loaded once, for the metrics and the stall logs exporters alike.
+        let tls = if settings.meter_provider.is_none() || settings.stall_stacks {
+            export::tls_for(&settings.endpoint, &settings.tls)?.map(Arc::new)
+        } else {
+            None
+        };
         let (provider, target) = match settings.meter_provider.clone() {
             Some(p) => (p.clone(), FlushTarget::Borrowed(p)),
             None => {
-                let pipeline = export::build_pipeline(&settings)?;
+                let pipeline = export::build_pipeline(&settings, tls.as_deref())?;
                 (
                     pipeline.provider.clone(),
                     FlushTarget::Owned(Box::new(pipeline)),
@@ -131,7 +137,7 @@ impl LoopwatchBuilder {
                 attrs: &attrs,
             },
         );
-        let stacks = start_stacks(&settings, &handle, hook_threads);
+        let stacks = start_stacks(&settings, &handle, hook_threads, tls);
         if on_runtime_thread && let Some(s) = &stacks {
             s.threads().note_driver();
         }
@@ -299,6 +305,7 @@ fn start_stacks(
     s: &config::Settings,
     handle: &tokio::runtime::Handle,
     threads: Option<Arc<crate::threads::Threads>>,
+    tls: Option<Arc<export::TlsMaterial>>,
 ) -> Option<Arc<stacks::Stacks>> {
     if !s.stall_stacks {
         return None;
@@ -310,7 +317,7 @@ fn start_stacks(
         resource: s.resource.clone(),
         runtime_name: s.runtime_name.clone(),
         gzip: s.gzip,
-        tls: s.tls.clone(),
+        tls,
     };
     match stacks::Stacks::start(s.stall_stack_signal, threads, handle.clone(), target) {
         Ok(st) => Some(st),

@@ -13,13 +13,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::TlsFiles;
 use crate::error::StartError;
 
-/// The parsed PEM files: each as DER (rustls, HTTP) and as PEM text (tonic takes PEM).
+/// The TLS settings of both transports, built once from the files.
 #[derive(Debug)]
 pub(crate) struct TlsMaterial {
-    /// The variables the files came from (errors name them).
-    files: TlsFiles,
-    ca: Option<(Vec<CertificateDer<'static>>, Vec<u8>)>,
-    identity: Option<ClientIdentity>,
+    #[cfg(feature = "grpc")]
+    grpc: ClientTlsConfig,
+    #[cfg(feature = "http-proto")]
+    http: rustls::ClientConfig,
 }
 
 /// A client certificate chain (leaf first) and its key.
@@ -91,57 +91,80 @@ impl TlsMaterial {
             }
             _ => None,
         };
+        // Built on either transport: it checks that the CA is a CA and that the key fits.
+        let http = http_config(
+            files,
+            ca.as_ref().map(|(certs, _)| certs),
+            identity.as_ref(),
+        )?;
+        #[cfg(not(feature = "http-proto"))]
+        let _ = http;
         Ok(TlsMaterial {
-            files: files.clone(),
-            ca,
-            identity,
+            #[cfg(feature = "grpc")]
+            grpc: grpc_config(ca.as_ref().map(|(_, pem)| pem), identity.as_ref()),
+            #[cfg(feature = "http-proto")]
+            http,
         })
     }
 
     /// The tonic (gRPC) TLS settings.
     #[cfg(feature = "grpc")]
     pub(crate) fn grpc(&self) -> ClientTlsConfig {
-        let mut tls = ClientTlsConfig::new();
-        tls = match &self.ca {
-            Some((_, pem)) => tls.ca_certificate(Certificate::from_pem(pem)),
-            None => tls.with_native_roots(),
-        };
-        if let Some(id) = &self.identity {
-            tls = tls.identity(Identity::from_pem(&id.chain_pem, &id.key_pem));
-        }
-        tls
+        self.grpc.clone()
     }
 
     /// The rustls client configuration of the HTTP transport.
-    pub(crate) fn http(&self) -> Result<rustls::ClientConfig, StartError> {
-        let files = &self.files;
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.ca {
-            Some((certs, _)) => {
-                let (_, rejected) = roots.add_parsable_certificates(certs.iter().cloned());
-                if let (true, Some((var, path))) = (rejected > 0, &files.ca) {
-                    return Err(invalid(
-                        var,
-                        path,
-                        format!(
-                            "holds {rejected} certificate(s) that are not valid CA certificates"
-                        ),
-                    ));
-                }
-            }
-            None => {
-                // Unreadable entries of the system store are skipped, as every TLS client does.
-                let native = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(native.certs);
+    #[cfg(feature = "http-proto")]
+    pub(crate) fn http(&self) -> rustls::ClientConfig {
+        self.http.clone()
+    }
+}
+
+/// The tonic TLS settings: the CA file (else the system roots) and the client identity, if any.
+#[cfg(feature = "grpc")]
+fn grpc_config(ca_pem: Option<&Vec<u8>>, identity: Option<&ClientIdentity>) -> ClientTlsConfig {
+    let mut tls = ClientTlsConfig::new();
+    tls = match ca_pem {
+        Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+        None => tls.with_native_roots(),
+    };
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(&id.chain_pem, &id.key_pem));
+    }
+    tls
+}
+
+/// The rustls client configuration: the CA file's certificates (else the system roots) and the
+/// client identity, if any.
+fn http_config(
+    files: &TlsFiles,
+    ca: Option<&Vec<CertificateDer<'static>>>,
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, StartError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(certs) => {
+            let (_, rejected) = roots.add_parsable_certificates(certs.iter().cloned());
+            if let (true, Some((var, path))) = (rejected > 0, &files.ca) {
+                return Err(invalid(
+                    var,
+                    path,
+                    format!("holds {rejected} certificate(s) that are not valid CA certificates"),
+                ));
             }
         }
-        let builder = config_builder()?.with_root_certificates(roots);
-        match (&self.identity, &files.cert) {
-            (Some(id), Some((var, path))) => builder
-                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-                .map_err(|e| invalid(var, path, format!("is not a usable client identity: {e}"))),
-            _ => Ok(builder.with_no_client_auth()),
+        None => {
+            // Unreadable entries of the system store are skipped, as every TLS client does.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
         }
+    }
+    let builder = config_builder()?.with_root_certificates(roots);
+    match (identity, &files.cert) {
+        (Some(id), Some((var, path))) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| invalid(var, path, format!("is not a usable client identity: {e}"))),
+        _ => Ok(builder.with_no_client_auth()),
     }
 }
 
@@ -198,8 +221,6 @@ mod tests {
 
     #[test]
     fn no_files_trust_the_system_roots() {
-        let material = TlsMaterial::load(&TlsFiles::default()).expect("nothing to read");
-        assert!(material.ca.is_none() && material.identity.is_none());
-        material.http().expect("system roots config");
+        TlsMaterial::load(&TlsFiles::default()).expect("nothing to read");
     }
 }

@@ -4,15 +4,13 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::SpanExporter;
-#[cfg(any(feature = "grpc", feature = "http-proto"))]
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::{self, LoopwatchBuilder, Protocol};
+use crate::config::{self, LoopwatchBuilder};
 use crate::error::StartError;
 
 /// A running tracing → OTLP pipeline: add [`OtlpTracing::layer`] to your subscriber; call
@@ -120,48 +118,23 @@ impl OtlpTracing {
     }
 }
 
-/// The OTLP span exporter for `s`; built inside the trace runtime.
+/// The OTLP span exporter for `s`; built inside the trace runtime. Unlike metrics, spans keep
+/// the exporter's retries: the batch processor's thread can wait for them.
 fn build_exporter(
     s: &config::Settings,
     tls: Option<&crate::export::TlsMaterial>,
 ) -> Result<SpanExporter, StartError> {
-    match s.protocol {
-        #[cfg(feature = "grpc")]
-        Protocol::Grpc => crate::export::grpc_transport(
-            SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(s.export_timeout),
-            s.gzip,
+    crate::export::otlp_exporter!(
+        SpanExporter,
+        &crate::export::Transport {
+            protocol: s.protocol,
+            endpoint: crate::export::signal_endpoint(&s.endpoint, s.protocol, "traces"),
+            timeout: s.export_timeout,
+            gzip: s.gzip,
             tls,
-        )
-        .build()
-        .map_err(|e| StartError::Exporter(e.to_string())),
-        #[cfg(feature = "http-proto")]
-        Protocol::HttpProtobuf => {
-            let endpoint = match s.endpoint.strip_suffix("/v1/metrics") {
-                Some(base) => format!("{base}/v1/traces"),
-                None => s.endpoint.clone(),
-            };
-            crate::export::http_transport(
-                SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(endpoint)
-                    .with_timeout(s.export_timeout)
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary),
-                s.gzip,
-                tls,
-                s.export_timeout,
-            )?
-            .build()
-            .map_err(|e| StartError::Exporter(e.to_string()))
+            retry: true,
         }
-        #[allow(unreachable_patterns)]
-        p => {
-            let _ = tls;
-            Err(crate::export::without_transport(p))
-        }
-    }
+    )
 }
 
 /// The span exporter, polled inside the trace runtime: the HTTP client spawns its connection

@@ -149,7 +149,33 @@ impl Receiver {
         self.received_signal(service, "traces")
     }
 
+    /// The log exports received for `service`: (transport, event names of their records).
+    pub fn received_logs(&self, service: &str) -> Vec<(String, serde_json::Value)> {
+        self.exports(service, "logs")
+            .into_iter()
+            .map(|v| {
+                (
+                    v["transport"].as_str().unwrap_or("").to_string(),
+                    v["events"].clone(),
+                )
+            })
+            .collect()
+    }
+
     fn received_signal(&self, service: &str, signal: &str) -> Vec<(String, serde_json::Value)> {
+        self.exports(service, signal)
+            .into_iter()
+            .map(|v| {
+                (
+                    v["transport"].as_str().unwrap_or("").to_string(),
+                    v["headers"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every export of `signal` received for `service`, as recorded.
+    fn exports(&self, service: &str, signal: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -158,12 +184,6 @@ impl Receiver {
                     && v["services"]
                         .as_array()
                         .is_some_and(|s| s.iter().any(|n| n == service))
-            })
-            .map(|v| {
-                (
-                    v["transport"].as_str().unwrap_or("").to_string(),
-                    v["headers"].clone(),
-                )
             })
             .collect()
     }

@@ -1,11 +1,11 @@
-"""An OTLP metrics and traces receiver behind TLS (optionally mTLS) on 127.0.0.1, over gRPC
-(grpcio) and HTTP (http.server + ssl, gzip bodies too; `/v1/traces` is traces, any other path
-metrics), decoding with the opentelemetry-proto package.
+"""An OTLP metrics, traces and logs receiver behind TLS (optionally mTLS) on 127.0.0.1, over
+gRPC (grpcio) and HTTP (http.server + ssl, gzip bodies too; `/v1/traces` is traces, `/v1/logs`
+logs, any other path metrics), decoding with the opentelemetry-proto package.
 
 Usage: otlp_tls_server.py CERT KEY OUT [CLIENT_CA]
 With CLIENT_CA both servers require a client certificate that chains to it. Every export
 received is appended to OUT as one JSON line: transport, signal, request headers, service
-names.
+names, and for logs the records' event names.
 Prints `ready grpc=PORT http=PORT` once both listen.
 """
 
@@ -22,6 +22,8 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as pb_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tpb_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as lpb
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as lpb_grpc
 
 CERT, KEY, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 CLIENT_CA = sys.argv[4] if len(sys.argv) > 4 else None
@@ -30,7 +32,11 @@ LOCK = threading.Lock()
 
 def services(request):
     names = []
-    resources = getattr(request, "resource_metrics", None) or getattr(request, "resource_spans", [])
+    resources = (
+        getattr(request, "resource_metrics", None)
+        or getattr(request, "resource_spans", None)
+        or getattr(request, "resource_logs", [])
+    )
     for rm in resources:
         for kv in rm.resource.attributes:
             if kv.key == "service.name":
@@ -38,9 +44,24 @@ def services(request):
     return names
 
 
+def events(request):
+    return [
+        r.event_name
+        for rl in getattr(request, "resource_logs", [])
+        for sl in rl.scope_logs
+        for r in sl.log_records
+    ]
+
+
 def record(transport, signal, headers, request):
     line = json.dumps(
-        {"transport": transport, "signal": signal, "headers": headers, "services": services(request)}
+        {
+            "transport": transport,
+            "signal": signal,
+            "headers": headers,
+            "services": services(request),
+            "events": events(request),
+        }
     )
     with LOCK, open(OUT, "a", encoding="utf-8") as f:
         f.write(line + "\n")
@@ -58,19 +79,33 @@ class Traces(tpb_grpc.TraceServiceServicer):
         return tpb.ExportTraceServiceResponse()
 
 
+class Logs(lpb_grpc.LogsServiceServicer):
+    def Export(self, request, context):
+        record("grpc", "logs", {k: v for k, v in context.invocation_metadata()}, request)
+        return lpb.ExportLogsServiceResponse()
+
+
+# path prefix: (signal, request type, response type); any other path is metrics.
+HTTP_SIGNALS = {
+    "/v1/traces": ("traces", tpb.ExportTraceServiceRequest, tpb.ExportTraceServiceResponse),
+    "/v1/logs": ("logs", lpb.ExportLogsServiceRequest, lpb.ExportLogsServiceResponse),
+}
+METRICS = ("metrics", pb.ExportMetricsServiceRequest, pb.ExportMetricsServiceResponse)
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
-        traces = self.path.startswith("/v1/traces")
-        request = tpb.ExportTraceServiceRequest() if traces else pb.ExportMetricsServiceRequest()
+        signal, request_type, response_type = next(
+            (v for k, v in HTTP_SIGNALS.items() if self.path.startswith(k)), METRICS
+        )
+        request = request_type()
         body = self.rfile.read(length)
         if self.headers.get("content-encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
         request.ParseFromString(body)
-        signal = "traces" if traces else "metrics"
         record("http", signal, {k.lower(): v for k, v in self.headers.items()}, request)
-        response = tpb.ExportTraceServiceResponse() if traces else pb.ExportMetricsServiceResponse()
-        answer = response.SerializeToString()
+        answer = response_type().SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", str(len(answer)))
@@ -96,6 +131,7 @@ def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
     tpb_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    lpb_grpc.add_LogsServiceServicer_to_server(Logs(), server)
     grpc_port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
 

@@ -18,8 +18,8 @@ pub(crate) struct LogTarget {
     pub(crate) runtime_name: String,
     /// Gzip request bodies, as for metrics.
     pub(crate) gzip: bool,
-    /// TLS files for an `https://` endpoint, as for metrics.
-    pub(crate) tls: crate::config::TlsFiles,
+    /// TLS for an `https://` endpoint, as for metrics.
+    pub(crate) tls: Option<Arc<crate::export::TlsMaterial>>,
 }
 
 /// Why stall stacks could not start.

@@ -9,12 +9,6 @@ use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider 
 use opentelemetry::{InstrumentationScope, Key, KeyValue};
 #[cfg(any(feature = "grpc", feature = "http-proto"))]
 use opentelemetry_otlp::LogExporter;
-#[cfg(feature = "http-proto")]
-use opentelemetry_otlp::WithHttpConfig as _;
-#[cfg(feature = "grpc")]
-use opentelemetry_otlp::WithTonicConfig as _;
-#[cfg(any(feature = "grpc", feature = "http-proto"))]
-use opentelemetry_otlp::{RetryPolicy, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogger, SdkLoggerProvider};
 
@@ -39,8 +33,8 @@ pub(crate) struct LogTarget {
     pub(crate) runtime_name: String,
     /// Gzip request bodies, as for metrics.
     pub(crate) gzip: bool,
-    /// TLS files for an `https://` endpoint, as for metrics.
-    pub(crate) tls: crate::config::TlsFiles,
+    /// TLS for an `https://` endpoint: the metrics exporter's, loaded once at start.
+    pub(crate) tls: Option<std::sync::Arc<TlsMaterial>>,
 }
 
 /// The logs exporter, built lazily.
@@ -57,17 +51,6 @@ struct Built {
     _provider: SdkLoggerProvider,
 }
 
-/// The logs endpoint for a metrics endpoint: OTLP/HTTP paths name the signal.
-fn logs_endpoint(endpoint: &str, protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Grpc => endpoint.to_owned(),
-        Protocol::HttpProtobuf => match endpoint.strip_suffix("/v1/metrics") {
-            Some(base) => format!("{base}/v1/logs"),
-            None => endpoint.to_owned(),
-        },
-    }
-}
-
 impl LogSink {
     pub(crate) fn new(target: LogTarget) -> Self {
         LogSink {
@@ -78,11 +61,8 @@ impl LogSink {
 
     fn build(&self) -> Result<Built, String> {
         let t = &self.target;
-        let endpoint = logs_endpoint(&t.endpoint, t.protocol);
-        let tls = export::tls_for(&endpoint, &t.tls).map_err(|e| e.to_string())?;
         let (runtime, mut exporter) =
-            export::on_export_runtime(|| build_exporter(t, endpoint, tls.as_ref()))
-                .map_err(|e| e.to_string())?;
+            export::on_export_runtime(|| build_exporter(t)).map_err(|e| e.to_string())?;
         let resource = Resource::builder_empty()
             .with_attributes(t.resource.iter().cloned())
             .build();
@@ -142,44 +122,18 @@ impl LogSink {
 }
 
 /// The logs exporter, with the transport settings of the metrics exporter.
-fn build_exporter(
-    t: &LogTarget,
-    endpoint: String,
-    tls: Option<&TlsMaterial>,
-) -> Result<LogExporter, StartError> {
-    match t.protocol {
-        #[cfg(feature = "grpc")]
-        Protocol::Grpc => export::grpc_transport(
-            LogExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(t.timeout)
-                .with_retry_policy(RetryPolicy::disabled()),
-            t.gzip,
-            tls,
-        )
-        .build()
-        .map_err(|e| StartError::Exporter(e.to_string())),
-        #[cfg(feature = "http-proto")]
-        Protocol::HttpProtobuf => export::http_transport(
-            LogExporter::builder()
-                .with_http()
-                .with_endpoint(endpoint)
-                .with_timeout(t.timeout)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_retry_policy(RetryPolicy::disabled()),
-            t.gzip,
-            tls,
-            t.timeout,
-        )?
-        .build()
-        .map_err(|e| StartError::Exporter(e.to_string())),
-        #[allow(unreachable_patterns)]
-        p => {
-            let _ = (tls, endpoint);
-            Err(export::without_transport(p))
+fn build_exporter(t: &LogTarget) -> Result<LogExporter, StartError> {
+    export::otlp_exporter!(
+        LogExporter,
+        &export::Transport {
+            protocol: t.protocol,
+            endpoint: export::signal_endpoint(&t.endpoint, t.protocol, "logs"),
+            timeout: t.timeout,
+            gzip: t.gzip,
+            tls: t.tls.as_deref(),
+            retry: false,
         }
-    }
+    )
 }
 
 fn summary(r: &StallReport) -> String {
@@ -275,12 +229,12 @@ mod tests {
     #[test]
     fn http_logs_go_to_the_logs_path() {
         assert_eq!(
-            logs_endpoint("http://a:4318/v1/metrics", Protocol::HttpProtobuf),
+            export::signal_endpoint("http://a:4318/v1/metrics", Protocol::HttpProtobuf, "logs"),
             "http://a:4318/v1/logs"
         );
         assert_eq!(
-            logs_endpoint("http://a:4317", Protocol::Grpc),
-            "http://a:4317"
+            export::signal_endpoint("http://a:4317/v1/metrics", Protocol::Grpc, "logs"),
+            "http://a:4317/v1/metrics"
         );
     }
 }
