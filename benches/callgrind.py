@@ -16,6 +16,9 @@ Variants (binaries from benches/callgrind.sh):
   bare      example-service-bare (no CountingAllocator) with --no-loopwatch
   alloc     example-service (CountingAllocator) with --no-loopwatch
   no-route  example-service, loopwatch without the route layer (--no-route-layer)
+  floor     example-service, loopwatch with an empty tower layer in the route layer's place
+            (--floor-layer): full - floor is the route layer's own cost, floor - no-route what
+            axum charges for attaching any layer
   full      example-service, full loopwatch
   peer      peer_service: opentelemetry-instrumentation-tower metrics + a tokio-metrics
             RuntimeMonitor through the OTel SDK (PeriodicReader, OTLP gRPC, 1 s)
@@ -47,6 +50,7 @@ VARIANTS = {
     "bare": ("example-service-bare", ["--no-loopwatch"]),
     "alloc": ("example-service", ["--no-loopwatch"]),
     "no-route": ("example-service", ["--no-route-layer"]),
+    "floor": ("example-service", ["--floor-layer"]),
     "full": ("example-service", []),
     "peer": ("peer_service", []),
     "peer-bare": ("peer_service", ["--bare"]),
@@ -198,7 +202,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--variants", default="bare,alloc,no-route,full,peer,peer-bare")
+    ap.add_argument("--variants", default="bare,alloc,no-route,floor,full,peer,peer-bare")
     ap.add_argument("--shapes", default="serial,c64")
     ap.add_argument("--counts", default="2000,6000")
     ap.add_argument("--repeats", type=int, default=1)
@@ -260,6 +264,11 @@ def main():
               "OTLP endpoint; target <= 0.333): "
               + "; ".join(f"{shape} {lw:+.0f} / {peer:+.0f} = {lw / peer:.3f}"
                           for shape, lw, peer in ratios))
+    own = [(shape, best[(shape, "full")] - best[(shape, "floor")]) for shape in bare
+           if (shape, "full") in best and (shape, "floor") in best]
+    if own:
+        print("\nthe route layer's own cost, full - floor (an empty layer attached the same way): "
+              + "; ".join(f"{shape} {v:+.0f}" for shape, v in own))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request, end to end, counted by callgrind over all threads of the release
 # `example-service` and of the peer stack's `peer_service`: variants bare / CountingAllocator
-# only / loopwatch without the route layer / full / peer / peer-bare, load shapes one
+# only / loopwatch without the route layer / with an empty layer in its place (floor) / full /
+# peer / peer-bare, load shapes one
 # back-to-back keep-alive client and 64 connections, marginal between two request counts, a
 # running `loopwatch-agent` as every variant's OTLP endpoint (benches/callgrind.py). ~8 minutes
 # after the build on a 2-core machine.

@@ -70,6 +70,11 @@ struct Args {
     /// Run loopwatch without its per-route layer (isolates the layer's share of the overhead).
     #[arg(long, env = "EXAMPLE_NO_ROUTE_LAYER")]
     no_route_layer: bool,
+    /// Run loopwatch without its per-route layer, with an empty tower layer attached the same
+    /// way in its place: what axum itself charges for any layer (the overhead benchmarks'
+    /// floor).
+    #[arg(long, env = "EXAMPLE_FLOOR_LAYER", conflicts_with = "no_route_layer")]
+    floor_layer: bool,
     /// Build the runtime without loopwatch's unpark hook (the probe thread then looks at a quiet
     /// runtime every 25 ms instead of sleeping until it wakes).
     #[arg(long, env = "EXAMPLE_NO_UNPARK_HOOK")]
@@ -231,6 +236,7 @@ fn app(args: &Args, w: &Wiring) -> Router {
     // Outermost: shed responses are measured too.
     match &w.routes {
         Some(routes) => app.layer(routes.layer()),
+        None if args.floor_layer => app.layer(tower::layer::util::Identity::new()),
         None => app,
     }
 }
@@ -339,7 +345,7 @@ fn main() -> ExitCode {
     };
     let routes = guard
         .as_ref()
-        .filter(|_| !args.no_route_layer)
+        .filter(|_| !args.no_route_layer && !args.floor_layer)
         .map(|g| g.route_metrics());
     let pressure = guard.as_ref().map(|g| g.pressure());
     let lifecycle = guard.as_ref().map(|g| g.lifecycle()).unwrap_or_default();

@@ -76,6 +76,8 @@ impl LoopwatchBuilder {
                 .into(),
         })?;
         let settings = config::resolve(self, &config::process_env)?;
+        #[cfg(feature = "axum")]
+        crate::http::calibrate_clock();
         let sampler = process::SamplerSettings::of(&settings);
         let window = Window::new().map_err(|e| StartError::InvalidConfig {
             key: "probe_interval",

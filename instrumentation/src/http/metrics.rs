@@ -166,13 +166,26 @@ impl RouteMetricsBuilder {
                 .unwrap_or(false)
                 .then(|| (0..table_size + 2).map(|_| OnceLock::new()).collect()),
             base: Instant::now(),
-            // Calibrated once per process (bounded by quanta at 200 ms).
+            // Calibrated once per process (bounded by quanta at 200 ms); `start` begins it on a
+            // thread of its own (see `calibrate_clock`), so this waits for the rest at most.
             clock: quanta::Clock::new(),
         });
         if let Some(meter) = &self.meter {
             register(meter, &inner);
         }
         RouteMetrics { inner }
+    }
+}
+
+/// Starts the per-process calibration of the request clock (the TSC against the OS clock:
+/// 0.5 ms to 200 ms of busy looping) on a short-lived thread, so that a [`RouteMetrics`] built
+/// later does not run it on the caller's thread, which is often the watched runtime's.
+pub(crate) fn calibrate_clock() {
+    let spawned = std::thread::Builder::new()
+        .name("loopwatch-clock".into())
+        .spawn(|| drop(quanta::Clock::new()));
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "loopwatch: clock calibration runs at the first RouteMetrics");
     }
 }
 

@@ -42,6 +42,7 @@ pub mod future {
 }
 use bins::Bins;
 use fold::FoldState;
+pub(crate) use metrics::calibrate_clock;
 pub use metrics::{RouteMetrics, RouteMetricsBuilder, RouteStats};
 use window::*;
 
