@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{AsyncInstrument, Meter};
 
+use crate::instruments::{Observed as _, Spec};
 use crate::shed::Pressure;
 
 use super::*;
@@ -183,7 +184,9 @@ impl RouteMetricsBuilder {
 pub(crate) fn calibrate_clock() {
     let spawned = std::thread::Builder::new()
         .name("loopwatch-clock".into())
-        .spawn(|| drop(quanta::Clock::new()));
+        .spawn(|| {
+            let _calibrated = quanta::Clock::new();
+        });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "loopwatch: clock calibration runs at the first RouteMetrics");
     }
@@ -275,31 +278,22 @@ pub(super) fn register(meter: &Meter, inner: &Arc<Inner>) {
             }
         }
     };
-    for (name, desc, unit, read) in gauges {
-        let _ = meter
-            .f64_observable_gauge(name)
-            .with_description(desc)
-            .with_unit(unit)
-            .with_callback(per_route(read))
-            .build();
-    }
-    for (name, desc, unit, read) in counters {
-        let _ = meter
-            .f64_observable_counter(name)
-            .with_description(desc)
-            .with_unit(unit)
-            .with_callback(per_route(read))
-            .build();
+    let specs = gauges
+        .map(|(name, desc, unit, read)| (Spec::gauge(name, desc, unit), read))
+        .into_iter()
+        .chain(counters.map(|(name, desc, unit, read)| (Spec::counter(name, desc, unit), read)));
+    for (spec, read) in specs {
+        f64::register(meter, spec, per_route(read));
     }
     let w = Arc::clone(inner);
-    let _ = meter
-        .u64_observable_counter("loopwatch.http.dropped")
-        .with_description("Requests not recorded because their thread's series table was full")
-        .with_unit("{record}")
-        .with_callback(move |obs| {
-            obs.observe(w.dropped.load(Ordering::Relaxed), &[]);
-        })
-        .build();
+    let spec = Spec::counter(
+        "loopwatch.http.dropped",
+        "Requests not recorded because their thread's series table was full",
+        "{record}",
+    );
+    u64::register(meter, spec, move |obs| {
+        obs.observe(w.dropped.load(Ordering::Relaxed), &[]);
+    });
 }
 
 /// Per-route HTTP metrics shared by every [`RouteLayer`] made from it (cheap to clone: a

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
+use super::{Spec, observe};
 use crate::heap::HeapShared;
 use crate::live::Shared;
 
@@ -16,28 +17,28 @@ pub(super) fn register(
     heap: &Arc<HeapShared>,
     attrs: &[KeyValue],
 ) {
-    {
-        let (live, heap, attrs) = (Arc::clone(live), Arc::clone(heap), attrs.to_vec());
-        let _ = meter
-            .u64_observable_gauge("loopwatch.heap.allocated")
-            .with_description("Live heap bytes (allocated minus freed), from loopwatch::heap::CountingAllocator or jemalloc stats")
-            .with_unit("By")
-            .with_callback(move |obs| {
-                if let Some(b) = heap.snapshot().allocated.filter(|_| live.live()) {
-                    obs.observe(b, &attrs);
-                }
-            })
-            .build();
-    }
-    let (live, heap, attrs) = (Arc::clone(live), Arc::clone(heap), attrs.to_vec());
-    let _ = meter
-        .f64_observable_gauge("loopwatch.heap.growth_rate")
-        .with_description("Growth of live heap bytes: least-squares slope over the heap window")
-        .with_unit("By/s")
-        .with_callback(move |obs| {
-            if let Some(r) = heap.snapshot().growth_rate.filter(|_| live.live()) {
-                obs.observe(r, &attrs);
-            }
-        })
-        .build();
+    observe(
+        meter,
+        Spec::gauge(
+            "loopwatch.heap.allocated",
+            "Live heap bytes (allocated minus freed), from loopwatch::heap::CountingAllocator or jemalloc stats",
+            "By",
+        ),
+        live,
+        Arc::clone(heap),
+        attrs,
+        |h| h.snapshot().allocated,
+    );
+    observe(
+        meter,
+        Spec::gauge(
+            "loopwatch.heap.growth_rate",
+            "Growth of live heap bytes: least-squares slope over the heap window",
+            "By/s",
+        ),
+        live,
+        Arc::clone(heap),
+        attrs,
+        |h| h.snapshot().growth_rate,
+    );
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
+use super::{Spec, observe};
 use crate::live::Shared;
 use crate::shutdown::Lifecycle;
 
@@ -15,17 +16,16 @@ pub(super) fn register(
     shared: &Arc<Shared>,
     attrs: &[KeyValue],
 ) {
-    let lifecycle = lifecycle.clone();
-    let shared = Arc::clone(shared);
-    let attrs = attrs.to_vec();
-    let _ = meter
-        .u64_observable_gauge("loopwatch.lifecycle.state")
-        .with_description("Service lifecycle: 0 running, 1 draining, 2 stopped (final export)")
-        .with_unit("{state}")
-        .with_callback(move |obs| {
-            if shared.live() {
-                obs.observe(u64::from(lifecycle.raw()), &attrs);
-            }
-        })
-        .build();
+    observe(
+        meter,
+        Spec::gauge(
+            "loopwatch.lifecycle.state",
+            "Service lifecycle: 0 running, 1 draining, 2 stopped (final export)",
+            "{state}",
+        ),
+        shared,
+        lifecycle.clone(),
+        attrs,
+        |l| Some(u64::from(l.raw())),
+    );
 }

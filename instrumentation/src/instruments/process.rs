@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use opentelemetry::metrics::Meter;
 
+use super::{Spec, observe};
 use crate::live::Shared;
 use crate::process::ProcessReader;
 
@@ -35,25 +36,23 @@ pub(super) fn register(meter: &Meter, live: &Arc<Shared>) {
             })
             .build();
     }
-    let live = Arc::clone(live);
-    let _ = meter
-        .f64_observable_gauge("process.cpu.utilization")
-        .with_description(
+    observe(
+        meter,
+        Spec::gauge(
+            "process.cpu.utilization",
             "CPU time of the process since the previous collection divided by elapsed time and by the CPUs available to it",
-        )
-        .with_unit("1")
-        .with_callback(move |obs| {
-            if !live.live() {
-                return;
-            }
-            let mut g = reader.lock().unwrap_or_else(|e| e.into_inner());
+            "1",
+        ),
+        live,
+        reader,
+        &[],
+        |r| {
+            let mut g = r.lock().unwrap_or_else(|e| e.into_inner());
             let v = match g.1.take() {
                 Some(v) => Some(v),
                 None => g.0.read(),
             };
-            if let Some((_, cpu)) = v {
-                obs.observe(cpu, &[]);
-            }
-        })
-        .build();
+            v.map(|(_, cpu)| cpu)
+        },
+    );
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
 
+use super::{Observed, Spec, observe};
 use crate::live::Shared;
 use crate::probe::ScheduleSink;
 
@@ -17,10 +18,23 @@ const SCHEDULE_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// (name, description, reader) of an f64 gauge.
-type F64Gauge = (&'static str, &'static str, fn(&Shared) -> f64);
-/// (name, description, unit, reader) of a u64 gauge.
-type U64Gauge = (&'static str, &'static str, &'static str, fn(&Shared) -> u64);
+/// (name, description, unit, reader) of a gauge read from [`Shared`].
+type Gauge<T> = (&'static str, &'static str, &'static str, fn(&Shared) -> T);
+
+/// Registers a table of gauges read from [`Shared`].
+fn gauges<T: Observed>(
+    meter: &Meter,
+    shared: &Arc<Shared>,
+    attrs: &[KeyValue],
+    table: impl IntoIterator<Item = Gauge<T>>,
+) {
+    for (name, description, unit, read) in table {
+        let spec = Spec::gauge(name, description, unit);
+        observe(meter, spec, shared, Arc::clone(shared), attrs, move |s| {
+            Some(read(s))
+        });
+    }
+}
 
 /// `tokio.schedule.duration`, recorded by the probe thread for each delay it measures.
 pub(crate) struct ScheduleRecorder {
@@ -32,29 +46,6 @@ impl ScheduleSink for ScheduleRecorder {
     fn record(&self, seconds: f64) {
         self.histogram.record(seconds, &self.attrs);
     }
-}
-
-fn gauge(
-    meter: &Meter,
-    shared: &Arc<Shared>,
-    attrs: &[KeyValue],
-    name: &'static str,
-    description: &'static str,
-    unit: &'static str,
-    read: fn(&Shared) -> f64,
-) {
-    let shared = Arc::clone(shared);
-    let attrs = attrs.to_vec();
-    let _ = meter
-        .f64_observable_gauge(name)
-        .with_description(description)
-        .with_unit(unit)
-        .with_callback(move |obs| {
-            if shared.live() {
-                obs.observe(read(&shared), &attrs);
-            }
-        })
-        .build();
 }
 
 fn secs_us(v: u64) -> f64 {
@@ -75,76 +66,72 @@ pub(super) fn register(
         .with_unit("s")
         .with_boundaries(SCHEDULE_BUCKETS.to_vec())
         .build();
-    {
-        let shared = Arc::clone(shared);
-        let attrs = attrs.to_vec();
-        let _ = meter
-            .u64_observable_counter("tokio.eventloop.stalls")
-            .with_description("Stalls: probes outstanding longer than the stall threshold")
-            .with_unit("{stall}")
-            .with_callback(move |obs| {
-                if shared.live() {
-                    obs.observe(shared.stalls.load(Ordering::Relaxed), &attrs);
-                }
-            })
-            .build();
-    }
+    observe(
+        meter,
+        Spec::counter(
+            "tokio.eventloop.stalls",
+            "Stalls: probes outstanding longer than the stall threshold",
+            "{stall}",
+        ),
+        shared,
+        Arc::clone(shared),
+        attrs,
+        |s| Some(s.stalls.load(Ordering::Relaxed)),
+    );
 
-    let delay: [F64Gauge; 6] = [
+    let f64_gauges: [Gauge<f64>; 8] = [
         (
             "tokio.eventloop.delay.min",
             "Minimum scheduling delay in the last window",
+            "s",
             |s| secs_us(s.window().min_us),
         ),
         (
             "tokio.eventloop.delay.max",
             "Maximum scheduling delay in the last window",
+            "s",
             |s| secs_us(s.window().max_us),
         ),
         (
             "tokio.eventloop.delay.mean",
             "Mean scheduling delay in the last window",
+            "s",
             |s| s.window().mean_us / 1e6,
         ),
         (
             "tokio.eventloop.delay.p50",
             "Median scheduling delay in the last window",
+            "s",
             |s| secs_us(s.window().p50_us),
         ),
         (
             "tokio.eventloop.delay.p90",
             "90th percentile scheduling delay in the last window",
+            "s",
             |s| secs_us(s.window().p90_us),
         ),
         (
             "tokio.eventloop.delay.p99",
             "99th percentile scheduling delay in the last window",
+            "s",
             |s| secs_us(s.window().p99_us),
         ),
+        (
+            "tokio.eventloop.stall.duration",
+            "Age of the outstanding probe (stall in progress), 0 when none",
+            "s",
+            |s| s.current_stall().as_secs_f64(),
+        ),
+        (
+            "tokio.eventloop.utilization",
+            "Busy ratio of the runtime's workers over the last window, averaged across workers",
+            "1",
+            |s| s.runtime().utilization,
+        ),
     ];
-    for (name, description, read) in delay {
-        gauge(meter, shared, attrs, name, description, "s", read);
-    }
-    gauge(
-        meter,
-        shared,
-        attrs,
-        "tokio.eventloop.stall.duration",
-        "Age of the outstanding probe (stall in progress), 0 when none",
-        "s",
-        |s| s.current_stall().as_secs_f64(),
-    );
-    gauge(
-        meter,
-        shared,
-        attrs,
-        "tokio.eventloop.utilization",
-        "Busy ratio of the runtime's workers over the last window, averaged across workers",
-        "1",
-        |s| s.runtime().utilization,
-    );
+    gauges(meter, shared, attrs, f64_gauges);
 
-    let u64_gauges: [U64Gauge; 3] = [
+    let u64_gauges: [Gauge<u64>; 3] = [
         (
             "tokio.runtime.workers",
             "Worker threads of the runtime",
@@ -164,48 +151,31 @@ pub(super) fn register(
             |s| s.runtime().global_queue_depth,
         ),
     ];
-    for (name, description, unit, read) in u64_gauges {
-        let shared = Arc::clone(shared);
-        let attrs = attrs.to_vec();
-        let _ = meter
-            .u64_observable_gauge(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                if shared.live() {
-                    obs.observe(read(&shared), &attrs);
-                }
-            })
-            .build();
-    }
-    {
-        let shared = Arc::clone(shared);
-        let attrs = attrs.to_vec();
-        let _ = meter
-            .u64_observable_counter("tokio.worker.park.count")
-            .with_description("Worker parks since start, summed over workers")
-            .with_unit("{park}")
-            .with_callback(move |obs| {
-                if shared.live() {
-                    obs.observe(shared.runtime().park_count, &attrs);
-                }
-            })
-            .build();
-    }
-    {
-        let shared = Arc::clone(shared);
-        let attrs = attrs.to_vec();
-        let _ = meter
-            .f64_observable_counter("tokio.worker.busy.duration")
-            .with_description("Busy time since start, summed over workers")
-            .with_unit("s")
-            .with_callback(move |obs| {
-                if shared.live() {
-                    obs.observe(shared.runtime().busy.as_secs_f64(), &attrs);
-                }
-            })
-            .build();
-    }
+    gauges(meter, shared, attrs, u64_gauges);
+    observe(
+        meter,
+        Spec::counter(
+            "tokio.worker.park.count",
+            "Worker parks since start, summed over workers",
+            "{park}",
+        ),
+        shared,
+        Arc::clone(shared),
+        attrs,
+        |s| Some(s.runtime().park_count),
+    );
+    observe(
+        meter,
+        Spec::counter(
+            "tokio.worker.busy.duration",
+            "Busy time since start, summed over workers",
+            "s",
+        ),
+        shared,
+        Arc::clone(shared),
+        attrs,
+        |s| Some(s.runtime().busy.as_secs_f64()),
+    );
     ScheduleRecorder {
         histogram: schedule,
         attrs: attrs.to_vec(),

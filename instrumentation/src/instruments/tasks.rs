@@ -5,6 +5,7 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
+use super::{Observed as _, Spec};
 use crate::tasks::TaskFamily;
 
 /// Registers `tokio.task.family.*` observable counters (all families, read at export time).
@@ -55,20 +56,15 @@ pub(super) fn register(
     for (name, desc, unit, read) in counters {
         let attrs = attrs.to_vec();
         let live = Arc::clone(&live);
-        let _ = meter
-            .f64_observable_counter(name)
-            .with_description(desc)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                if !live() {
-                    return;
-                }
-                for f in TaskFamily::all() {
-                    let mut a = attrs.clone();
-                    a.push(KeyValue::new("tokio.task.family", f.name().to_owned()));
-                    obs.observe(read(&f.stats()), &a);
-                }
-            })
-            .build();
+        f64::register(meter, Spec::counter(name, desc, unit), move |obs| {
+            if !live() {
+                return;
+            }
+            for f in TaskFamily::all() {
+                let mut a = attrs.clone();
+                a.push(KeyValue::new("tokio.task.family", f.name().to_owned()));
+                obs.observe(read(&f.stats()), &a);
+            }
+        });
     }
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
+#[cfg(tokio_unstable)]
+use super::Kind;
+use super::{Observed as _, Spec, observe};
 use crate::live::Shared;
 use crate::workers::WorkerShared;
 
@@ -16,44 +19,41 @@ pub(super) fn register(
     workers: &Arc<WorkerShared>,
     attrs: &[KeyValue],
 ) {
-    {
-        let (live, workers, attrs) = (Arc::clone(live), Arc::clone(workers), attrs.to_vec());
-        let _ = meter
-            .u64_observable_counter("tokio.worker.stuck.episodes")
-            .with_description(
-                "Times a worker passed the stuck threshold (one long poll, or awake without progress)",
-            )
-            .with_unit("{episode}")
-            .with_callback(move |obs| {
-                if live.live() {
-                    obs.observe(workers.episodes(), &attrs);
-                }
-            })
-            .build();
-    }
+    observe(
+        meter,
+        Spec::counter(
+            "tokio.worker.stuck.episodes",
+            "Times a worker passed the stuck threshold (one long poll, or awake without progress)",
+            "{episode}",
+        ),
+        live,
+        Arc::clone(workers),
+        attrs,
+        |w| Some(w.episodes()),
+    );
     let live = Arc::clone(live);
     let workers = Arc::clone(workers);
     let attrs = attrs.to_vec();
-    let _ = meter
-        .f64_observable_gauge("tokio.worker.stuck.duration")
-        .with_description("How long each worker has been stuck (in one poll, or awake without progress); 0 when not stuck")
-        .with_unit("s")
-        .with_callback(move |obs| {
-            if !live.live() {
-                return;
+    let spec = Spec::gauge(
+        "tokio.worker.stuck.duration",
+        "How long each worker has been stuck (in one poll, or awake without progress); 0 when not stuck",
+        "s",
+    );
+    f64::register(meter, spec, move |obs| {
+        if !live.live() {
+            return;
+        }
+        workers.each(|i, stuck, loc| {
+            let mut a = attrs.clone();
+            a.push(KeyValue::new("tokio.worker.index", i as i64));
+            if let Some(l) = loc {
+                a.push(KeyValue::new("code.file.path", l.file()));
+                a.push(KeyValue::new("code.line.number", i64::from(l.line())));
+                a.push(KeyValue::new("code.column.number", i64::from(l.column())));
             }
-            workers.each(|i, stuck, loc| {
-                let mut a = attrs.clone();
-                a.push(KeyValue::new("tokio.worker.index", i as i64));
-                if let Some(l) = loc {
-                    a.push(KeyValue::new("code.file.path", l.file()));
-                    a.push(KeyValue::new("code.line.number", i64::from(l.line())));
-                    a.push(KeyValue::new("code.column.number", i64::from(l.column())));
-                }
-                obs.observe(stuck.as_secs_f64(), &a);
-            });
-        })
-        .build();
+            obs.observe(stuck.as_secs_f64(), &a);
+        });
+    });
 }
 
 /// Registers the unstable runtime metrics (`--cfg tokio_unstable`), read from
@@ -67,36 +67,30 @@ pub(super) fn register_unstable(
 ) {
     use tokio::runtime::RuntimeMetrics;
     type U64Read = fn(&RuntimeMetrics) -> u64;
+    /// `per_worker` summed over the runtime's workers.
+    fn all_workers(m: &RuntimeMetrics, per_worker: impl Fn(usize) -> u64) -> u64 {
+        (0..m.num_workers())
+            .map(per_worker)
+            .fold(0, u64::saturating_add)
+    }
     let counters: [(&'static str, &'static str, &'static str, U64Read); 4] = [
         (
             "tokio.worker.poll.count",
             "Task polls since start, all workers",
             "{poll}",
-            |m| {
-                (0..m.num_workers())
-                    .map(|w| m.worker_poll_count(w))
-                    .fold(0, u64::saturating_add)
-            },
+            |m| all_workers(m, |w| m.worker_poll_count(w)),
         ),
         (
             "tokio.worker.steal.count",
             "Tasks stolen from other workers since start, all workers",
             "{task}",
-            |m| {
-                (0..m.num_workers())
-                    .map(|w| m.worker_steal_count(w))
-                    .fold(0, u64::saturating_add)
-            },
+            |m| all_workers(m, |w| m.worker_steal_count(w)),
         ),
         (
             "tokio.worker.overflow.count",
             "Times a worker's local queue overflowed into the global queue, all workers",
             "{overflow}",
-            |m| {
-                (0..m.num_workers())
-                    .map(|w| m.worker_overflow_count(w))
-                    .fold(0, u64::saturating_add)
-            },
+            |m| all_workers(m, |w| m.worker_overflow_count(w)),
         ),
         (
             "tokio.runtime.forced_yield.count",
@@ -105,19 +99,6 @@ pub(super) fn register_unstable(
             |m| m.budget_forced_yield_count(),
         ),
     ];
-    for (name, description, unit, read) in counters {
-        let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                if live.live() {
-                    obs.observe(read(&handle.metrics()), &attrs);
-                }
-            })
-            .build();
-    }
     let gauges: [(&'static str, &'static str, &'static str, U64Read); 3] = [
         (
             "tokio.runtime.blocking.threads",
@@ -138,86 +119,86 @@ pub(super) fn register_unstable(
             |m| m.blocking_queue_depth() as u64,
         ),
     ];
-    for (name, description, unit, read) in gauges {
-        let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .u64_observable_gauge(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |obs| {
-                if live.live() {
-                    obs.observe(read(&handle.metrics()), &attrs);
-                }
-            })
-            .build();
+    let both = counters
+        .map(|c| (Kind::Counter, c))
+        .into_iter()
+        .chain(gauges.map(|g| (Kind::Gauge, g)));
+    for (kind, (name, description, unit, read)) in both {
+        let spec = Spec {
+            kind,
+            name,
+            description,
+            unit,
+        };
+        observe(meter, spec, live, handle.clone(), attrs, move |h| {
+            Some(read(&h.metrics()))
+        });
     }
     {
         let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .u64_observable_gauge("tokio.worker.local_queue.depth")
-            .with_description("Tasks in each worker's local run queue")
-            .with_unit("{task}")
-            .with_callback(move |obs| {
-                if !live.live() {
-                    return;
-                }
-                let m = handle.metrics();
-                for w in 0..m.num_workers() {
-                    let mut a = attrs.clone();
-                    a.push(KeyValue::new("tokio.worker.index", w as i64));
-                    obs.observe(m.worker_local_queue_depth(w) as u64, &a);
-                }
-            })
-            .build();
-    }
-    {
-        let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-        let _ = meter
-            .f64_observable_gauge("tokio.worker.poll.time.mean")
-            .with_description(
-                "Mean poll duration (tokio's moving average), averaged across workers",
-            )
-            .with_unit("s")
-            .with_callback(move |obs| {
-                if !live.live() {
-                    return;
-                }
-                let m = handle.metrics();
-                let n = m.num_workers().max(1);
-                let total: f64 = (0..m.num_workers())
-                    .map(|w| m.worker_mean_poll_time(w).as_secs_f64())
-                    .sum();
-                obs.observe(total / n as f64, &attrs);
-            })
-            .build();
-    }
-    let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
-    let _ = meter
-        .u64_observable_counter("tokio.worker.poll.time.bucket")
-        .with_description("Polls per poll-duration bucket since start, all workers (tokio's poll-time histogram; needs install_poll_hooks or enable_metrics_poll_time_histogram); attribute tokio.poll.time.le is the bucket's upper bound in seconds")
-        .with_unit("{poll}")
-        .with_callback(move |obs| {
+        let spec = Spec::gauge(
+            "tokio.worker.local_queue.depth",
+            "Tasks in each worker's local run queue",
+            "{task}",
+        );
+        u64::register(meter, spec, move |obs| {
             if !live.live() {
                 return;
             }
             let m = handle.metrics();
-            if !m.poll_time_histogram_enabled() {
-                return;
-            }
-            let buckets = m.poll_time_histogram_num_buckets();
-            for b in 0..buckets {
-                let le = if b + 1 == buckets {
-                    "+Inf".to_owned()
-                } else {
-                    format!("{}", m.poll_time_histogram_bucket_range(b).end.as_secs_f64())
-                };
-                let count = (0..m.num_workers())
-                    .map(|w| m.poll_time_histogram_bucket_count(w, b))
-                    .fold(0u64, u64::saturating_add);
+            for w in 0..m.num_workers() {
                 let mut a = attrs.clone();
-                a.push(KeyValue::new("tokio.poll.time.le", le));
-                obs.observe(count, &a);
+                a.push(KeyValue::new("tokio.worker.index", w as i64));
+                obs.observe(m.worker_local_queue_depth(w) as u64, &a);
             }
-        })
-        .build();
+        });
+    }
+    observe(
+        meter,
+        Spec::gauge(
+            "tokio.worker.poll.time.mean",
+            "Mean poll duration (tokio's moving average), averaged across workers",
+            "s",
+        ),
+        live,
+        handle.clone(),
+        attrs,
+        |h| {
+            let m = h.metrics();
+            let total: f64 = (0..m.num_workers())
+                .map(|w| m.worker_mean_poll_time(w).as_secs_f64())
+                .sum();
+            Some(total / m.num_workers().max(1) as f64)
+        },
+    );
+    let (live, handle, attrs) = (Arc::clone(live), handle.clone(), attrs.to_vec());
+    let spec = Spec::counter(
+        "tokio.worker.poll.time.bucket",
+        "Polls per poll-duration bucket since start, all workers (tokio's poll-time histogram; needs install_poll_hooks or enable_metrics_poll_time_histogram); attribute tokio.poll.time.le is the bucket's upper bound in seconds",
+        "{poll}",
+    );
+    u64::register(meter, spec, move |obs| {
+        if !live.live() {
+            return;
+        }
+        let m = handle.metrics();
+        if !m.poll_time_histogram_enabled() {
+            return;
+        }
+        let buckets = m.poll_time_histogram_num_buckets();
+        for b in 0..buckets {
+            let le = if b + 1 == buckets {
+                "+Inf".to_owned()
+            } else {
+                format!(
+                    "{}",
+                    m.poll_time_histogram_bucket_range(b).end.as_secs_f64()
+                )
+            };
+            let count = all_workers(&m, |w| m.poll_time_histogram_bucket_count(w, b));
+            let mut a = attrs.clone();
+            a.push(KeyValue::new("tokio.poll.time.le", le));
+            obs.observe(count, &a);
+        }
+    });
 }
