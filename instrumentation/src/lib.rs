@@ -216,6 +216,7 @@ pub mod http;
 mod instruments;
 mod live;
 mod nudge;
+mod observable;
 mod probe;
 mod process;
 mod runtime;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{AsyncInstrument, Meter};
 
-use crate::instruments::{Observed as _, Spec};
+use crate::observable::{Observed as _, Spec};
 use crate::shed::Pressure;
 
 use super::*;

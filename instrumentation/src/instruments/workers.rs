@@ -6,10 +6,10 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
-#[cfg(tokio_unstable)]
-use super::Kind;
 use super::{Observed as _, Spec, observe};
 use crate::live::Shared;
+#[cfg(tokio_unstable)]
+use crate::observable::Kind;
 use crate::workers::WorkerShared;
 
 /// Registers `tokio.worker.stuck.duration` and `tokio.worker.stuck.episodes`.
