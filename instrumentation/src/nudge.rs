@@ -2,8 +2,19 @@
 //! layers that nudge it and the [`crate::UnparkHook`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// Microseconds since a process-wide origin (the first call): wake-up times as one atomic.
+fn micros() -> u64 {
+    u64::try_from(origin().elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
 
 /// The probe thread's idle flag and the means to wake it: shared by the probe thread, the
 /// nudges of the route layer and [`crate::shed::ShedLayer`], and an [`crate::UnparkHook`].
@@ -13,6 +24,10 @@ pub(crate) struct Nudge {
     idle_sleep: AtomicBool,
     /// Worker wake-ups reported by the hook.
     unparks: AtomicU64,
+    /// The probe thread wants the time of the next wake-up (it saw every worker parked).
+    wake_wanted: AtomicBool,
+    /// When the first wake-up after `wake_wanted` happened: [`micros`] + 1, 0 for none.
+    woke_at_us: AtomicU64,
     /// This nudge belongs to an [`crate::UnparkHook`] (wake-ups of the runtime are reported).
     hook: bool,
     /// A running loopwatch uses this nudge.
@@ -90,8 +105,32 @@ impl Nudge {
     /// flag (no lost wake-up).
     pub(crate) fn on_unpark(&self) {
         self.unparks.fetch_add(1, Ordering::SeqCst);
+        // One clock read for the first wake-up after a tick that saw the runtime parked (at
+        // most one per probe interval); one relaxed load for the others.
+        if self.wake_wanted.load(Ordering::Relaxed)
+            && self.wake_wanted.swap(false, Ordering::AcqRel)
+        {
+            self.woke_at_us
+                .store(micros().saturating_add(1), Ordering::Release);
+        }
         if self.idle_sleep.load(Ordering::SeqCst) && self.idle_sleep.swap(false, Ordering::AcqRel) {
             self.unpark_thread();
+        }
+    }
+
+    /// Asks the hook for the time of the next wake-up (forgetting the last one).
+    pub(crate) fn want_wake_time(&self) {
+        if self.hook {
+            self.woke_at_us.store(0, Ordering::Relaxed);
+            self.wake_wanted.store(true, Ordering::Release);
+        }
+    }
+
+    /// When the first wake-up after [`Nudge::want_wake_time`] happened, if the hook saw one.
+    pub(crate) fn woke_at(&self) -> Option<Instant> {
+        match self.woke_at_us.load(Ordering::Acquire) {
+            0 => None,
+            v => Some(origin() + Duration::from_micros(v - 1)),
         }
     }
 

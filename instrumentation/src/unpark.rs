@@ -139,6 +139,31 @@ mod tests {
     }
 
     #[test]
+    fn hook_times_the_first_wake_up_after_the_probe_asks() {
+        let hook = UnparkHook::new();
+        let n = Arc::clone(&hook.nudge);
+        hook.on_unpark();
+        assert_eq!(n.woke_at(), None, "not asked");
+        n.want_wake_time();
+        let before = std::time::Instant::now();
+        hook.on_unpark();
+        let first = n.woke_at().expect("timed");
+        assert!(
+            first + Duration::from_micros(1) >= before,
+            "{first:?} {before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        hook.on_unpark();
+        assert_eq!(n.woke_at(), Some(first), "only the first wake-up is timed");
+        n.want_wake_time();
+        assert_eq!(n.woke_at(), None, "asking again forgets it");
+        let unhooked = Nudge::unhooked();
+        unhooked.want_wake_time();
+        unhooked.on_unpark();
+        assert_eq!(unhooked.woke_at(), None, "no hook, no times");
+    }
+
+    #[test]
     fn hook_on_a_real_runtime_reports_its_wake_ups() {
         let hook = UnparkHook::new();
         let mut b = tokio::runtime::Builder::new_current_thread();

@@ -169,6 +169,10 @@ impl ProbeTask {
             let hook_seen = nudge.unparks();
             let quiet_for = quiet.observe(&self.handle, tick);
             let hook_trusted = schedule::hook_trusted(nudge.hooked(), hook_misses, hook_seen);
+            if quiet.all_parked {
+                // The next wake-up may start work: the tick after it wants to know when.
+                nudge.want_wake_time();
+            }
             let probe = schedule::probe_now(schedule::Tick {
                 hook_trusted,
                 all_parked: quiet.all_parked,
@@ -178,6 +182,15 @@ impl ProbeTask {
             if !probe {
                 self.shared.idle_skips.fetch_add(1, Ordering::Relaxed);
             } else {
+                let settle = schedule::wake_settle(
+                    tick,
+                    nudge.woke_at(),
+                    nudged_at.is_some(),
+                    self.probe_interval,
+                );
+                if !settle.is_zero() {
+                    thread::sleep(settle);
+                }
                 // This spawn wakes a parked worker: not a sign of activity.
                 quiet.own_wake = quiet.all_parked;
                 last_probe = Some(tick);

@@ -10,6 +10,9 @@
 //!   (the pipeline's heartbeat); without the hook it is looked at every [`IDLE_TICK`].
 //! - **nudge and settle**: a nudge ends the idle sleep; the next probe waits
 //!   [`nudge_settle`] and is due one interval after the nudge.
+//! - **wake settle**: a tick that follows a wake-up the hook timed (the first after a tick that
+//!   saw the runtime parked) by less than [`nudge_settle`] waits until that long after the
+//!   wake-up before its probe; the tick after is still due one interval after this one.
 //! - **busy-tick early aim**: a busy runtime is probed every interval, aimed early by
 //!   [`tick_early`] so that two probes are at most one interval apart.
 //! - **window roll**: windows end on time while a probe is outstanding and during an idle
@@ -58,6 +61,24 @@ pub(super) fn tick_early(interval: Duration) -> Duration {
 /// interval of its start, and a stall reported at most that much later.
 pub(super) fn nudge_settle(interval: Duration) -> Duration {
     (interval / 2).min(Duration::from_millis(4))
+}
+
+/// How long a tick at `tick` waits before its probe: a worker woke at `woke_at` (the hook's
+/// first wake-up after a tick that saw the runtime parked) and may still be getting going, the
+/// start-up that a probe spawned now would count as delay (see [`nudge_settle`]). The probe is
+/// then spawned `nudge_settle` after the wake-up, so a block that starts with it is read at most
+/// that much low. Nothing after a nudge's own settle.
+pub(super) fn wake_settle(
+    tick: Instant,
+    woke_at: Option<Instant>,
+    after_nudge: bool,
+    interval: Duration,
+) -> Duration {
+    let settle = nudge_settle(interval);
+    match woke_at {
+        Some(w) if !after_nudge => (w + settle).saturating_duration_since(tick).min(settle),
+        _ => Duration::ZERO,
+    }
 }
 
 /// Whether the unpark hook's reports are trusted: one is installed, has reported at least one

@@ -87,6 +87,41 @@ fn nudge_and_settle_the_next_probe_is_due_one_interval_after_the_nudge() {
 }
 
 #[test]
+fn wake_settle_a_tick_right_after_a_wake_up_waits_until_the_worker_got_going() {
+    let t = origin() + 100 * MS;
+    let settle = nudge_settle(INTERVAL);
+    assert_eq!(settle, 4 * MS);
+    assert_eq!(
+        wake_settle(t, Some(t - MS), false, INTERVAL),
+        3 * MS,
+        "until the settle after the wake-up"
+    );
+    assert_eq!(
+        wake_settle(t, Some(t - 6 * MS), false, INTERVAL),
+        Duration::ZERO,
+        "woke long enough ago"
+    );
+    assert_eq!(
+        wake_settle(t, Some(t + MS), false, INTERVAL),
+        settle,
+        "a wake-up after the tick's look waits one settle at most"
+    );
+    assert_eq!(
+        wake_settle(t, None, false, INTERVAL),
+        Duration::ZERO,
+        "no timed wake-up"
+    );
+    assert_eq!(
+        wake_settle(t, Some(t - MS), true, INTERVAL),
+        Duration::ZERO,
+        "the nudge already settled"
+    );
+    // The tick after is due one interval (aimed early) after the tick, not after the settle.
+    let r = rest(t, false, true, None, TICKS);
+    assert_eq!(r.due, t + INTERVAL - tick_early(INTERVAL));
+}
+
+#[test]
 fn busy_tick_early_aim_two_probes_are_at_most_one_interval_apart() {
     assert_eq!(tick_early(10 * MS), Duration::from_micros(500));
     assert_eq!(tick_early(100 * MS), Duration::from_micros(500));
