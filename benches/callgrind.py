@@ -23,7 +23,9 @@ Variants (binaries from benches/callgrind.sh):
   peer      peer_service: opentelemetry-instrumentation-tower metrics + a tokio-metrics
             RuntimeMonitor through the OTel SDK (PeriodicReader, OTLP gRPC, 1 s)
   peer-bare peer_service --bare (the peer stack off: should cost what `bare` costs)
-Every variant runs the default `info` fmt subscriber (RUST_LOG unset).
+Every variant runs the default `info` fmt subscriber (RUST_LOG unset), and loopwatch's stall
+stacks off (LOOPWATCH_STALL_STACKS=false: see one_run). Run nothing else meanwhile: the
+background threads' work follows wall time, and a load that slows valgrind down adds to it.
 
 A `loopwatch-agent` from --bin-dir (not under valgrind) is the OTLP endpoint of every variant,
 so `full` and `peer` both count their exports to a live receiver (--no-agent: none listens and
@@ -179,6 +181,11 @@ def one_run(args, variant, shape, count, tag):
                 "--drain-deadline-ms", "2000"]
     cmd += flags
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    # Stall stacks off: under valgrind's ~50x slowdown the probe sees stalls that a native run
+    # does not, and naming a stack the first time costs ~27M instructions once per process,
+    # which lands in one count of a pair and not the other. What stall stacks cost per request
+    # is nothing (they act on a stall only); the stall detection and its export stay on.
+    env["LOOPWATCH_STALL_STACKS"] = "false"
     if args.endpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.endpoint
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
