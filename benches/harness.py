@@ -298,6 +298,8 @@ E2E_VARIANTS = {
     "B": ("full loopwatch", True, False, []),
     "C": ("loopwatch without the route layer", True, False, ["--no-route-layer"]),
     "D": ("CountingAllocator only (--no-loopwatch)", False, False, []),
+    "F": ("loopwatch with an empty layer in the route layer's place", True, False,
+          ["--floor-layer"]),
     "P": ("peer stack (otel-tower metrics + tokio-metrics via the OTel SDK)", False, False, []),
     "Q": ("peer_service --bare (peer stack off)", False, False, ["--bare"]),
 }
@@ -386,6 +388,8 @@ def cmd_e2e(args):
             + "; B = `example-service` with loopwatch (probe, sampler, route layer, counting "
             "allocator, OTLP export to the agent)"
             + ("; C = B with `--no-route-layer`" if "C" in names else "")
+            + ("; F = B with `--floor-layer` (an empty tower layer where the route layer goes: "
+               "the floor any layer costs)" if "F" in names else "")
             + ("; D = `example-service --no-loopwatch` (the CountingAllocator only)"
                if "D" in names else "")
             + ("; P = `peer_service`: opentelemetry-instrumentation-tower metrics and a "
@@ -905,8 +909,8 @@ def main():
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--conns", type=int, default=64)
     e.add_argument("--variants", default="A,B",
-                   help="A,B plus optional C (no route layer) and D (allocator only), to "
-                        "attribute B's cost, P (the peer stack, peer_service) and Q (peer_service "
+                   help="A,B plus optional C (no route layer), F (an empty layer in its "
+                        "place) and D (allocator only), to attribute B's cost, P (the peer stack, peer_service) and Q (peer_service "
                         "--bare)")
     a = sub.add_parser("accuracy")
     a.add_argument("--repeats", type=int, default=3)
