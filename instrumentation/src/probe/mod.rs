@@ -154,10 +154,11 @@ impl ProbeTask {
         nudge.set_thread(thread::current());
         let mut last_probe: Option<Instant> = None;
         let mut quiet = Quiet::default();
+        let idle_tick = IDLE_TICK.max(self.probe_interval);
         let ticks = Ticks {
             probe: self.probe_interval,
-            idle: IDLE_TICK.max(self.probe_interval),
-            long: self.idle_window.max(IDLE_TICK.max(self.probe_interval)),
+            idle: idle_tick,
+            long: self.idle_window.max(idle_tick),
         };
         let mut hook_misses = 0u32;
         // When the last nudge woke this thread, if it settled before this tick's probe: the
@@ -256,9 +257,10 @@ impl ProbeTask {
         tick: Instant,
         quiet_for: Duration,
     ) {
-        let nudge = Arc::clone(&self.shared.nudge);
         loop {
-            if self.shared.stop.load(Ordering::Acquire) || (rest.idle && !nudge.is_idle()) {
+            if self.shared.stop.load(Ordering::Acquire)
+                || (rest.idle && !self.shared.nudge.is_idle())
+            {
                 return;
             }
             let now = Instant::now();
