@@ -44,14 +44,33 @@ def assert_returns_data(stack, expr: str, what: str, timeout: float = 20):
 
 @pytest.fixture(scope="module")
 def stalled_once(stack):
-    """tokio.eventloop.stalls is a counter that only appears after the first stall. The HPA test
-    (which runs first in a full run) stalls replica 0; when this module runs alone, stall the last
-    replica briefly (past the 250 ms default stall_threshold) so the stall panels have data."""
-    if not metric_exists(stack, "tokio_eventloop_stalls_total"):
-        status, _ = stack.replicas[-1].get("/block?ms=600", timeout=30)
-        assert status == 200
-        wait_until(lambda: metric_exists(stack, "tokio_eventloop_stalls_total"), timeout=20,
-                   what=f"tokio_eventloop_stalls_total after a 600 ms block {stack.logs_hint()}")
+    """Stalls the last replica once (600 ms, past the 250 ms default stall_threshold), at the
+    start of this module, so that every panel has data in its window:
+    - tokio.eventloop.stalls is a counter that only appears after the first stall;
+    - the rate() panels of tokio.schedule.duration need probe samples within their 30 s
+      window, and a quiet runtime has none (loopwatch does not probe a parked runtime: it has
+      no scheduling delay), nor does the session's trickle of single requests;
+    - the error-ratio panels need a 5xx within the same window.
+    Relying on an earlier module's traffic made these depend on how long the modules in
+    between took."""
+    def total(expr: str) -> float:
+        res = stack.prometheus.query(expr)
+        return float(res[0]["value"][1]) if res else 0.0
+
+    samples = "sum(tokio_schedule_duration_seconds_count)"
+    fails = 'sum(http_server_request_duration_seconds_count{http_route="/fail"})'
+    before = (total(samples), total(fails))
+    status, _ = stack.replicas[-1].get("/block?ms=600", timeout=30)
+    assert status == 200
+    # The session's trickle sends /fail only every 25th round: one more per replica now, so
+    # the error-ratio panels have a 5xx within their window too.
+    for r in stack.replicas:
+        status, _ = r.get("/fail", timeout=10)
+        assert status == 500
+    wait_until(lambda: metric_exists(stack, "tokio_eventloop_stalls_total"), timeout=20,
+               what=f"tokio_eventloop_stalls_total after a 600 ms block {stack.logs_hint()}")
+    wait_until(lambda: total(samples) > before[0] and total(fails) >= before[1] + 3, timeout=20,
+               what=f"the block's probe samples and the /fail requests in Prometheus {stack.logs_hint()}")
     return stack
 
 
