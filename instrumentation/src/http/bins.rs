@@ -53,7 +53,7 @@ fn slot() -> usize {
 /// takes and resets).
 #[derive(Default)]
 pub(super) struct Cells {
-    /// Packed series id + 1 (see `pack`); 0 while the entry is free.
+    /// Packed series id + 1 (see `super::series_id`); 0 while the entry is free.
     key: AtomicU64,
     /// Requests by duration bucket; stored last, with release, so that a reader that sees a
     /// request here sees its other counters too.
@@ -72,7 +72,7 @@ pub(super) struct Cells {
 /// One request as the bins record it.
 #[derive(Clone, Copy)]
 pub(super) struct Sample {
-    /// Packed series id (route, method, status, kind: the low 36 bits of `pack`).
+    /// Packed series id (route, method, status, kind: `super::series_id`).
     pub(super) series: u64,
     pub(super) bucket: usize,
     pub(super) dur_ns: u64,
@@ -192,25 +192,43 @@ impl Totals {
         self.buckets.iter().sum()
     }
 
-    fn add(&mut self, c: &Cells) {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (t, b) in self.buckets.iter_mut().zip(&c.buckets) {
-            *t = t.wrapping_add(b.load(Ordering::Acquire));
-        }
-        self.sum_ns = self.sum_ns.wrapping_add(load(&c.sum_ns));
-        self.polls = self.polls.wrapping_add(load(&c.polls));
-        self.slow_polls = self.slow_polls.wrapping_add(load(&c.slow_polls));
-        self.poll_ns = self.poll_ns.wrapping_add(load(&c.poll_ns));
-        self.waited_ns = self.waited_ns.wrapping_add(load(&c.waited_ns));
-        let min = c.min_ns.swap(u64::MAX, Ordering::Relaxed);
-        if min != u64::MAX {
-            self.min_ns = Some(self.min_ns.map_or(min, |m| m.min(min)));
-        }
-        let max = c.max_ns.swap(0, Ordering::Relaxed);
-        if max != 0 {
-            self.max_ns = Some(self.max_ns.map_or(max, |m| m.max(max)));
+    /// The counters of `self` and `other` combined by `f`, field by field; min and max are
+    /// `self`'s.
+    pub(super) fn zip(&self, other: &Totals, f: impl Fn(u64, u64) -> u64) -> Totals {
+        Totals {
+            buckets: std::array::from_fn(|i| f(self.buckets[i], other.buckets[i])),
+            sum_ns: f(self.sum_ns, other.sum_ns),
+            polls: f(self.polls, other.polls),
+            slow_polls: f(self.slow_polls, other.slow_polls),
+            poll_ns: f(self.poll_ns, other.poll_ns),
+            waited_ns: f(self.waited_ns, other.waited_ns),
+            ..*self
         }
     }
+}
+
+impl Cells {
+    /// The counters, and the interval min and max (taken: the next interval starts afresh).
+    fn take(&self) -> Totals {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let min = swap_unless(&self.min_ns, u64::MAX);
+        let max = swap_unless(&self.max_ns, 0);
+        Totals {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Acquire)),
+            sum_ns: load(&self.sum_ns),
+            polls: load(&self.polls),
+            slow_polls: load(&self.slow_polls),
+            poll_ns: load(&self.poll_ns),
+            waited_ns: load(&self.waited_ns),
+            min_ns: min,
+            max_ns: max,
+        }
+    }
+}
+
+/// Swaps `empty` in; the old value unless it was `empty`.
+fn swap_unless(a: &AtomicU64, empty: u64) -> Option<u64> {
+    Some(a.swap(empty, Ordering::Relaxed)).filter(|v| *v != empty)
 }
 
 /// The tables of one [`super::RouteMetrics`], one per thread slot plus the shared one, each
@@ -265,9 +283,7 @@ impl Bins {
             for c in t.cells.iter() {
                 let key = c.key.load(Ordering::Acquire);
                 if key != 0 {
-                    let mut totals = Totals::default();
-                    totals.add(c);
-                    f(key - 1, &totals);
+                    f(key - 1, &c.take());
                 }
             }
         }
@@ -276,20 +292,9 @@ impl Bins {
 
 /// Adds `b` into `a` (counters summed, min and max combined).
 pub(super) fn merge(a: &mut Totals, b: &Totals) {
-    for (x, y) in a.buckets.iter_mut().zip(&b.buckets) {
-        *x = x.wrapping_add(*y);
-    }
-    a.sum_ns = a.sum_ns.wrapping_add(b.sum_ns);
-    a.polls = a.polls.wrapping_add(b.polls);
-    a.slow_polls = a.slow_polls.wrapping_add(b.slow_polls);
-    a.poll_ns = a.poll_ns.wrapping_add(b.poll_ns);
-    a.waited_ns = a.waited_ns.wrapping_add(b.waited_ns);
-    a.min_ns = match (a.min_ns, b.min_ns) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
-    };
-    a.max_ns = match (a.max_ns, b.max_ns) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
+    *a = Totals {
+        min_ns: [a.min_ns, b.min_ns].into_iter().flatten().min(),
+        max_ns: [a.max_ns, b.max_ns].into_iter().flatten().max(),
+        ..a.zip(b, u64::wrapping_add)
     };
 }

@@ -109,17 +109,7 @@ fn to_s(ns: Option<u64>) -> Option<f64> {
 
 /// New since `seen`: counter differences, and this collection's min and max.
 fn delta(now: &Totals, seen: &Totals) -> Totals {
-    let d = |a: u64, b: u64| a.wrapping_sub(b);
-    Totals {
-        buckets: std::array::from_fn(|i| d(now.buckets[i], seen.buckets[i])),
-        sum_ns: d(now.sum_ns, seen.sum_ns),
-        polls: d(now.polls, seen.polls),
-        slow_polls: d(now.slow_polls, seen.slow_polls),
-        poll_ns: d(now.poll_ns, seen.poll_ns),
-        waited_ns: d(now.waited_ns, seen.waited_ns),
-        min_ns: now.min_ns,
-        max_ns: now.max_ns,
-    }
+    now.zip(seen, u64::wrapping_sub)
 }
 
 /// Bucket `b`'s bounds in seconds: values `v` with `lower < v <= upper` (bucket 0 from 0).
@@ -147,21 +137,25 @@ pub(super) fn replay(
     mut emit: impl FnMut(f64, u64),
 ) -> (f64, f64) {
     let mut n = *counts;
+    // The min and max are replayed as they are, when their buckets hold a request.
+    let mut take = |v: f64| {
+        let b = bucket_of(v);
+        let held = n[b] > 0;
+        if held {
+            n[b] -= 1;
+        }
+        held
+    };
+    let min = min.filter(|&m| take(m));
+    let max = max.filter(|&m| take(m));
     let mut emitted = 0.0;
     let mut largest: f64 = 0.0;
-    let mut exact = |v: f64, n: &mut [u64; BUCKETS], emit: &mut dyn FnMut(f64, u64)| {
-        let b = bucket_of(v);
-        if n[b] == 0 {
-            return false;
-        }
-        n[b] -= 1;
-        emit(v, 1);
-        emitted += v;
+    let mut out = |v: f64, k: u64| {
+        emit(v, k);
+        emitted += v * k as f64;
         largest = largest.max(v);
-        true
     };
-    let min = min.filter(|&m| exact(m, &mut n, &mut emit));
-    let max = max.filter(|&m| exact(m, &mut n, &mut emit));
+    min.into_iter().chain(max).for_each(|v| out(v, 1));
     // Each remaining value sits at the same fraction `t` of its bucket's range (narrowed to
     // [min, max]); `t` is chosen so that the sum comes out right.
     let range = |b: usize| {
@@ -178,7 +172,7 @@ pub(super) fn replay(
         low_sum += k as f64 * lo;
         high_sum += k as f64 * hi;
     }
-    let rest = sum - emitted;
+    let rest = sum - min.unwrap_or(0.0) - max.unwrap_or(0.0);
     let t = if high_sum > low_sum {
         ((rest - low_sum) / (high_sum - low_sum)).clamp(0.0, 1.0)
     } else {
@@ -190,10 +184,7 @@ pub(super) fn replay(
         if b > 0 && v <= lower {
             v = lower.next_up();
         }
-        let v = v.min(upper);
-        emit(v, k);
-        emitted += v * k as f64;
-        largest = largest.max(v);
+        out(v.min(upper), k);
     }
     (emitted, largest)
 }

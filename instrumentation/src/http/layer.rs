@@ -222,7 +222,6 @@ impl Rec {
             waited_ns,
         };
         if !inner.bins.record(&sample) {
-            inner.dropped.fetch_add(1, Ordering::Relaxed);
             inner.unrecorded_by_method[method].fetch_add(1, Ordering::Release);
         }
         if let Some(s) = &self.span {

@@ -1,7 +1,7 @@
 //! The public handle: [`RouteMetrics`] and its builder, and the instruments registered on the
 //! meter.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -146,7 +146,6 @@ impl RouteMetricsBuilder {
             used: AtomicUsize::new(0),
             max_routes,
             unrecorded_by_method: Default::default(),
-            dropped: AtomicU64::new(0),
             bins: Bins::new(series_capacity(max_routes)),
             fold: Mutex::new(FoldState::new(
                 (nanos(window) / WINDOW_BUCKETS as u64).max(1),
@@ -292,7 +291,7 @@ pub(super) fn register(meter: &Meter, inner: &Arc<Inner>) {
         "{record}",
     );
     u64::register(meter, spec, move |obs| {
-        obs.observe(w.dropped.load(Ordering::Relaxed), &[]);
+        obs.observe(w.dropped(), &[]);
     });
 }
 
@@ -356,6 +355,6 @@ impl RouteMetrics {
 
     /// Requests not recorded because their thread's series table was full.
     pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
+        self.inner.dropped()
     }
 }

@@ -67,23 +67,17 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// [`DURATION_BUCKETS`] in nanoseconds, for the request path's integer compare.
-const BOUNDS_NS: [u64; 14] = [
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    75_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    750_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    7_500_000_000,
-    10_000_000_000,
-];
+/// [`DURATION_BUCKETS`] in nanoseconds, for the request path's integer compare (rounded to
+/// the nanosecond: the bounds are whole microseconds).
+const BOUNDS_NS: [u64; DURATION_BUCKETS.len()] = {
+    let mut ns = [0; DURATION_BUCKETS.len()];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = ((DURATION_BUCKETS[i] * 1e10) as u64 + 5) / 10;
+        i += 1;
+    }
+    ns
+};
 const WINDOW_BUCKETS: usize = 10;
 const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
@@ -185,8 +179,6 @@ struct Inner {
     /// Requests finished whose thread's table had no room for their series (rare path), by
     /// method.
     unrecorded_by_method: [AtomicU64; 10],
-    /// Requests dropped because their thread's table was full.
-    dropped: AtomicU64,
     bins: Bins,
     fold: Mutex<FoldState>,
     histogram: Option<Histogram<f64>>,
@@ -277,6 +269,14 @@ impl Inner {
                 finished[i].saturating_add(self.unrecorded_by_method[i].load(Ordering::Acquire));
             i64::try_from(started[i].saturating_sub(done)).unwrap_or(i64::MAX)
         })
+    }
+
+    /// Requests not recorded because their thread's table was full, all methods.
+    fn dropped(&self) -> u64 {
+        self.unrecorded_by_method
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(0, u64::saturating_add)
     }
 
     fn now_ns(&self) -> u64 {
